@@ -1,0 +1,38 @@
+"""The names HTCondor sees: pilot statuses and the job-ad attributes they are reported in.
+
+The attribute names are those of ewms-pilot 1.x, so existing condor_q
+constraints and dashboards keep working; only new attributes were added.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PilotStatus(str, enum.Enum):  # noqa: UP042 - the agreed (str, Enum) style
+    """Where the pilot is in its life; reported as `HTChirpEWMSPilotStatus`."""
+
+    Started = "Started"
+    RunningInitContainer = "RunningInitContainer"
+    AwaitingFirstMessage = "AwaitingFirstMessage"
+    Tasking = "Tasking"
+    PendingRemainingTasks = "PendingRemainingTasks"
+    Draining = "Draining"
+    Evicted = "Evicted"
+    FatalError = "FatalError"
+    Done = "Done"
+
+
+class ChirpAttr(str, enum.Enum):  # noqa: UP042 - the agreed (str, Enum) style
+    """Job-ad attribute (or job-event-log line prefix) for each reported value."""
+
+    HTChirpEWMSPilotLastUpdatedTimestamp = "HTChirpEWMSPilotLastUpdatedTimestamp"
+    HTChirpEWMSPilotStartedTimestamp = "HTChirpEWMSPilotStartedTimestamp"
+    HTChirpEWMSPilotStatus = "HTChirpEWMSPilotStatus"
+    HTChirpEWMSPilotTasksTotal = "HTChirpEWMSPilotTasksTotal"
+    HTChirpEWMSPilotTasksFailed = "HTChirpEWMSPilotTasksFailed"
+    HTChirpEWMSPilotTasksSuccess = "HTChirpEWMSPilotTasksSuccess"
+    HTChirpEWMSPilotTasksDeadLettered = "HTChirpEWMSPilotTasksDeadLettered"
+    HTChirpEWMSPilotError = "HTChirpEWMSPilotError"
+    HTChirpEWMSPilotErrorTraceback = "HTChirpEWMSPilotErrorTraceback"
+    HTChirpEWMSPilotEndReason = "HTChirpEWMSPilotEndReason"

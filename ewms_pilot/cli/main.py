@@ -1,0 +1,111 @@
+"""`ewms-pilot` / `python -m ewms_pilot`: run a pilot, move events, show the configuration.
+
+Signal handlers are installed here (and only here) with `loop.add_signal_handler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..config.loader import load_config
+from ..config.model import PilotConfig
+from ..errors import ConfigError
+from ..exitcodes import ExitCode
+from ..pilot.progress import Progress
+from ..pilot.scheduler import Pilot
+from ..pilot.shutdown import StopCause, StopRequest
+from .logs import configure_logging
+
+LOGGER = logging.getLogger("ewms_pilot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ewms-pilot",
+        description="Event-driven task pilot: consumes events, runs a task per event, publishes results. "
+        "Configured with EWMS_PILOT_* environment variables (see `ewms-pilot config --list`).",
+    )
+    p.add_argument("--version", action="version", version=f"ewms-pilot {__version__}")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the pilot (the default)")
+    run.add_argument("--no-progress", action="store_true", help="no status line")
+    cfg = sub.add_parser("config", help="show the configuration variables or check the environment")
+    group = cfg.add_mutually_exclusive_group(required=True)
+    group.add_argument("--list", action="store_true", help="print every EWMS_PILOT_* variable (Markdown table)")
+    group.add_argument("--check", action="store_true", help="validate the environment and print the effective config")
+    from .queue_cmd import add_queue_parser
+
+    add_queue_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "queue":
+        from .queue_cmd import run_queue_command
+
+        return run_queue_command(args)
+    if command == "config":
+        return _config_command(args)
+    try:
+        cfg = load_config(os.environ)
+    except ConfigError as e:
+        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    configure_logging(cfg.log_level, cfg.log_level_third_party)
+    progress = not getattr(args, "no_progress", False)
+    return int(asyncio.run(run_pilot(cfg, progress=progress)))
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    if args.list:
+        from ..config.table import env_var_table_markdown
+
+        print(env_var_table_markdown())
+        return 0
+    try:
+        load_config(os.environ)
+    except ConfigError as e:
+        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    from ..config.redact import effective_config_lines
+
+    print("\n".join(effective_config_lines(os.environ)))
+    return 0
+
+
+async def run_pilot(cfg: PilotConfig, *, progress: bool = True) -> ExitCode:
+    """Run one pilot with eviction signals wired to a graceful stop."""
+    pilot = Pilot(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig,
+            pilot.request_stop,
+            StopRequest(StopCause.SIGNAL, f"received {sig.name}", grace=cfg.shutdown_grace),
+        )
+    ticker = asyncio.ensure_future(Progress(pilot.tally).run()) if progress else None
+    try:
+        request = await pilot.run()
+    finally:
+        if ticker:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if request.cause != StopCause.QUEUE_EMPTY:
+        print(f"ewms-pilot: {request.reason}", file=sys.stderr)
+    return request.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The init container: runs once before any event is taken, and may fill the data hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import PurePosixPath
+
+from ..config.model import ContainerConfig, PilotConfig
+from ..runtimes.base import CONTAINER_DATA_HUB, Mount, RunSpec, Runtime
+from ..tasks.args import split_args, substitute, task_env
+from ..tasks.errors import extract_error_line, read_tail
+from ..tasks.process import run_to_completion
+
+LOGGER = logging.getLogger("ewms_pilot.init")
+
+
+class InitFailedError(Exception):
+    """The init (or teardown) container failed, timed out or could not start."""
+
+
+async def run_once_container(
+    cfg: PilotConfig,
+    container: ContainerConfig,
+    runtime: Runtime,
+    pilot_id: str,
+    role: str,
+    stop: asyncio.Event,
+) -> None:
+    """Run `container` with the data hub mounted; raise `InitFailedError` unless it exits 0."""
+    image = await runtime.prepare_image(container.image)
+    outputs = cfg.data_dir / role / "outputs"
+    await asyncio.to_thread(outputs.mkdir, parents=True, exist_ok=True)
+    hub_mount = Mount(cfg.data_hub_dir, CONTAINER_DATA_HUB)
+    hub = runtime.task_path(cfg.data_hub_dir, hub_mount)
+    mounts = (hub_mount,) + tuple(
+        Mount(d, PurePosixPath(d.as_posix()), readonly=True) for d in cfg.external_directories
+    )
+    spec = RunSpec(
+        image=image,
+        argv=tuple(substitute(split_args(container.args), infile="", outfile="", data_hub=hub)),
+        env=task_env(container.env, infile="", outfile="", data_hub=hub),
+        mounts=() if runtime.uses_host_paths else mounts,
+        name=f"ewms-pilot-{pilot_id}-{role}",
+        labels={"ewms-pilot.owner": pilot_id, "ewms-pilot.task": role},
+        workdir=outputs.parent,
+    )
+    LOGGER.info(f"running {role} container ({container.image or 'host process'})")
+    run = asyncio.ensure_future(
+        run_to_completion(
+            runtime,
+            spec,
+            stdout_path=outputs / "stdoutfile",
+            stderr_path=outputs / "stderrfile",
+            timeout=container.timeout,
+        )
+    )
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not run.done():
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        raise InitFailedError(f"{role} container stopped: the pilot is stopping")
+    outcome = run.result()
+    if outcome.timed_out:
+        raise InitFailedError(f"{role} container timed out after {container.timeout}s")
+    if outcome.exit_code != 0:
+        tail = await asyncio.to_thread(read_tail, outputs / "stderrfile")
+        line = extract_error_line(tail, apptainer=runtime.name == "apptainer")
+        raise InitFailedError(f"{role} container exited with code {outcome.exit_code}: {line}")
+    LOGGER.info(f"{role} container done in {outcome.duration:.1f}s")
+
+
+async def run_init_container(
+    cfg: PilotConfig, runtime: Runtime, pilot_id: str, stop: asyncio.Event
+) -> None:
+    """Run the configured init container (the caller checks one is configured)."""
+    assert cfg.init is not None
+    await run_once_container(cfg, cfg.init, runtime, pilot_id, "init", stop)

@@ -1,0 +1,41 @@
+"""Publish a result with exponential backoff and jitter, bounded in tries and time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from ..errors import BrokerError
+from ..queues.base import Publisher
+
+
+async def publish_with_retry(
+    publisher: Publisher,
+    data: Any,
+    *,
+    retries: int,
+    deadline: float,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    headers: dict[str, Any] | None = None,
+    base_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> None:
+    """Send `data`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent."""
+    end = time.monotonic() + deadline
+    attempt = 0
+    while True:
+        try:
+            await publisher.send(data, headers=headers)
+            return
+        except BrokerError as e:
+            attempt += 1
+            left = end - time.monotonic()
+            if attempt > retries or left <= 0:
+                raise BrokerError(f"gave up publishing after {attempt} tries: {e}") from e
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1), left)
+            delay *= random.uniform(0.5, 1.0)  # jitter: pilots that failed together retry apart
+            log.warning(f"publish failed (try {attempt}/{retries + 1}), retrying in {delay:.1f}s: {e}")
+            await asyncio.sleep(delay)

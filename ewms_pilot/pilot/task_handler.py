@@ -1,0 +1,327 @@
+"""One event, start to end: infile, container, outfile, publish, then ack or nack.
+
+The publish+ack step and the nack on cancellation run shielded and are
+registered with `Critical`, so a pilot being stopped waits for them before it
+closes its connections: an outcome is never lost half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses as dc
+import logging
+import re
+import time
+from collections.abc import Awaitable
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from ..config.model import PilotConfig
+from ..errors import BrokerError
+from ..queues.base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from ..runtimes.base import CONTAINER_DATA_HUB, CONTAINER_TASK_IO, Mount, RunSpec, Runtime
+from ..tasks.args import split_args, substitute, task_env
+from ..tasks.errors import (
+    ContainerRunError,
+    FailurePatternError,
+    InvalidDataForInfileException,
+    TaskFailure,
+    TaskTimeoutError,
+    describe_failure,
+    extract_error_line,
+    read_tail,
+)
+from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
+from ..tasks.process import run_to_completion
+from ..tasks.taskdir import TaskDir, new_task_id
+from .publish import publish_with_retry
+
+LOGGER = logging.getLogger("ewms_pilot.task")
+T = TypeVar("T")
+
+OUTPUT_DUMP_BYTES = 64 * 1024
+
+
+class PublishFailedError(TaskFailure):
+    """The task succeeded but its result could not be published; the event is nacked."""
+
+
+class TaskSetupError(TaskFailure):
+    """The pilot could not prepare or read the task's files (disk full, permissions)."""
+
+
+class TaskLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the task id, so interleaved tasks stay readable."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[task {self.extra['task'] if self.extra else '?'}] {msg}", kwargs
+
+
+@dc.dataclass(frozen=True)
+class TaskOutcome:
+    """What happened to one event."""
+
+    task_id: str
+    delivery: Delivery
+    failure: TaskFailure | None
+    runtime: float
+    published: bool
+    acked: bool
+    nacked: bool
+    no_output: bool = False
+    dead_lettered: bool = False  # failed its last allowed delivery: dead-lettered (or dropped) and acked
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class Critical:
+    """Operations that must finish even when the pilot is cancelling tasks."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    async def run(self, coro: Awaitable[T]) -> T:
+        fut = asyncio.ensure_future(coro)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return await asyncio.shield(fut)
+
+    async def wait(self, timeout: float) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
+
+
+@dc.dataclass(frozen=True)
+class TaskEnvironment:
+    """What every task of this pilot shares (built once at start)."""
+
+    cfg: PilotConfig
+    runtime: Runtime
+    image: str  # prepared image reference
+    argv_template: tuple[str, ...]
+    pilot_id: str
+    fail_patterns: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def build(cls, cfg: PilotConfig, runtime: Runtime, image: str, pilot_id: str) -> TaskEnvironment:
+        return cls(
+            cfg=cfg,
+            runtime=runtime,
+            image=image,
+            argv_template=tuple(split_args(cfg.task.args)),
+            pilot_id=pilot_id,
+            fail_patterns=tuple(re.compile(p) for p in cfg.task_fail_patterns),
+        )
+
+    def mounts_for(self, task_io: Path | None) -> tuple[Mount, ...]:
+        """Task-io, data hub and external directories, as the container sees them."""
+        mounts = []
+        if task_io is not None:
+            mounts.append(Mount(task_io, CONTAINER_TASK_IO))
+        mounts.append(Mount(self.cfg.data_hub_dir, CONTAINER_DATA_HUB))
+        mounts += [
+            Mount(d, PurePosixPath(d.as_posix()), readonly=True)
+            for d in self.cfg.external_directories
+        ]
+        return tuple(mounts)
+
+
+class TaskHandler:
+    """Runs one event through the task container and settles it with the broker."""
+
+    def __init__(
+        self,
+        env: TaskEnvironment,
+        subscription: Subscription,
+        publisher: Publisher,
+        critical: Critical,
+        deadletter: Publisher | None = None,
+    ) -> None:
+        self.env = env
+        self.sub = subscription
+        self.pub = publisher
+        self.critical = critical
+        self.deadletter = deadletter
+
+    def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
+        rt, cfg = self.env.runtime, self.env.cfg
+        mounts = self.env.mounts_for(tdir.task_io)
+        io_mount, hub_mount = mounts[0], mounts[1]
+        infile = rt.task_path(tdir.infile, io_mount)
+        outfile = rt.task_path(tdir.outfile, io_mount)
+        hub = rt.task_path(cfg.data_hub_dir, hub_mount)
+        return RunSpec(
+            image=self.env.image,
+            argv=tuple(substitute(self.env.argv_template, infile=infile, outfile=outfile, data_hub=hub)),
+            env=task_env(cfg.task.env, infile=infile, outfile=outfile, data_hub=hub),
+            mounts=() if rt.uses_host_paths else mounts,
+            name=f"ewms-pilot-{self.env.pilot_id}-{task_id}",
+            labels={"ewms-pilot.owner": self.env.pilot_id, "ewms-pilot.task": task_id},
+            workdir=tdir.root,
+        )
+
+    async def run(self, delivery: Delivery) -> TaskOutcome:
+        """Process `delivery`; always settles it (ack, nack) unless cancelled mid-publish."""
+        task_id = new_task_id()
+        log = TaskLog(LOGGER, {"task": task_id})
+        cfg = self.env.cfg
+        start = time.monotonic()
+        log.info(f"event {delivery.msg_id} (delivery #{delivery.delivery_count or '?'})")
+        failure: TaskFailure | None = None
+        tdir: TaskDir | None = None
+        try:
+            try:
+                tdir = await asyncio.to_thread(
+                    TaskDir.create, cfg.data_dir, task_id, cfg.infile_ext, cfg.outfile_ext
+                )
+                result = await self._execute(task_id, tdir, delivery, log)
+            except TaskFailure as f:
+                failure = f
+            except OSError as e:
+                failure = TaskSetupError(f"{type(e).__name__}: {e}")
+            except asyncio.CancelledError:
+                log.warning("pilot is stopping: task stopped, event given back to the broker")
+                await self.critical.run(self._nack(delivery, log))
+                raise
+            if failure is None:
+                return await self.critical.run(self._publish_and_ack(task_id, delivery, result, start, log))
+            log.error(describe_failure(task_id, failure))
+            if tdir is not None:
+                await self._dump_outputs(tdir, log)
+            runtime = time.monotonic() - start
+            if self._is_last_delivery(delivery):
+                acked = await self.critical.run(self._dead_letter(delivery, failure, log))
+                return TaskOutcome(task_id, delivery, failure, runtime, False, acked, False, dead_lettered=True)
+            nacked = await self.critical.run(self._nack(delivery, log))
+            return TaskOutcome(task_id, delivery, failure, runtime, False, False, nacked)
+        finally:
+            if tdir is None:
+                pass
+            elif cfg.dump_task_output and failure is None:
+                await self._dump_outputs(tdir, log)
+            if tdir is not None and not cfg.keep_all_task_files and failure is None:
+                await asyncio.to_thread(tdir.remove)
+            elif tdir is not None and failure is not None:
+                log.info(f"task files kept in {tdir.root}")
+
+    async def _execute(self, task_id: str, tdir: TaskDir, delivery: Delivery, log: TaskLog) -> Any:
+        """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
+        cfg = self.env.cfg
+        if DECODE_ERROR_HEADER in delivery.headers:
+            raise InvalidDataForInfileException(
+                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.headers[DECODE_ERROR_HEADER]}"
+            )
+        await asyncio.to_thread(write_infile, delivery.data, tdir.infile)
+        spec = self._spec(task_id, tdir)
+        log.debug(f"running {list(spec.argv)}")
+        outcome = await run_to_completion(
+            self.env.runtime,
+            spec,
+            stdout_path=tdir.stdout,
+            stderr_path=tdir.stderr,
+            timeout=cfg.task.timeout,
+        )
+        if outcome.timed_out:
+            tail = await asyncio.to_thread(read_tail, tdir.stderr)
+            raise TaskTimeoutError.after(cfg.task.timeout or 0, extract_error_line(tail))
+        if outcome.exit_code != 0:
+            tail = await asyncio.to_thread(read_tail, tdir.stderr)
+            line = extract_error_line(tail, apptainer=self.env.runtime.name == "apptainer")
+            raise ContainerRunError.from_exit(outcome.exit_code, line)
+        if self.env.fail_patterns:
+            await asyncio.to_thread(self._check_patterns, tdir)
+        value = await asyncio.to_thread(read_outfile, tdir.outfile)
+        if value is not NO_OUTFILE:
+            value = await asyncio.to_thread(ensure_publishable, value, tdir.outfile)
+        return value
+
+    def _check_patterns(self, tdir: TaskDir) -> None:
+        for path in (tdir.stdout, tdir.stderr):
+            for line in read_tail(path, 4 * 1024 * 1024).splitlines():
+                for pattern in self.env.fail_patterns:
+                    if pattern.search(line):
+                        raise FailurePatternError.matched(pattern.pattern, line.strip())
+
+    async def _publish_and_ack(
+        self, task_id: str, delivery: Delivery, result: Any, start: float, log: TaskLog
+    ) -> TaskOutcome:
+        cfg = self.env.cfg
+        runtime = time.monotonic() - start
+        if result is NO_OUTFILE:
+            log.info("task wrote no outfile: nothing to publish; acking the event")
+            acked = await self._ack(delivery, log)
+            return TaskOutcome(task_id, delivery, None, runtime, False, acked, False, no_output=True)
+        try:
+            await publish_with_retry(
+                self.pub, result, retries=cfg.publish_retries, deadline=cfg.publish_deadline, log=log
+            )
+        except BrokerError as e:
+            failure = PublishFailedError(f"result not published: {e}")
+            log.error(f"{failure.reason}; nacking the event so it is redone elsewhere")
+            nacked = await self._nack(delivery, log)
+            return TaskOutcome(task_id, delivery, failure, runtime, False, False, nacked)
+        acked = await self._ack(delivery, log)
+        log.info(f"done in {runtime:.2f}s: result published{', event acked' if acked else ''}")
+        return TaskOutcome(task_id, delivery, None, runtime, True, acked, False)
+
+    def _is_last_delivery(self, delivery: Delivery) -> bool:
+        count = delivery.delivery_count
+        return count is not None and count >= self.env.cfg.max_deliveries
+
+    async def _dead_letter(self, delivery: Delivery, failure: TaskFailure, log: TaskLog) -> bool:
+        """Park a poison event with its last error, then ack it; nack if parking fails."""
+        cfg = self.env.cfg
+        if self.deadletter is None:
+            log.error(
+                f"event {delivery.msg_id} failed {delivery.delivery_count} deliveries "
+                f"(EWMS_PILOT_MAX_DELIVERIES={cfg.max_deliveries}) and no "
+                "EWMS_PILOT_QUEUE_DEADLETTER is set: dropping it"
+            )
+            return await self._ack(delivery, log)
+        headers = dict(delivery.headers)
+        headers.update(
+            {
+                "ewms_pilot_error": failure.reason,
+                "ewms_pilot_error_type": type(failure).__name__,
+                "ewms_pilot_deliveries": delivery.delivery_count,
+                "ewms_pilot_id": self.env.pilot_id,
+            }
+        )
+        try:
+            await publish_with_retry(
+                self.deadletter, delivery.data, headers=headers,
+                retries=cfg.publish_retries, deadline=cfg.publish_deadline, log=log,
+            )
+        except BrokerError as e:
+            log.error(f"dead-lettering failed, nacking instead: {e}")
+            await self._nack(delivery, log)
+            return False
+        log.error(
+            f"event {delivery.msg_id} failed {delivery.delivery_count} deliveries: "
+            f"moved to dead-letter queue '{cfg.queue_deadletter}'"
+        )
+        return await self._ack(delivery, log)
+
+    async def _ack(self, delivery: Delivery, log: TaskLog) -> bool:
+        try:
+            await self.sub.ack(delivery)
+            return True
+        except BrokerError as e:
+            log.warning(f"ack failed, the broker will redeliver (duplicate result possible): {e}")
+            return False
+
+    async def _nack(self, delivery: Delivery, log: TaskLog) -> bool:
+        try:
+            await self.sub.nack(delivery)
+            return True
+        except BrokerError as e:
+            log.warning(f"nack failed, the broker will redeliver after its timeout: {e}")
+            return False
+
+    async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
+        for name, path in (("stdout", tdir.stdout), ("stderr", tdir.stderr)):
+            text = await asyncio.to_thread(read_tail, path, OUTPUT_DUMP_BYTES)
+            if text.strip():
+                log.info(f"{name} (last {OUTPUT_DUMP_BYTES // 1024} KiB):\n{text.rstrip()}")

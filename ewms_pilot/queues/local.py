@@ -1,0 +1,320 @@
+"""The embedded local queue (broker type `local`): an SQLite file instead of a broker.
+
+For testing task images on a laptop and replaying events without RabbitMQ.
+The broker address is the database file's path (created on first use); queues
+are named inside it. Several pilot processes may share one file.
+
+Design (details in docs/local-queue.md):
+- Manual ack, at-least-once. `get` claims the oldest ready event in one
+  `BEGIN IMMEDIATE` transaction, so two consumers never hold the same event;
+  `ack` deletes it, `nack` makes it ready again at once, each only if the
+  claim is still this subscription's (id + holder + delivery count).
+- An unacked event belongs to a *holder* row (one per subscription) with a
+  lease (default 30 s) that a background task renews every 5 s. Any consumer
+  releases the events of a holder whose lease ran out (a frozen or vanished
+  pilot) and, on the same machine, of a holder whose process is gone
+  (pid + process start time + boot id + pid namespace, so a reused pid is not
+  mistaken for it): a SIGKILLed pilot's events come back within about a second.
+- `Delivery.delivery_count` is kept in the database: 1 on first delivery.
+- Prefetch = most unacked deliveries one subscription holds at once.
+- Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
+  every other broker.
+- SQLite runs on one worker thread per subscription/publisher (one connection
+  each), never on the caller's event loop; waiting for an event polls with a
+  20 -> 200 ms backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mqclient.broker_client_interface import Message
+
+from ..config.model import BrokerConfig
+from ..errors import BrokerError, BrokerUnavailableError, ConfigError
+from .base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from .local_store import Claimed, LocalStore, check_address
+
+LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LEASE = 30.0  # seconds an unrenewed claim survives
+RENEW_EVERY = 5.0  # seconds between lease renewals (while the subscription is open)
+SWEEP_EVERY = 1.0  # seconds between checks for dead/expired holders, per subscription
+POLL_MIN, POLL_MAX = 0.02, 0.2  # backoff while waiting for an event
+
+
+class _Worker:
+    """The one thread that owns one SQLite connection (connections are not shared)."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        return self._pool.submit(fn, *args)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _where(cfg: BrokerConfig) -> str:
+    return f"local queue '{cfg.queue}' in {cfg.address}"
+
+
+async def _open_store(cfg: BrokerConfig, worker: _Worker, *, durable: bool) -> LocalStore:
+    def _open() -> LocalStore:
+        return LocalStore(check_address(cfg.address), cfg.queue, durable=durable)
+
+    try:
+        return await worker.call(_open)
+    except BaseException:
+        worker.shutdown()
+        raise
+
+
+def _decode(claim: Claimed) -> Delivery:
+    """Runs on the worker thread: unpacking a large payload must not stall the caller's loop."""
+    msg = Message(str(claim.id), claim.payload)
+    try:
+        data, headers = msg.data, msg.headers
+    except Exception as e:  # not oms-mqclient's format: hand it over so it can be failed
+        data, headers = None, {DECODE_ERROR_HEADER: f"{type(e).__name__}: {e}"}
+    return Delivery(
+        msg_id=str(claim.id),
+        data=data,
+        headers=headers if isinstance(headers, dict) else {},
+        delivery_count=claim.delivery_count,
+        raw=claim,
+    )
+
+
+class LocalSubscription(Subscription):
+    """Incoming local queue: manual ack, prefetch limit, leases renewed in the background."""
+
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        prefetch: int,
+        worker: _Worker,
+        store: LocalStore,
+        lease: float,
+        renew_every: float,
+    ) -> None:
+        self._cfg = cfg
+        self._prefetch = prefetch
+        self._worker = worker
+        self._store = store
+        self._lease = lease
+        self._renew_every = renew_every
+        self.holder = uuid.uuid4().hex  # this subscription's name in the `holders` table
+        self._held: set[tuple[int, int]] = set()  # (event id, delivery count) not yet settled
+        self._next_sweep = 0.0  # monotonic; 0 = sweep on the first claim
+        self._closed = False
+        self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
+
+    @classmethod
+    async def open(
+        cls,
+        cfg: BrokerConfig,
+        prefetch: int,
+        *,
+        lease: float = LEASE,
+        renew_every: float | None = None,
+    ) -> LocalSubscription:
+        """Open (creating if needed) the database; `lease`/`renew_every` are for tests."""
+        if prefetch < 1:
+            raise ConfigError("EWMS_PILOT_PREFETCH", prefetch, "an integer >= 1")
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 (got {lease})")
+        renew = renew_every if renew_every is not None else min(RENEW_EVERY, lease / 6)
+        worker = _Worker(f"local-sub-{cfg.queue}")
+        store = await _open_store(cfg, worker, durable=False)
+        LOGGER.info(f"opened {_where(cfg)} for consuming (prefetch={prefetch})")
+        return cls(cfg, prefetch, worker, store, lease, renew)
+
+    # ------------------------------------------------------------------- get
+
+    def _claim(self, sweep: bool) -> Delivery | None:
+        """Worker thread: skip the write lock when there is surely nothing to take."""
+        if not sweep and not self._store.has_ready():
+            return None
+        claim = self._store.claim(self.holder, self._lease, sweep)
+        return _decode(claim) if claim else None
+
+    def _undo_claim(self, fut: concurrent.futures.Future[Delivery | None]) -> None:
+        """Worker thread, after a cancelled `get`: give back what its claim took."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        delivery = fut.result()
+        if delivery is not None:
+            self._store.nack(delivery.raw, self.holder)
+
+    async def _try_claim(self) -> Delivery | None:
+        sweep = time.monotonic() >= self._next_sweep
+        if sweep:
+            self._next_sweep = time.monotonic() + SWEEP_EVERY
+        fut = self._worker.submit(self._claim, sweep)
+        try:
+            delivery = await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self._worker.submit(self._undo_claim, fut)
+            raise
+        if delivery is not None:
+            self._held.add((delivery.raw.id, delivery.raw.delivery_count))
+        return delivery
+
+    async def get(self, timeout: float) -> Delivery | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        delay = POLL_MIN
+        while True:
+            if self._closed:
+                raise BrokerError(f"{_where(self._cfg)}: subscription is closed")
+            if len(self._held) < self._prefetch:
+                delivery = await self._try_claim()
+                if delivery is not None:
+                    return delivery
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, POLL_MAX)
+
+    # ---------------------------------------------------------------- settle
+
+    async def _settle(
+        self, delivery: Delivery, verb: str, fn: Callable[..., bool], *args: Any
+    ) -> None:
+        claim = delivery.raw
+        if not isinstance(claim, Claimed):
+            raise TypeError(f"{verb}: not a delivery from a local queue: {delivery!r}")
+        key = (claim.id, claim.delivery_count)
+        if key not in self._held:
+            LOGGER.warning(f"not {verb}ing event {claim.id}: it was already acked or nacked")
+            return
+        if self._closed:
+            self._held.discard(key)
+            LOGGER.warning(
+                f"not {verb}ing event {claim.id}: subscription closed, it is redelivered"
+            )
+            return
+        done = await self._worker.call(fn, claim, self.holder, *args)  # raises: still held, retry
+        self._held.discard(key)
+        if not done:
+            LOGGER.warning(
+                f"not {verb}ing event {claim.id}: its lease ran out, so it is redelivered"
+            )
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self._settle(delivery, "ack", self._store.ack)
+
+    async def nack(self, delivery: Delivery) -> None:
+        await self._settle(delivery, "nack", self._store.nack)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Park the event for good (counted as `dead`, never redelivered)."""
+        await self._settle(delivery, "dead-letter", self._store.dead_letter, reason)
+
+    # ----------------------------------------------------------- lease / close
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                ok = await self._worker.call(self._store.renew, self.holder, self._lease)
+            except Exception as e:  # a busy/broken database: the next round tries again
+                LOGGER.warning(f"{_where(self._cfg)}: renewing the lease failed: {e}")
+                continue
+            if not ok and self._held:
+                LOGGER.warning(
+                    f"{_where(self._cfg)}: lease lost; {len(self._held)} unacked event(s) "
+                    "are redelivered (acking them will be skipped)"
+                )
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed out and not yet acked/nacked (what prefetch limits)."""
+        return len(self._held)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._renewer.cancel()
+        await asyncio.gather(self._renewer, return_exceptions=True)
+        try:
+            released = await self._worker.call(self._store.release_all, self.holder)
+            if released:
+                LOGGER.info(
+                    f"{_where(self._cfg)}: {released} unacked event(s) returned to the queue"
+                )
+        finally:
+            self._held.clear()
+            await self._worker.call(self._store.close)
+            self._worker.shutdown()
+
+
+class LocalPublisher(Publisher):
+    """Outgoing local queue: `send` returns once the event is committed (and fsynced)."""
+
+    def __init__(self, cfg: BrokerConfig, worker: _Worker, store: LocalStore) -> None:
+        self._cfg = cfg
+        self._worker = worker
+        self._store = store
+        self._closed = False
+
+    @classmethod
+    async def open(cls, cfg: BrokerConfig) -> LocalPublisher:
+        worker = _Worker(f"local-pub-{cfg.queue}")
+        store = await _open_store(cfg, worker, durable=True)
+        LOGGER.info(f"opened {_where(cfg)} for publishing")
+        return cls(cfg, worker, store)
+
+    def _publish(self, data: Any, headers: dict[str, Any] | None) -> int:
+        return self._store.publish(Message.serialize(data, headers=headers))
+
+    async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
+        if self._closed:
+            raise BrokerError(f"{_where(self._cfg)}: publisher is closed")
+        try:
+            await self._worker.call(self._publish, data, headers)
+        except TypeError as e:  # not JSON-serialisable: the caller's mistake, say so plainly
+            raise BrokerError(f"publishing to {_where(self._cfg)} failed: {e}") from e
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._worker.call(self._store.close)
+        finally:
+            self._worker.shutdown()
+
+
+def _counts(cfg: BrokerConfig) -> dict[str, int]:
+    path = check_address(cfg.address)
+    if not path.exists():
+        raise BrokerUnavailableError(
+            f"local queue database {cfg.address!r} does not exist (nothing was ever put there)"
+        )
+    store = LocalStore(Path(path), cfg.queue, durable=False)
+    try:
+        return store.counts()
+    finally:
+        store.close()
+
+
+async def local_counts(cfg: BrokerConfig) -> dict[str, int]:
+    """{"ready": n, "in_flight": n, "dead": n} for `cfg.queue` (releases dead holders' events first)."""
+    return await asyncio.to_thread(_counts, cfg)

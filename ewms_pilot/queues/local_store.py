@@ -1,0 +1,343 @@
+"""The local queue's SQLite layer: synchronous, one connection, one thread.
+
+`local.py` runs every method here on a dedicated worker thread; nothing in
+this module knows about asyncio. Each method is one short transaction, so
+several processes can share one database file (WAL mode, `BEGIN IMMEDIATE`
+for anything that reads-then-writes, a busy timeout for the rest).
+
+Tables:
+  events(id, queue, payload, state, holder, delivery_count, enqueued_at, dead_reason)
+      state is 'ready' | 'in_flight' | 'dead'; `holder` is set only while in flight.
+  holders(id, queue, machine, pid, start, lease_until)
+      one row per live subscription that holds (or held) events; the lease is
+      on the holder, so renewing it is one row update however many events it holds.
+An in-flight event whose holder row is gone is released (made ready again).
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import BrokerError, BrokerUnavailableError, ConfigError
+from . import local_liveness as liveness
+
+APPLICATION_ID = 0x65776D73  # "ewms": marks a database file as a local queue
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+
+READY, IN_FLIGHT, DEAD = "ready", "in_flight", "dead"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT '{READY}' CHECK (state IN ('{READY}', '{IN_FLIGHT}', '{DEAD}')),
+    holder TEXT,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    dead_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_queue ON events (queue, state, id);
+CREATE INDEX IF NOT EXISTS events_by_holder ON events (holder) WHERE holder IS NOT NULL;
+CREATE TABLE IF NOT EXISTS holders (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    start TEXT NOT NULL,
+    lease_until REAL NOT NULL
+);
+"""
+
+ADDRESS_VARIABLE = "local broker address"
+
+
+@dc.dataclass(frozen=True)
+class Claimed:
+    """One event handed to a holder; (id, holder, delivery_count) is the claim's token."""
+
+    id: int
+    payload: bytes
+    delivery_count: int
+
+
+def check_address(address: str) -> Path:
+    """The database path for a broker address; a bad path is a setting mistake."""
+    if not address or address == ":memory:" or address.startswith("file:"):
+        raise ConfigError(
+            ADDRESS_VARIABLE, address, "a path to an SQLite database file (created on first use)"
+        )
+    path = Path(address).expanduser()
+    if path.is_dir():
+        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            ADDRESS_VARIABLE, address, f"a file in an existing directory ({parent} does not exist)"
+        )
+    return path
+
+
+def _unavailable(path: Path, e: BaseException) -> BrokerUnavailableError:
+    return BrokerUnavailableError(f"local queue database {str(path)!r}: {e}")
+
+
+class LocalStore:
+    """One connection to one queue in one database file. Use from one thread only."""
+
+    def __init__(self, path: Path, queue: str, *, durable: bool) -> None:
+        self.path = path
+        self.queue = queue
+        self.here = liveness.current()
+        self._conn = self._connect(durable)
+
+    # ------------------------------------------------------------------ setup
+
+    def _connect(self, durable: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as e:
+            raise _unavailable(self.path, e) from e
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise BrokerUnavailableError(
+                    f"local queue database {str(self.path)!r}: cannot use WAL mode "
+                    f"(got {mode!r}; is it on a network filesystem?)"
+                )
+            # a publish must survive power loss once `send` returned; a lost claim/ack
+            # only means a redelivery, so consumers can skip the extra fsync
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._init_schema(conn)
+        except sqlite3.Error as e:
+            conn.close()
+            raise _unavailable(self.path, e) from e
+        except BrokerUnavailableError:
+            conn.close()
+            raise
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise BrokerUnavailableError(
+                    f"local queue database {str(self.path)!r}: "
+                    "is an SQLite file but not an ewms-pilot local queue"
+                )
+            if version > SCHEMA_VERSION:
+                raise BrokerUnavailableError(
+                    f"local queue database {str(self.path)!r}: schema version {version} "
+                    f"is newer than this ewms-pilot's ({SCHEMA_VERSION})"
+                )
+            if app_id == 0:
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by the last closer)."""
+        self._conn.close()
+
+    # ------------------------------------------------------------ transactions
+
+    def _write(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` inside `BEGIN IMMEDIATE` ... `COMMIT` (all or nothing)."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(*args)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as e:
+            raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
+
+    def _one(self, sql: str, *params: Any) -> int:
+        """Run one autocommit statement; returns the number of rows it changed."""
+        try:
+            return self._conn.execute(sql, params).rowcount
+        except sqlite3.Error as e:
+            raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
+
+    # --------------------------------------------------------------- publish
+
+    def publish(self, payload: bytes) -> int:
+        """Append one ready event; returns its id once it is committed."""
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
+                (self.queue, payload, time.time()),
+            )
+        except sqlite3.Error as e:
+            raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
+        return int(cur.lastrowid or 0)
+
+    # ----------------------------------------------------------------- sweep
+
+    def _sweep(self, now: float, me: str | None = None) -> int:
+        """Drop holders whose lease ran out or whose process is gone; release their events.
+
+        `me` (the sweeping holder) is never expired: it knows it is alive, and after
+        a laptop suspend it must not take back and redeliver its own running events.
+        """
+        c = self._conn
+        c.execute("DELETE FROM holders WHERE lease_until < ? AND id IS NOT ?", (now, me))
+        rows = c.execute(
+            "SELECT id, machine, pid, start FROM holders WHERE machine = ?", (self.here.machine,)
+        ).fetchall()
+        for hid, machine, pid, start in rows:
+            if liveness.is_surely_dead(liveness.ProcessIdentity(machine, pid, start), self.here):
+                c.execute("DELETE FROM holders WHERE id = ?", (hid,))
+        return c.execute(
+            f"UPDATE events SET state = '{READY}', holder = NULL "
+            "WHERE holder IS NOT NULL AND holder NOT IN (SELECT id FROM holders)"
+        ).rowcount
+
+    # ----------------------------------------------------------------- claim
+
+    def has_ready(self) -> bool:
+        """Cheap read (no write lock): is anything ready in this queue?"""
+        try:
+            row = self._conn.execute(
+                f"SELECT 1 FROM events WHERE queue = ? AND state = '{READY}' LIMIT 1",
+                (self.queue,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
+        return row is not None
+
+    def claim(self, holder: str, lease: float, sweep: bool) -> Claimed | None:
+        """Hand the oldest ready event to `holder` (sweeping first when asked)."""
+
+        def _txn() -> Claimed | None:
+            now = time.time()
+            if sweep:
+                self._sweep(now, holder)
+            row = self._conn.execute(
+                f"SELECT id, payload, delivery_count FROM events "
+                f"WHERE queue = ? AND state = '{READY}' ORDER BY id LIMIT 1",
+                (self.queue,),
+            ).fetchone()
+            if row is None:
+                return None
+            self._conn.execute(
+                "INSERT INTO holders (id, queue, machine, pid, start, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+                (
+                    holder,
+                    self.queue,
+                    self.here.machine,
+                    self.here.pid,
+                    self.here.start,
+                    now + lease,
+                ),
+            )
+            count = int(row[2]) + 1
+            self._conn.execute(
+                f"UPDATE events SET state = '{IN_FLIGHT}', holder = ?, delivery_count = ? "
+                "WHERE id = ?",
+                (holder, count, row[0]),
+            )
+            return Claimed(id=int(row[0]), payload=bytes(row[1]), delivery_count=count)
+
+        result: Claimed | None = self._write(_txn)
+        return result
+
+    # ------------------------------------------------------- settle / renew
+
+    _MINE = f"id = ? AND holder = ? AND delivery_count = ? AND state = '{IN_FLIGHT}'"
+
+    def ack(self, claim: Claimed, holder: str) -> bool:
+        """Forget the event; False when the claim was lost (lease expired) first."""
+        return (
+            self._one(
+                f"DELETE FROM events WHERE {self._MINE}", claim.id, holder, claim.delivery_count
+            )
+            == 1
+        )
+
+    def nack(self, claim: Claimed, holder: str) -> bool:
+        """Make the event ready again (first in line); False when the claim was lost."""
+        return (
+            self._one(
+                f"UPDATE events SET state = '{READY}', holder = NULL WHERE {self._MINE}",
+                claim.id,
+                holder,
+                claim.delivery_count,
+            )
+            == 1
+        )
+
+    def dead_letter(self, claim: Claimed, holder: str, reason: str) -> bool:
+        """Park the event as dead (never redelivered); False when the claim was lost."""
+        return (
+            self._one(
+                f"UPDATE events SET state = '{DEAD}', holder = NULL, dead_reason = ? "
+                f"WHERE {self._MINE}",
+                reason,
+                claim.id,
+                holder,
+                claim.delivery_count,
+            )
+            == 1
+        )
+
+    def renew(self, holder: str, lease: float) -> bool:
+        """Extend the holder's lease; False when it was already swept (its events released)."""
+        return (
+            self._one(
+                "UPDATE holders SET lease_until = ? WHERE id = ?", time.time() + lease, holder
+            )
+            == 1
+        )
+
+    def release_all(self, holder: str) -> int:
+        """Give back every event `holder` still holds and drop the holder; returns how many."""
+
+        def _txn() -> int:
+            n = self._conn.execute(
+                f"UPDATE events SET state = '{READY}', holder = NULL "
+                f"WHERE holder = ? AND state = '{IN_FLIGHT}'",
+                (holder,),
+            ).rowcount
+            self._conn.execute("DELETE FROM holders WHERE id = ?", (holder,))
+            return n
+
+        return int(self._write(_txn))
+
+    # ----------------------------------------------------------------- count
+
+    def counts(self) -> dict[str, int]:
+        """ready / in_flight / dead for this queue, after releasing dead holders' events."""
+
+        def _txn() -> dict[str, int]:
+            self._sweep(time.time())
+            out = {READY: 0, IN_FLIGHT: 0, DEAD: 0}
+            for state, n in self._conn.execute(
+                "SELECT state, count(*) FROM events WHERE queue = ? GROUP BY state",
+                (self.queue,),
+            ):
+                out[str(state)] = int(n)
+            return out
+
+        result: dict[str, int] = self._write(_txn)
+        return result

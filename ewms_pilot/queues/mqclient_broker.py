@@ -1,0 +1,233 @@
+"""RabbitMQ, NATS JetStream and Pulsar through oms-mqclient's broker clients.
+
+oms-mqclient fixes the wire format the rest of EWMS speaks; this module only
+adapts its `Sub`/`Pub` objects to the pilot's `Subscription`/`Publisher` and
+runs each connection on its own `BrokerThread` so the pilot's loop never
+waits on broker I/O. A lost connection is reopened on the next call; events
+held on the lost connection are redelivered by the broker, so acking or
+nacking them is skipped with a log line (at-least-once, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mqclient import broker_client_manager
+from mqclient.broker_client_interface import Message, MQClientException, Pub, Sub
+
+from ..config.model import BrokerConfig
+from ..config.redact import redact_url
+from ..errors import BrokerError, BrokerUnavailableError
+from .base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from .broker_thread import BrokerThread
+
+LOGGER = logging.getLogger(__name__)
+
+RETRIES = 1  # oms-mqclient's own retry count per call; the pilot adds its own policy
+RETRY_DELAY = 0.5
+
+
+def _client(cfg: BrokerConfig) -> Any:
+    try:
+        return broker_client_manager.get_broker_client(cfg.broker_type)
+    except MQClientException as e:
+        raise BrokerUnavailableError(f"{cfg.broker_type}: {e}") from e
+
+
+def _where(cfg: BrokerConfig) -> str:
+    return f"{cfg.broker_type} queue '{cfg.queue}' at {redact_url(cfg.address)}"
+
+
+def _pump_for(raw: Any) -> Any:
+    """The keepalive for a pika connection (None for async clients, which need none)."""
+    conn = getattr(raw, "connection", None)
+    if conn is not None and hasattr(conn, "process_data_events"):
+        return lambda: conn.process_data_events(time_limit=0)
+    return None
+
+
+def nats_delivery_count(reply_subject: Any) -> int | None:
+    """JetStream puts the delivery count in the ack subject: `$JS.ACK.<stream>.<consumer>.<n>....`."""
+    if not isinstance(reply_subject, str) or not reply_subject.startswith("$JS.ACK."):
+        return None
+    tokens = reply_subject.split(".")
+    index = 4 if len(tokens) == 9 else 6  # v1 vs v2 (domain + account hash) subjects
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        return None
+
+
+def _rabbitmq_get(sub: Any, timeout: float) -> tuple[Message | None, int | None]:
+    """One message from oms-mqclient's RabbitMQ channel, keeping its delivery count.
+
+    oms-mqclient's own `get_message` drops the AMQP properties, where quorum
+    queues (which it declares) put `x-delivery-count`, the number of earlier
+    deliveries; the pilot needs it to dead-letter poison events. The channel,
+    queue declaration, acks and nacks stay oms-mqclient's.
+    """
+    channel = sub.active_channels[0]
+    for method, props, body in channel.consume(sub.queue, inactivity_timeout=timeout):
+        if method is None:
+            return None, None
+        msg = Message(method.delivery_tag, body if isinstance(body, bytes) else body.encode())
+        msg._connection_id = channel.channel_number  # how oms-mqclient maps acks to channels
+        previous = (props.headers or {}).get("x-delivery-count", 0) if props else 0
+        return msg, int(previous) + 1
+    return None, None
+
+
+class _Connection:
+    """One oms-mqclient queue object on its thread, reopened when it breaks."""
+
+    def __init__(self, cfg: BrokerConfig, kind: str, prefetch: int = 1) -> None:
+        self.cfg = cfg
+        self.kind = kind
+        self.prefetch = prefetch
+        self.thread = BrokerThread(f"broker-{kind}-{cfg.queue}")
+        self.raw: Any = None
+        self.generation = 0
+
+    async def open(self) -> None:
+        self.thread.start()
+        client = _client(self.cfg)
+
+        async def _open() -> Any:
+            if self.kind == "sub":
+                return await client.create_sub_queue(
+                    self.cfg.address, self.cfg.queue, self.prefetch, self.cfg.auth_token
+                )
+            return await client.create_pub_queue(
+                self.cfg.address, self.cfg.queue, self.cfg.auth_token
+            )
+
+        try:
+            self.raw = await self.thread.call(_open())
+        except Exception as e:
+            raise BrokerUnavailableError(
+                f"cannot connect to {_where(self.cfg)}: {type(e).__name__}: {e}"
+            ) from e
+        self.generation += 1
+        self.thread.set_pump(_pump_for(self.raw))
+        LOGGER.info(f"connected ({self.kind}) to {_where(self.cfg)}")
+
+    async def drop(self) -> None:
+        """Forget a broken connection (closing it best-effort)."""
+        raw, self.raw = self.raw, None
+        self.thread.set_pump(None)
+        if raw is not None:
+            try:
+                await asyncio.wait_for(self.thread.call(raw.close()), 5)
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        await self.drop()
+        await asyncio.to_thread(self.thread.stop)
+
+
+class MQClientSubscription(Subscription):
+    """Incoming queue on RabbitMQ / NATS / Pulsar."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, cfg: BrokerConfig, prefetch: int) -> MQClientSubscription:
+        conn = _Connection(cfg, "sub", prefetch)
+        await conn.open()
+        return cls(conn)
+
+    def _to_delivery(self, msg: Message, count: int | None) -> Delivery:
+        """Decode on the broker thread: a large payload must not stall the pilot's loop."""
+        if self._conn.cfg.broker_type == "nats":
+            count = nats_delivery_count(msg.msg_id)
+        try:
+            data, headers = msg.data, msg.headers
+        except Exception as e:  # not oms-mqclient's format: keep it so it can be failed/nacked
+            data, headers = None, {DECODE_ERROR_HEADER: f"{type(e).__name__}: {e}"}
+        return Delivery(
+            msg_id=str(msg.msg_id),
+            data=data,
+            headers=headers if isinstance(headers, dict) else {},
+            delivery_count=count,
+            raw=(self._conn.generation, msg),
+        )
+
+    async def get(self, timeout: float) -> Delivery | None:
+        if self._conn.raw is None:
+            await self._conn.open()
+        sub: Sub = self._conn.raw
+        millis = max(int(timeout * 1000), 1)
+
+        async def _get() -> Delivery | None:
+            if self._conn.cfg.broker_type == "rabbitmq":
+                msg, count = _rabbitmq_get(sub, millis / 1000)
+            else:
+                msg, count = await sub.get_message(millis, retries=RETRIES, retry_delay=RETRY_DELAY), None
+            return self._to_delivery(msg, count) if msg is not None else None
+
+        try:
+            return await self._conn.thread.call(_get())
+        except Exception as e:
+            await self._conn.drop()
+            raise BrokerError(f"receiving from {_where(self._conn.cfg)} failed: {e!r}") from e
+
+    async def _settle(self, delivery: Delivery, ack: bool) -> None:
+        generation, msg = delivery.raw
+        verb = "ack" if ack else "nack"
+        if generation != self._conn.generation or self._conn.raw is None:
+            LOGGER.warning(
+                f"not {verb}ing event {delivery.msg_id}: its connection was lost, "
+                "so the broker redelivers it"
+            )
+            return
+        sub: Sub = self._conn.raw
+        call = sub.ack_message if ack else sub.reject_message
+        try:
+            await self._conn.thread.call(call(msg, retries=RETRIES, retry_delay=RETRY_DELAY))
+        except Exception as e:
+            await self._conn.drop()
+            raise BrokerError(f"{verb} on {_where(self._conn.cfg)} failed: {e!r}") from e
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self._settle(delivery, ack=True)
+
+    async def nack(self, delivery: Delivery) -> None:
+        await self._settle(delivery, ack=False)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class MQClientPublisher(Publisher):
+    """Outgoing queue on RabbitMQ / NATS / Pulsar (RabbitMQ with publisher confirms)."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, cfg: BrokerConfig) -> MQClientPublisher:
+        conn = _Connection(cfg, "pub")
+        await conn.open()
+        return cls(conn)
+
+    async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
+        if self._conn.raw is None:
+            await self._conn.open()
+        pub: Pub = self._conn.raw
+
+        async def _send() -> None:  # serialize on the broker thread: zstd of a big outfile takes time
+            payload = Message.serialize(data, headers=headers)
+            await pub.send_message(payload, retries=RETRIES, retry_delay=RETRY_DELAY)
+
+        try:
+            await self._conn.thread.call(_send())
+        except Exception as e:
+            await self._conn.drop()
+            raise BrokerError(f"publishing to {_where(self._conn.cfg)} failed: {e!r}") from e
+
+    async def close(self) -> None:
+        await self._conn.close()

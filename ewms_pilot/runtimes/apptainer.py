@@ -1,0 +1,165 @@
+"""Apptainer: runs a sandbox (unpacked directory) image, as HTCondor execute points allow.
+
+- `run --containall --no-eval`: no host home/tmp/env leaks in, and neither the
+  task's args nor its env values are shell-evaluated.
+- The task's env is passed as `APPTAINERENV_<NAME>` in the client's
+  environment, not `--env NAME=VALUE`: apptainer parses `--env` as a
+  comma-separated list, which would split a value containing a comma.
+- Only sandbox directories run reliably on execute points (SIF needs FUSE or
+  setuid mounts), so other references are converted once with
+  `apptainer build --fix-perms --sandbox` when allowed.
+- There is no stop command: the pilot signals the client's process group,
+  and apptainer takes the container (its own PID namespace) down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from .base import RunSpec, Runtime, RuntimeUnavailableError
+from .commands import run_command
+from .mounts import require_plain_paths
+
+LOGGER = logging.getLogger(__name__)
+
+MUST_BE_PRESENT_VAR = "EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT"
+ENV_PREFIX = "APPTAINERENV_"
+#: `--bind src:dst:ro` splits on these
+BIND_FORBIDDEN_CHARS = ",:\n"
+#: default seconds allowed for one image conversion
+BUILD_TIMEOUT = 3600.0
+
+
+def build_source(image: str) -> str:
+    """What `apptainer build` should read for `image`.
+
+    URIs (`docker://`, `oras://`, ...) and local files (`.sif`) as given; a
+    bare reference (`ghcr.io/org/img:tag`, `python:3.12`) is a registry image.
+    """
+    if "://" in image:
+        return image
+    if os.path.isfile(image):
+        return str(Path(image).resolve())
+    return f"docker://{image}"
+
+
+def sandbox_name(source: str) -> str:
+    """A recognizable, file-system-safe directory name for the converted `source`."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._-")[:100]
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"{readable}-{digest}"
+
+
+class ApptainerRuntime(Runtime):
+    """Runs each task with `apptainer run --containall --no-eval ...`."""
+
+    name = "apptainer"
+
+    def __init__(
+        self,
+        *,
+        build_workdir: Path,
+        image_directory_must_be_present: bool = True,
+        debug: bool = False,
+        binary: str = "apptainer",
+        build_timeout: float = BUILD_TIMEOUT,
+    ) -> None:
+        self.build_workdir = build_workdir
+        self.image_directory_must_be_present = image_directory_must_be_present
+        self.debug = debug
+        self.binary = binary
+        self.build_timeout = build_timeout
+
+    def _base(self) -> list[str]:
+        return [self.binary, *(["--debug"] if self.debug else [])]
+
+    # -- argv --
+
+    def run_argv(self, spec: RunSpec) -> list[str]:
+        argv = [*self._base(), "run", "--containall", "--no-eval"]
+        for mount in spec.mounts:
+            require_plain_paths(mount, BIND_FORBIDDEN_CHARS, self.name)
+            argv += ["--bind", f"{mount.source}:{mount.target}" + (":ro" if mount.readonly else "")]
+        return [*argv, spec.image, *spec.argv]
+
+    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str] | None:
+        return {**inherited, **{f"{ENV_PREFIX}{k}": v for k, v in spec.env.items()}}
+
+    def build_argv(self, source: str, sandbox_dir: Path) -> list[str]:
+        """Convert `source` (see `build_source`) into the sandbox directory `sandbox_dir`."""
+        return [*self._base(), "build", "--fix-perms", "--sandbox", str(sandbox_dir), source]
+
+    def build_env(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """Build temp files go to the build workdir (where the space is) unless the site chose."""
+        env = dict(inherited)
+        if "APPTAINER_TMPDIR" not in env:
+            env["APPTAINER_TMPDIR"] = str(self.build_workdir)
+        return env
+
+    def sandbox_path(self, image: str) -> Path:
+        """Where the converted `image` lives (reused by later pilots on the same host)."""
+        return self.build_workdir / sandbox_name(build_source(image))
+
+    # -- image --
+
+    async def prepare_image(self, image: str) -> str:
+        """A sandbox directory as is; anything else converted once (when allowed)."""
+        if not image or image.startswith("-"):
+            raise RuntimeUnavailableError(f"invalid image reference {image!r}")
+        if os.path.isdir(image):
+            return str(Path(image).resolve())
+        if self.image_directory_must_be_present:
+            raise RuntimeUnavailableError(
+                f"apptainer image {image!r} is not an existing sandbox directory"
+                f" (set {MUST_BE_PRESENT_VAR}=false to let the pilot convert it)"
+            )
+        if shutil.which(self.binary) is None:
+            raise RuntimeUnavailableError(f"{self.binary} not found on PATH")
+        if not self.build_workdir.is_dir():
+            raise RuntimeUnavailableError(
+                f"apptainer build workdir {self.build_workdir} is not an existing directory"
+            )
+        target = self.sandbox_path(image)
+        if target.is_dir():
+            LOGGER.info(f"using {target}, converted earlier from {image}")
+            return str(target)
+        return await self._convert(image, target)
+
+    async def _convert(self, image: str, target: Path) -> str:
+        # build next to the target, then rename: a crash never leaves a half-built
+        # sandbox that a later pilot would take for a finished one
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        source = build_source(image)
+        LOGGER.info(f"converting {source} to the apptainer sandbox {target}")
+        try:
+            result = await run_command(
+                self.build_argv(source, partial),
+                timeout=self.build_timeout,
+                env=self.build_env(os.environ),
+                cwd=self.build_workdir,
+            )
+            if not result.ok:
+                raise RuntimeUnavailableError(
+                    f"cannot convert {image!r} to an apptainer sandbox: {result.reason()}"
+                )
+            try:
+                partial.rename(target)
+            except OSError as e:
+                if not target.is_dir():  # not just another pilot having finished first
+                    raise RuntimeUnavailableError(
+                        f"cannot move the converted sandbox to {target}: {e.strerror}"
+                    ) from e
+        finally:
+            if partial.exists():
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(shutil.rmtree, partial)
+        LOGGER.info(f"image converted: {target}")
+        return str(target)

@@ -1,0 +1,133 @@
+"""What docker and podman share: the same `run`/`stop`/`rm`/`pull` command shapes.
+
+How a container dies with its pilot:
+- `--init`: a tiny init is PID 1 in the container and forwards SIGTERM to the
+  task, so `stop` ends a task that has no signal handler at once instead of
+  after the whole grace (a bare PID 1 ignores SIGTERM).
+- The client is run attached (`run` without `-d`), so it relays signals
+  (sig-proxy) and its exit code is the task's.
+- On a timeout or cancellation the pilot runs `stop -t <grace>` (SIGTERM, then
+  SIGKILL), kills the client, then `rm --force` in case `--rm` did not get to it.
+- Every container carries `ewms-pilot.owner=<pilot id>` (RunSpec.labels), so
+  what a SIGKILLed pilot left behind can be removed with `remove_leftovers`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import shutil
+
+from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError
+from .commands import run_command
+from .mounts import require_plain_paths
+
+LOGGER = logging.getLogger(__name__)
+
+#: characters `--mount type=bind,source=...` cannot carry unquoted
+MOUNT_FORBIDDEN_CHARS = ',"\n'
+
+#: seconds allowed for checking whether an image is present locally
+INSPECT_TIMEOUT = 60.0
+#: default seconds allowed for one pull
+PULL_TIMEOUT = 1800.0
+
+
+class OCIRuntime(Runtime):
+    """A docker-compatible CLI (docker, podman)."""
+
+    binary: str = "abstract"
+
+    def __init__(self, *, binary: str | None = None, pull_timeout: float = PULL_TIMEOUT) -> None:
+        if binary is not None:
+            self.binary = binary
+        self.pull_timeout = pull_timeout
+
+    # -- hooks for the concrete CLIs --
+
+    @abc.abstractmethod
+    def image_present_argv(self, image: str) -> list[str]:
+        """Exit code 0 when `image` is already in local storage."""
+
+    def extra_run_options(self) -> list[str]:
+        """Options only this CLI adds to `run` (placed just before the image)."""
+        return []
+
+    def force_remove_options(self) -> list[str]:
+        """Options for `rm --force` so it does not wait for a stop timeout."""
+        return []
+
+    # -- argv --
+
+    def pull_argv(self, image: str) -> list[str]:
+        return [self.binary, "pull", image]
+
+    def run_argv(self, spec: RunSpec) -> list[str]:
+        argv = [self.binary, "run", "--rm", "--init", "--name", spec.name]
+        for key, value in spec.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        for mount in spec.mounts:
+            require_plain_paths(mount, MOUNT_FORBIDDEN_CHARS, self.name)
+            option = f"type=bind,source={mount.source},target={mount.target}"
+            argv += ["--mount", option + (",readonly" if mount.readonly else "")]
+        for key, value in spec.env.items():
+            argv += ["--env", f"{key}={value}"]
+        argv += self.extra_run_options()
+        return [*argv, spec.image, *spec.argv]
+
+    def stop_argv(self, name: str, grace: float) -> list[str] | None:
+        return [self.binary, "stop", "-t", str(int(grace)), name]
+
+    def remove_argv(self, name: str) -> list[str] | None:
+        return [self.binary, "rm", "--force", *self.force_remove_options(), name]
+
+    def list_labelled_argv(self, label_key: str, label_value: str) -> list[str]:
+        return [
+            self.binary,
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            f"label={label_key}={label_value}",
+        ]
+
+    # -- async operations --
+
+    def _require_binary(self) -> None:
+        if shutil.which(self.binary) is None:
+            raise RuntimeUnavailableError(f"{self.binary} not found on PATH")
+
+    async def prepare_image(self, image: str) -> str:
+        """Use `image` from local storage, else pull it once; one-line error when neither works."""
+        if not image or image.startswith("-"):
+            raise RuntimeUnavailableError(f"invalid image reference {image!r}")
+        self._require_binary()
+        present = await run_command(self.image_present_argv(image), timeout=INSPECT_TIMEOUT)
+        if present.ok:
+            LOGGER.info(f"image {image} is present locally")
+            return image
+        LOGGER.info(f"pulling image {image} with {self.binary}")
+        pulled = await run_command(self.pull_argv(image), timeout=self.pull_timeout)
+        if not pulled.ok:
+            raise RuntimeUnavailableError(
+                f"cannot pull image {image!r} with {self.binary}: {pulled.reason()}"
+            )
+        return image
+
+    async def remove_leftovers(self, label_key: str, label_value: str) -> list[str]:
+        """Force-remove every container (running or not) labelled `label_key=label_value`."""
+        self._require_binary()
+        listed = await run_command(
+            self.list_labelled_argv(label_key, label_value), timeout=CLEANUP_TIMEOUT
+        )
+        ids = listed.stdout.split() if listed.ok else []
+        if not listed.ok:
+            LOGGER.warning(f"cannot list leftover containers: {listed.reason()}")
+        if ids:
+            removed = await run_command(
+                [self.binary, "rm", "--force", *self.force_remove_options(), *ids],
+                timeout=CLEANUP_TIMEOUT,
+            )
+            if not removed.ok:
+                LOGGER.warning(f"cannot remove leftover containers: {removed.reason()}")
+        return ids

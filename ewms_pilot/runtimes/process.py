@@ -1,0 +1,30 @@
+"""The task argv run directly on the host: no image, no isolation (laptops, CI, tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .base import RunSpec, Runtime
+
+
+class ProcessRuntime(Runtime):
+    """Runs `spec.argv` as a host process with `spec.env` added to the pilot's environment."""
+
+    name = "process"
+    uses_host_paths = True
+
+    async def prepare_image(self, image: str) -> str:
+        """Nothing to prepare: the image is ignored."""
+        return image
+
+    def run_argv(self, spec: RunSpec) -> list[str]:
+        if not spec.argv:
+            raise ValueError("the process runtime needs a command: the task args are empty")
+        return list(spec.argv)
+
+    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str] | None:
+        return {**inherited, **spec.env}
+
+    def process_cwd(self, spec: RunSpec) -> Path | None:
+        return spec.workdir

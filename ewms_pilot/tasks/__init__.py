@@ -1,0 +1,1 @@
+"""Tasks: one event's files, argv, process and failure types."""

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): venv + deps, test environment, ruff, mypy,
+# pytest. Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_x.py -k foo`.
+# Every step runs even if an earlier check failed, so one run shows all problems;
+# the exit status is non-zero if any step failed (pytest's "no tests ran" too).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- venv
+pick_python() {
+    local py
+    for py in python3 python3.13 python3.12 python3.11; do
+        if command -v "$py" >/dev/null &&
+            "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+if [[ ! -x .venv/bin/python ]]; then
+    py="$(pick_python)" || {
+        echo "test.sh: need python >= 3.11 (python3/python3.1x) to create .venv" >&2
+        exit 1
+    }
+    step "creating .venv with $py"
+    "$py" -m venv .venv
+fi
+PY=.venv/bin/python
+
+# Reinstall only when the packaging metadata changed (or the install is broken):
+# `pip install -e` costs several seconds even when nothing is to do.
+stamp=.venv/.ewms-pilot-test-install
+want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] ||
+    ! "$PY" - <<'PY' 2>/dev/null; then
+# installed (without importing ewms_pilot: a half-written module must not force a reinstall)
+import importlib.metadata, importlib.util, sys
+importlib.metadata.version("ewms-pilot")
+mods = ["mqclient", "pika", "nats", "pytest", "pytest_asyncio", "pytest_timeout", "mypy", "ruff"]
+sys.exit(any(importlib.util.find_spec(m) is None for m in mods))
+PY
+    step "pip install -e '.[test]'"
+    "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" >"$stamp"
+fi
+
+# ---------------------------------------------------------------- services
+step "test environment (scripts/test-env.sh)"
+bash scripts/test-env.sh >/dev/null
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+
+# ---------------------------------------------------------------- checks
+failed=()
+step "ruff check ewms_pilot tests"
+"$PY" -m ruff check ewms_pilot tests || failed+=(ruff)
+
+step "mypy"
+"$PY" -m mypy || failed+=(mypy)
+
+step "pytest $*"
+rc=0
+"$PY" -m pytest "$@" || rc=$?
+case "$rc" in
+0) ;;
+5) echo "test.sh: pytest collected no tests - that is a failure" >&2; failed+=("pytest(no tests)") ;;
+*) failed+=("pytest(exit $rc)") ;;
+esac
+
+if ((${#failed[@]})); then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all checks passed" >&2

@@ -1,0 +1,501 @@
+"""The embedded local queue (broker type `local`) on a real SQLite file.
+
+Checks what a pilot relies on: manual ack, nack -> immediate redelivery with a
+growing delivery count, the prefetch limit, no event ever held by two live
+consumers, and no event lost when a consumer freezes, closes or is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqclient.broker_client_interface import Message
+
+from ewms_pilot.config.model import BrokerConfig
+from ewms_pilot.errors import BrokerUnavailableError, ConfigError
+from ewms_pilot.queues import open_publisher, open_subscription
+from ewms_pilot.queues.base import DECODE_ERROR_HEADER
+from ewms_pilot.queues.local import LocalSubscription, local_counts
+from ewms_pilot.queues.local_liveness import ProcessIdentity, current, is_surely_dead
+
+
+def _cfg(db: Path, queue: str = "in") -> BrokerConfig:
+    return BrokerConfig(queue=queue, broker_type="local", address=str(db))
+
+
+async def _put(cfg: BrokerConfig, items: list[Any], headers: dict[str, Any] | None = None) -> None:
+    pub = await open_publisher(cfg)
+    try:
+        for item in items:
+            await pub.send(item, headers)
+    finally:
+        await pub.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "queue.db"
+
+
+# --------------------------------------------------------------------------- basics
+
+
+async def test_round_trip_keeps_data_headers_and_order(db: Path) -> None:
+    cfg = _cfg(db)
+    items = [{"n": i, "s": "é\u2603"} for i in range(5)] + ["text", [1, None], 3.5]
+    await _put(cfg, items, {"origin": "test"})
+    sub = await open_subscription(cfg, prefetch=1)
+    got = []
+    while (d := await sub.get(0.2)) is not None:
+        assert d.headers == {"origin": "test"}
+        assert d.delivery_count == 1
+        got.append(d.data)
+        await sub.ack(d)
+    await sub.close()
+    assert got == items
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+
+
+async def test_payload_is_mqclient_wire_format(db: Path) -> None:
+    """Another EWMS component reading the file sees oms-mqclient messages."""
+    await _put(_cfg(db), [{"x": 1}], {"h": "v"})
+    with sqlite3.connect(db) as conn:
+        (payload,) = conn.execute("SELECT payload FROM events").fetchone()
+    msg = Message("1", bytes(payload))
+    assert (msg.data, msg.headers) == ({"x": 1}, {"h": "v"})
+
+
+async def test_database_file_created_on_first_use(db: Path) -> None:
+    assert not db.exists()
+    sub = await open_subscription(_cfg(db), prefetch=1)
+    assert await sub.get(0) is None
+    await sub.close()
+    assert db.is_file()
+
+
+async def test_queues_in_one_database_are_separate(db: Path) -> None:
+    await _put(_cfg(db, "a"), ["for-a"])
+    await _put(_cfg(db, "b"), ["for-b"])
+    sub = await open_subscription(_cfg(db, "b"), prefetch=5)
+    d = await sub.get(0.2)
+    assert d is not None and d.data == "for-b"
+    await sub.ack(d)
+    assert await sub.get(0.2) is None
+    await sub.close()
+    assert (await local_counts(_cfg(db, "a")))["ready"] == 1
+
+
+async def test_nack_redelivers_at_once_with_growing_delivery_count(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, ["first", "second"])
+    sub = await open_subscription(cfg, prefetch=1)
+    for expected_count in (1, 2, 3):
+        start = time.monotonic()
+        d = await sub.get(5)
+        assert d is not None
+        assert time.monotonic() - start < 1  # immediately ready again, no redelivery delay
+        assert (d.data, d.delivery_count) == ("first", expected_count)
+        await sub.nack(d)
+    d = await sub.get(1)
+    assert d is not None and d.data == "first"
+    await sub.ack(d)
+    d = await sub.get(1)
+    assert d is not None and (d.data, d.delivery_count) == ("second", 1)
+    await sub.ack(d)
+    assert await sub.get(0.2) is None
+    await sub.close()
+
+
+async def test_ack_forgets_event_for_every_consumer(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, ["once"])
+    sub = await open_subscription(cfg, prefetch=1)
+    d = await sub.get(1)
+    assert d is not None
+    await sub.ack(d)
+    await sub.close()
+    other = await open_subscription(cfg, prefetch=1)
+    assert await other.get(0.3) is None
+    await other.close()
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+
+
+async def test_prefetch_limits_unacked_deliveries(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, list(range(5)))
+    sub = await open_subscription(cfg, prefetch=2)
+    a, b = await sub.get(1), await sub.get(1)
+    assert a is not None and b is not None
+    start = time.monotonic()
+    assert await sub.get(0.5) is None  # 3 events are ready, but 2 are unacked
+    assert time.monotonic() - start >= 0.45
+    assert await local_counts(cfg) == {"ready": 3, "in_flight": 2, "dead": 0}
+    await sub.ack(a)
+    c = await sub.get(1)
+    assert c is not None and c.data == 2
+    assert await sub.get(0.2) is None
+    await sub.nack(b)
+    d = await sub.get(1)
+    assert d is not None and (d.data, d.delivery_count) == (1, 2)
+    await sub.close()
+
+
+async def test_get_picks_up_an_event_published_while_waiting(db: Path) -> None:
+    cfg = _cfg(db)
+    sub = await open_subscription(cfg, prefetch=1)
+    waiting = asyncio.create_task(sub.get(10))
+    await asyncio.sleep(0.5)
+    sent_at = time.monotonic()
+    await _put(cfg, ["late"])
+    d = await waiting
+    assert d is not None and d.data == "late"
+    assert time.monotonic() - sent_at < 1.0  # polled, not waited out
+    await sub.ack(d)
+    await sub.close()
+
+
+async def test_close_returns_unacked_events(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, ["a", "b"])
+    sub = await open_subscription(cfg, prefetch=2)
+    assert await sub.get(1) is not None and await sub.get(1) is not None
+    await sub.close()
+    other = await open_subscription(cfg, prefetch=2)
+    got = [await other.get(1), await other.get(1)]
+    assert [(d.data, d.delivery_count) for d in got if d] == [("a", 2), ("b", 2)]
+    await other.close()
+
+
+async def test_cancelled_get_never_strands_an_event(db: Path) -> None:
+    """A `get` cancelled mid-claim (pilot shutdown) must not leave the event held."""
+    cfg = _cfg(db)
+    await _put(cfg, ["x"])
+    sub = await LocalSubscription.open(cfg, prefetch=1)
+    for i in range(40):  # cancel at different moments, some of them mid-claim
+        delay = (i % 10) * 0.0005
+        task = asyncio.create_task(sub.get(5))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            d = await task
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # the worker thread gives the claim back
+            assert await local_counts(cfg) == {"ready": 1, "in_flight": 0, "dead": 0}
+        else:
+            assert d is not None
+            await sub.nack(d)
+    assert sub.in_flight == 0
+    d = await sub.get(1)
+    assert d is not None and d.data == "x"
+    await sub.close()
+
+
+async def test_dead_letter_parks_event(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, ["poison", "fine"])
+    sub = await LocalSubscription.open(cfg, prefetch=1)
+    d = await sub.get(1)
+    assert d is not None and d.data == "poison"
+    await sub.dead_letter(d, "failed 3 times")
+    d = await sub.get(1)
+    assert d is not None and d.data == "fine"
+    await sub.ack(d)
+    assert await sub.get(0.2) is None
+    await sub.close()
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 1}
+
+
+async def test_foreign_payload_is_handed_over_with_decode_error(db: Path) -> None:
+    """Something that is not oms-mqclient's format must reach the pilot so it can fail it."""
+    await _put(_cfg(db), ["ok"])  # creates the schema
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO events (queue, payload, enqueued_at) VALUES ('in', ?, 0)", (b"garbage",)
+        )
+    sub = await open_subscription(_cfg(db), prefetch=2)
+    first, second = await sub.get(1), await sub.get(1)
+    assert first is not None and first.data == "ok"
+    assert second is not None and second.data is None and DECODE_ERROR_HEADER in second.headers
+    await sub.close()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+async def test_two_subscriptions_in_one_process_never_share_an_event(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, list(range(200)))
+
+    async def drain(sub: Any) -> list[int]:
+        got = []
+        while (d := await sub.get(0.5)) is not None:
+            got.append(d.data)
+            await asyncio.sleep(0)  # let the other consumer interleave
+            await sub.ack(d)
+        return got
+
+    subs = [await open_subscription(cfg, prefetch=3) for _ in range(2)]
+    a, b = await asyncio.gather(*(drain(s) for s in subs))
+    for s in subs:
+        await s.close()
+    assert not set(a) & set(b)
+    assert sorted(a + b) == list(range(200))
+    assert a and b  # both really consumed
+
+
+async def test_expired_lease_returns_event_and_stale_ack_is_skipped(db: Path) -> None:
+    """A consumer that stops renewing loses its events; its late ack must not delete them."""
+    cfg = _cfg(db)
+    await _put(cfg, ["e"])
+    slow = await LocalSubscription.open(cfg, prefetch=1, lease=1.5, renew_every=3600)
+    d_slow = await slow.get(1)
+    assert d_slow is not None
+    other = await open_subscription(cfg, prefetch=1)
+    assert await other.get(0.1) is None  # lease still valid
+    d_other = await other.get(5)
+    assert d_other is not None and (d_other.data, d_other.delivery_count) == ("e", 2)
+    await slow.ack(d_slow)  # too late: skipped, the event belongs to `other` now
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 1, "dead": 0}
+    await other.ack(d_other)
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+    await slow.close()
+    await other.close()
+
+
+async def test_renewed_lease_keeps_events(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, ["kept"])
+    holder = await LocalSubscription.open(cfg, prefetch=1, lease=1.0, renew_every=0.1)
+    d = await holder.get(1)
+    assert d is not None
+    other = await open_subscription(cfg, prefetch=1)
+    assert await other.get(2.5) is None  # > 2 lease lengths: renewal kept it
+    await holder.ack(d)
+    await holder.close()
+    await other.close()
+
+
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from ewms_pilot.config.model import BrokerConfig
+    from ewms_pilot.queues.local import LocalSubscription
+
+    async def main():
+        cfg = BrokerConfig(queue=sys.argv[2], broker_type="local", address=sys.argv[1])
+        sub = await LocalSubscription.open(cfg, int(sys.argv[3]), lease=float(sys.argv[4]))
+        for _ in range(int(sys.argv[3])):
+            d = await sub.get(10)
+            print(json.dumps(d.data), flush=True)
+        print("holding", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def _start_holder(
+    db: Path, queue: str, n: int, lease: float
+) -> tuple[subprocess.Popen[str], list[Any]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, str(db), queue, str(n), str(lease)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    taken = []
+    while (line := proc.stdout.readline().strip()) != "holding":
+        assert line, f"holder process ended early (rc={proc.poll()})"
+        taken.append(json.loads(line))
+    return proc, taken
+
+
+async def test_sigkilled_holder_events_come_back_quickly(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, list(range(5)))
+    proc, taken = await asyncio.to_thread(_start_holder, db, "in", 3, 30.0)
+    try:
+        assert taken == [0, 1, 2]
+        assert await local_counts(cfg) == {"ready": 2, "in_flight": 3, "dead": 0}
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie must count as dead too
+        start = time.monotonic()
+        sub = await open_subscription(cfg, prefetch=5)
+        got: list[tuple[Any, int | None]] = []
+        while len(got) < 5 and (d := await sub.get(5)) is not None:
+            got.append((d.data, d.delivery_count))
+            await sub.ack(d)
+        elapsed = time.monotonic() - start
+        await sub.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(got) == [(0, 2), (1, 2), (2, 2), (3, 1), (4, 1)]
+    assert elapsed < 5  # far below the 30 s lease: the dead process was recognised
+
+
+async def test_frozen_holder_keeps_events_until_its_lease_runs_out(db: Path) -> None:
+    """SIGSTOP: the process is alive, so only the lease (not liveness) can free its events."""
+    cfg = _cfg(db)
+    await _put(cfg, ["a", "b"])
+    proc, taken = await asyncio.to_thread(_start_holder, db, "in", 2, 3.0)
+    try:
+        assert taken == ["a", "b"]
+        os.kill(proc.pid, signal.SIGSTOP)
+        sub = await open_subscription(cfg, prefetch=2)
+        assert await sub.get(0.5) is None  # alive and within its lease
+        start = time.monotonic()
+        got: list[tuple[Any, int | None]] = []
+        while len(got) < 2 and (d := await sub.get(10)) is not None:
+            got.append((d.data, d.delivery_count))
+            await sub.ack(d)
+        elapsed = time.monotonic() - start
+        await sub.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(got) == [("a", 2), ("b", 2)]
+    assert elapsed < 6
+
+
+DRAIN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from ewms_pilot.config.model import BrokerConfig
+    from ewms_pilot.queues import open_subscription
+
+    async def main():
+        cfg = BrokerConfig(queue=sys.argv[2], broker_type="local", address=sys.argv[1])
+        sub = await open_subscription(cfg, prefetch=4)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # all four start together
+        while (d := await sub.get(1.5)) is not None:
+            await sub.ack(d)
+            print(json.dumps([d.data, d.delivery_count]), flush=True)
+        await sub.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_four_processes_drain_500_events_exactly_once(db: Path) -> None:
+    cfg = _cfg(db)
+    await _put(cfg, list(range(500)))
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DRAIN_SCRIPT,
+            str(db),
+            "in",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        assert await asyncio.wait_for(p.stdout.readline(), 60) == b"ready\n"
+    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate(b"go\n") for p in procs)), 120)
+    per_proc = []
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()
+        per_proc.append([json.loads(line) for line in out.decode().splitlines()])
+    delivered = [data for rows in per_proc for data, _ in rows]
+    assert sorted(delivered) == list(range(500))  # every event, none twice
+    assert all(count == 1 for rows in per_proc for _, count in rows)
+    assert sum(1 for rows in per_proc if rows) >= 3  # really concurrent
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def test_liveness_recognises_a_reused_pid() -> None:
+    me = current()
+    assert not is_surely_dead(me, me)
+    # same pid, different start time: the holder died and its pid went to another process
+    assert is_surely_dead(ProcessIdentity(me.machine, me.pid, me.start + "0"), me)
+    # another machine / pid namespace: cannot judge, so never "dead"
+    assert not is_surely_dead(ProcessIdentity("elsewhere", 999_999_999, "1"), me)
+
+
+def test_liveness_sees_an_exited_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    here = current()
+    start = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    ident = ProcessIdentity(here.machine, proc.pid, start)
+    assert not is_surely_dead(ident, here)
+    proc.kill()
+    deadline = time.monotonic() + 5
+    while not is_surely_dead(ident, here) and time.monotonic() < deadline:
+        time.sleep(0.01)  # SIGKILL is delivered asynchronously
+    assert is_surely_dead(ident, here)
+    # not reaped yet: this exercised the zombie case, not a vanished pid
+    assert Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    proc.wait()
+    assert is_surely_dead(ident, here)  # gone
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e)
+    assert "\n" not in text
+    return text
+
+
+async def test_missing_parent_dir_is_a_config_error(tmp_path: Path) -> None:
+    address = tmp_path / "no-such-dir" / "q.db"
+    with pytest.raises(ConfigError) as sub_err:
+        await open_subscription(_cfg(address), prefetch=1)
+    with pytest.raises(ConfigError) as pub_err:
+        await open_publisher(_cfg(address))
+    for e in (sub_err.value, pub_err.value):
+        assert "does not exist" in _one_line(e) and str(address) in str(e)
+    assert not address.parent.exists()
+
+
+async def test_directory_as_address_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        await open_publisher(_cfg(tmp_path))
+    assert "not a directory" in _one_line(e.value)
+
+
+async def test_corrupt_database_is_broker_unavailable(db: Path) -> None:
+    db.write_bytes(b"this is not sqlite\n" * 100)
+    with pytest.raises(BrokerUnavailableError) as e:
+        await open_subscription(_cfg(db), prefetch=1)
+    assert "not a database" in _one_line(e.value) and str(db) in str(e.value)
+
+
+async def test_foreign_sqlite_file_is_not_touched(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+    with pytest.raises(BrokerUnavailableError) as e:
+        await open_publisher(_cfg(db))
+    assert "not an ewms-pilot local queue" in _one_line(e.value)
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["mine"]
+
+
+async def test_counts_of_missing_database_is_an_error(db: Path) -> None:
+    with pytest.raises(BrokerUnavailableError) as e:
+        await local_counts(_cfg(db))
+    assert "does not exist" in _one_line(e.value)
+    assert not db.exists()

@@ -1,0 +1,484 @@
+"""The exact commands each runtime builds, and the bind-mount policy's refusals.
+
+Apptainer and docker cannot run here, so their argv lists are the contract
+tested; podman and the process runtime also run for real in other test files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from ewms_pilot.config.model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig
+from ewms_pilot.errors import ConfigError
+from ewms_pilot.runtimes import (
+    ApptainerRuntime,
+    DockerRuntime,
+    PodmanRuntime,
+    ProcessRuntime,
+    get_runtime,
+)
+from ewms_pilot.runtimes.apptainer import build_source, sandbox_name
+from ewms_pilot.runtimes.base import (
+    CONTAINER_DATA_HUB,
+    CONTAINER_TASK_IO,
+    Mount,
+    RunSpec,
+    RuntimeUnavailableError,
+)
+from ewms_pilot.runtimes.mounts import (
+    MountPolicyError,
+    build_mounts,
+    validate_mount,
+    validate_mounts,
+)
+
+NASTY = {
+    "SPACES": "a b  c",
+    "QUOTES": 'it\'s "quoted"',
+    "NEWLINE": "line1\nline2",
+    "SUBST": "$(touch /tmp/pwned) `id` ${HOME}",
+    "COMMA": "x,y=z",
+}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    out = {name: tmp_path / name for name in ("hub", "io", "ext")}
+    for d in out.values():
+        d.mkdir()
+    return out
+
+
+def spec(dirs: dict[str, Path], **kw: object) -> RunSpec:
+    base: dict[str, object] = dict(
+        image="localhost/img:1",
+        argv=("python3", "-c", "print(1)", "it's one arg"),
+        env={"A": "1", "B": "two words"},
+        mounts=(
+            Mount(dirs["io"], CONTAINER_TASK_IO),
+            Mount(dirs["hub"], CONTAINER_DATA_HUB),
+            Mount(dirs["ext"], PurePosixPath(dirs["ext"]), readonly=True),
+        ),
+        name="ewms-pilot-p1-t1",
+        labels={"ewms-pilot.owner": "p1", "ewms-pilot.task": "t1"},
+    )
+    base.update(kw)
+    return RunSpec(**base)  # type: ignore[arg-type]
+
+
+def oci_tail(dirs: dict[str, Path]) -> list[str]:
+    return [
+        "--label",
+        "ewms-pilot.owner=p1",
+        "--label",
+        "ewms-pilot.task=t1",
+        "--mount",
+        f"type=bind,source={dirs['io']},target=/ewms-pilot-data/task-io",
+        "--mount",
+        f"type=bind,source={dirs['hub']},target=/ewms-pilot-data/data-hub",
+        "--mount",
+        f"type=bind,source={dirs['ext']},target={dirs['ext']},readonly",
+        "--env",
+        "A=1",
+        "--env",
+        "B=two words",
+    ]
+
+
+# ---------------------------------------------------------------- docker / podman
+
+
+def test_docker_run_argv(dirs: dict[str, Path]) -> None:
+    argv = DockerRuntime().run_argv(spec(dirs))
+    assert argv == [
+        "docker", "run", "--rm", "--init", "--name", "ewms-pilot-p1-t1",
+        *oci_tail(dirs),
+        "localhost/img:1", "python3", "-c", "print(1)", "it's one arg",
+    ]  # fmt: skip
+
+
+def test_docker_shm_size_only_when_configured(dirs: dict[str, Path]) -> None:
+    argv = DockerRuntime(shm_size="8g").run_argv(spec(dirs))
+    assert argv[-7:] == [
+        "--shm-size",
+        "8g",
+        "localhost/img:1",
+        "python3",
+        "-c",
+        "print(1)",
+        "it's one arg",
+    ]
+    assert "--shm-size" not in DockerRuntime().run_argv(spec(dirs))
+    assert "--shm-size" not in PodmanRuntime().run_argv(spec(dirs))
+
+
+def test_podman_run_argv(dirs: dict[str, Path]) -> None:
+    argv = PodmanRuntime().run_argv(spec(dirs))
+    assert argv == [
+        "podman", "run", "--rm", "--init", "--name", "ewms-pilot-p1-t1",
+        *oci_tail(dirs),
+        "localhost/img:1", "python3", "-c", "print(1)", "it's one arg",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("rt", [DockerRuntime(), PodmanRuntime()], ids=["docker", "podman"])
+def test_oci_env_values_are_single_argv_elements(rt: DockerRuntime, dirs: dict[str, Path]) -> None:
+    argv = rt.run_argv(spec(dirs, env=NASTY))
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert envs == [f"{k}={v}" for k, v in NASTY.items()]
+
+
+def test_oci_stop_remove_and_image_argvs() -> None:
+    assert DockerRuntime().stop_argv("c1", 7.9) == ["docker", "stop", "-t", "7", "c1"]
+    assert PodmanRuntime().stop_argv("c1", 5) == ["podman", "stop", "-t", "5", "c1"]
+    assert DockerRuntime().remove_argv("c1") == ["docker", "rm", "--force", "c1"]
+    assert PodmanRuntime().remove_argv("c1") == ["podman", "rm", "--force", "--time", "0", "c1"]
+    assert PodmanRuntime().image_present_argv("x:1") == ["podman", "image", "exists", "x:1"]
+    assert DockerRuntime().image_present_argv("x:1") == [
+        "docker", "image", "inspect", "--format", "{{.Id}}", "x:1",
+    ]  # fmt: skip
+    assert DockerRuntime().pull_argv("x:1") == ["docker", "pull", "x:1"]
+    assert PodmanRuntime().list_labelled_argv("ewms-pilot.owner", "p1") == [
+        "podman", "ps", "--all", "--quiet", "--filter", "label=ewms-pilot.owner=p1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["/data/a,b", '/data/"q"'])
+def test_oci_refuses_mount_paths_its_syntax_cannot_carry(tmp_path: Path, bad: str) -> None:
+    s = RunSpec(
+        image="i", argv=(), env={}, mounts=(Mount(Path(bad), PurePosixPath("/x")),), name="n"
+    )
+    with pytest.raises(
+        MountPolicyError, match=r"^refusing to bind .*: podman cannot bind a path containing"
+    ):
+        PodmanRuntime().run_argv(s)
+
+
+async def test_oci_missing_binary_is_one_line(tmp_path: Path) -> None:
+    rt = DockerRuntime(binary="docker-not-installed-here")
+    with pytest.raises(RuntimeUnavailableError) as err:
+        await rt.prepare_image("localhost/img:1")
+    assert str(err.value) == "docker-not-installed-here not found on PATH"
+    with pytest.raises(RuntimeUnavailableError, match="^podman-nope not found on PATH$"):
+        await PodmanRuntime(binary="podman-nope").prepare_image("img")
+
+
+async def test_docker_not_found_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no docker on PATH
+    with pytest.raises(RuntimeUnavailableError) as err:
+        await DockerRuntime().prepare_image("img")
+    assert str(err.value) == "docker not found on PATH"
+
+
+# ---------------------------------------------------------------- apptainer
+
+
+def apptainer(tmp_path: Path, **kw: object) -> ApptainerRuntime:
+    return ApptainerRuntime(build_workdir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def test_apptainer_run_argv(dirs: dict[str, Path], tmp_path: Path) -> None:
+    argv = apptainer(tmp_path).run_argv(spec(dirs, image="/images/sandbox"))
+    assert argv == [
+        "apptainer", "run", "--containall", "--no-eval",
+        "--bind", f"{dirs['io']}:/ewms-pilot-data/task-io",
+        "--bind", f"{dirs['hub']}:/ewms-pilot-data/data-hub",
+        "--bind", f"{dirs['ext']}:{dirs['ext']}:ro",
+        "/images/sandbox", "python3", "-c", "print(1)", "it's one arg",
+    ]  # fmt: skip
+    debug = apptainer(tmp_path, debug=True).run_argv(spec(dirs, image="/images/sandbox"))
+    assert debug[:3] == ["apptainer", "--debug", "run"]
+
+
+def test_apptainer_env_goes_in_the_client_env_not_argv(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    rt = apptainer(tmp_path)
+    s = spec(dirs, env=NASTY)
+    argv = rt.run_argv(s)
+    assert not any(v in a for a in argv for v in NASTY.values())
+    env = rt.process_env(s, {"PATH": "/usr/bin", "APPTAINER_CACHEDIR": "/c"})
+    assert env == {
+        "PATH": "/usr/bin",
+        "APPTAINER_CACHEDIR": "/c",
+        **{f"APPTAINERENV_{k}": v for k, v in NASTY.items()},
+    }
+    assert rt.stop_argv("x", 5) is None  # no stop command: the pilot signals the process group
+
+
+@pytest.mark.parametrize("bad", ["/data/a:b", "/data/a,b"])
+def test_apptainer_refuses_bind_paths_with_separators(tmp_path: Path, bad: str) -> None:
+    s = RunSpec(
+        image="/s", argv=(), env={}, mounts=(Mount(Path(bad), PurePosixPath("/x")),), name="n"
+    )
+    with pytest.raises(MountPolicyError, match="apptainer cannot bind a path containing"):
+        apptainer(tmp_path).run_argv(s)
+
+
+def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
+    rt = apptainer(tmp_path / "work", image_directory_must_be_present=False)
+    sif = tmp_path / "img.sif"
+    sif.write_bytes(b"x")
+    assert build_source("docker://ghcr.io/org/img:1") == "docker://ghcr.io/org/img:1"
+    assert build_source("ghcr.io/org/img:1") == "docker://ghcr.io/org/img:1"
+    assert build_source("python:3.12") == "docker://python:3.12"
+    assert build_source(str(sif)) == str(sif)
+    target = rt.sandbox_path("ghcr.io/org/img:1")
+    assert target.parent == tmp_path / "work"
+    assert target.name.startswith("docker_ghcr.io_org_img_1-")
+    assert rt.build_argv("docker://ghcr.io/org/img:1", target) == [
+        "apptainer", "build", "--fix-perms", "--sandbox", str(target), "docker://ghcr.io/org/img:1",
+    ]  # fmt: skip
+    assert sandbox_name("docker://a/b:1") != sandbox_name("docker://a_b:1")
+    assert rt.build_env({"PATH": "/bin"})["APPTAINER_TMPDIR"] == str(tmp_path / "work")
+    assert rt.build_env({"APPTAINER_TMPDIR": "/site"})["APPTAINER_TMPDIR"] == "/site"
+
+
+async def test_apptainer_sandbox_dir_is_used_as_is(tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    assert await apptainer(tmp_path).prepare_image(str(sandbox)) == str(sandbox)
+
+
+async def test_apptainer_requires_a_sandbox_dir_when_configured(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeUnavailableError) as err:
+        await apptainer(tmp_path).prepare_image("docker://python:3.12")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        "apptainer image 'docker://python:3.12' is not an existing sandbox directory"
+        " (set EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT=false to let the pilot convert it)"
+    )
+
+
+async def test_apptainer_conversion_runs_build_and_reuses_result(tmp_path: Path) -> None:
+    """A stand-in `apptainer` records its argv and creates the sandbox dir like the real one."""
+    bindir, work = tmp_path / "bin", tmp_path / "work"
+    bindir.mkdir()
+    work.mkdir()
+    log = tmp_path / "calls.log"
+    fake = bindir / "apptainer"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import os, sys\n"
+        f"open({str(log)!r}, 'a').write(repr([sys.argv[1:], os.getcwd(), os.environ.get('APPTAINER_TMPDIR')]) + '\\n')\n"
+        "os.mkdir(sys.argv[-2])\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    rt = apptainer(work, image_directory_must_be_present=False, binary=str(fake))
+    first = await rt.prepare_image("ghcr.io/org/img:1")
+    target = rt.sandbox_path("ghcr.io/org/img:1")
+    assert first == str(target) and target.is_dir()
+    calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 - our own repr
+    partial = f"{target}.partial-{os.getpid()}"
+    assert calls == [
+        [
+            ["build", "--fix-perms", "--sandbox", partial, "docker://ghcr.io/org/img:1"],
+            str(work),
+            str(work),
+        ]
+    ]
+    assert await rt.prepare_image("ghcr.io/org/img:1") == str(target)
+    assert len(log.read_text().splitlines()) == 1  # converted once
+    assert not Path(partial).exists()
+
+
+async def test_apptainer_failed_conversion_is_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "apptainer"
+    fake.write_text(
+        "#!/bin/sh\necho 'INFO: starting' >&2\necho 'FATAL: no such image' >&2\nexit 255\n"
+    )
+    fake.chmod(0o755)
+    rt = apptainer(tmp_path, image_directory_must_be_present=False, binary=str(fake))
+    with pytest.raises(RuntimeUnavailableError) as err:
+        await rt.prepare_image("docker://nope/nope:0")
+    assert (
+        str(err.value)
+        == "cannot convert 'docker://nope/nope:0' to an apptainer sandbox: FATAL: no such image"
+    )
+    assert not any(p.name.endswith(f".partial-{os.getpid()}") for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- process
+
+
+def test_process_runtime_runs_argv_on_the_host(dirs: dict[str, Path]) -> None:
+    rt = ProcessRuntime()
+    s = spec(dirs, env=NASTY, workdir=dirs["io"])
+    assert rt.run_argv(s) == ["python3", "-c", "print(1)", "it's one arg"]
+    assert rt.process_env(s, {"PATH": "/bin", "SUBST": "old"}) == {"PATH": "/bin", **NASTY}
+    assert rt.process_cwd(s) == dirs["io"]
+    assert rt.stop_argv("n", 5) is None and rt.uses_host_paths
+    with pytest.raises(ValueError, match="needs a command"):
+        rt.run_argv(spec(dirs, argv=()))
+
+
+async def test_process_runtime_ignores_the_image() -> None:
+    assert await ProcessRuntime().prepare_image("anything:at-all") == "anything:at-all"
+
+
+# ---------------------------------------------------------------- RunSpec / factory
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"env": {"BAD NAME": "x"}}, "invalid environment variable name 'BAD NAME'"),
+        ({"env": {"A": "nul\0"}}, "environment variable A contains a NUL byte"),
+        ({"image": "--privileged"}, "invalid image '--privileged': must not start with '-'"),
+        ({"name": "-x"}, "invalid container name '-x'"),
+        ({"name": "a b"}, "invalid container name 'a b'"),
+    ],
+)
+def test_runspec_refuses_what_argv_cannot_carry(
+    dirs: dict[str, Path], kw: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        spec(dirs, **kw)
+    assert str(err.value).startswith(message)
+
+
+def test_get_runtime(tmp_path: Path) -> None:
+    assert isinstance(get_runtime(ContainerPlatform.PROCESS), ProcessRuntime)
+    assert isinstance(get_runtime(ContainerPlatform.PODMAN), PodmanRuntime)
+    docker = get_runtime(ContainerPlatform.DOCKER, docker_shm_size="2g")
+    assert isinstance(docker, DockerRuntime) and docker.shm_size == "2g"
+    cfg = PilotConfig(
+        task=ContainerConfig(image="img"),
+        incoming=BrokerConfig("in", "local", "x"),
+        outgoing=BrokerConfig("out", "local", "x"),
+        container_platform=ContainerPlatform.APPTAINER,
+        apptainer_build_workdir=tmp_path,
+        apptainer_image_directory_must_be_present=False,
+        container_debug=True,
+    )
+    rt = get_runtime(cfg)
+    assert isinstance(rt, ApptainerRuntime)
+    assert (rt.build_workdir, rt.image_directory_must_be_present, rt.debug) == (
+        tmp_path,
+        False,
+        True,
+    )
+
+
+# ---------------------------------------------------------------- mount policy
+
+
+@pytest.mark.parametrize("source", ["/proc", "/proc/self", "/dev", "/sys/fs", "/run", "/boot"])
+@pytest.mark.parametrize("readonly", [True, False])
+def test_never_mounted(source: str, readonly: bool) -> None:
+    root = "/" + source.split("/")[1]
+    mode = "read-only" if readonly else "writable"
+    with pytest.raises(MountPolicyError) as err:
+        validate_mount(Mount(Path(source), PurePosixPath("/x"), readonly=readonly))
+    assert (
+        str(err.value)
+        == f"refusing to bind {source} at /x ({mode}): {root} is never bound into a container"
+    )
+
+
+def test_never_mounted_through_a_symlink_or_dotdot(tmp_path: Path) -> None:
+    link = tmp_path / "looks-harmless"
+    link.symlink_to("/proc")
+    with pytest.raises(MountPolicyError, match="/proc is never bound into a container$"):
+        validate_mount(Mount(link, PurePosixPath("/x"), readonly=True))
+    with pytest.raises(MountPolicyError, match="/sys is never bound"):
+        validate_mount(Mount(Path("/usr/../sys"), PurePosixPath("/x"), readonly=True))
+
+
+@pytest.mark.parametrize(
+    "source", ["/etc", "/usr/share", "/lib", "/bin", "/root", "/var/log", "/var/cache"]
+)
+def test_system_dirs_only_read_only(source: str) -> None:
+    if not Path(source).is_dir():
+        pytest.fail(f"{source} should exist on this Debian host")
+    root = (
+        "/" + "/".join(source.split("/")[1:3])
+        if source.startswith("/var/")
+        else "/" + source.split("/")[1]
+    )
+    assert validate_mount(Mount(Path(source), PurePosixPath("/x"), readonly=True)).readonly
+    with pytest.raises(MountPolicyError) as err:
+        validate_mount(Mount(Path(source), PurePosixPath("/x")))
+    assert (
+        str(err.value)
+        == f"refusing to bind {source} at /x (writable): {root} may only be bound read-only"
+    )
+
+
+def test_relative_missing_and_root_refused(tmp_path: Path) -> None:
+    with pytest.raises(
+        MountPolicyError, match=r"^refusing to bind data at /x \(writable\): host path is relative$"
+    ):
+        validate_mount(Mount(Path("data"), PurePosixPath("/x")))
+    with pytest.raises(MountPolicyError, match=r"container path y is relative$"):
+        validate_mount(Mount(tmp_path, PurePosixPath("y")))
+    missing = tmp_path / "missing"
+    with pytest.raises(MountPolicyError) as err:
+        validate_mount(Mount(missing, PurePosixPath("/x")))
+    assert (
+        str(err.value)
+        == f"refusing to bind {missing} at /x (writable): not an existing directory on this host"
+    )
+    with pytest.raises(MountPolicyError, match="the whole file system cannot be bound"):
+        validate_mount(Mount(Path("/"), PurePosixPath("/x"), readonly=True))
+
+
+def test_duplicate_targets_refused(dirs: dict[str, Path]) -> None:
+    with pytest.raises(MountPolicyError) as err:
+        validate_mounts(
+            [Mount(dirs["hub"], PurePosixPath("/x")), Mount(dirs["io"], PurePosixPath("/x"))]
+        )
+    assert (
+        str(err.value)
+        == f"refusing to bind {dirs['io']} at /x: that container path is already bound"
+    )
+
+
+def test_build_mounts(dirs: dict[str, Path]) -> None:
+    mounts = build_mounts(
+        data_hub=dirs["hub"],
+        task_io=dirs["io"],
+        external_directories=[dirs["ext"], Path("/usr/share")],
+    )
+    assert mounts == (
+        Mount(dirs["io"], CONTAINER_TASK_IO),
+        Mount(dirs["hub"], CONTAINER_DATA_HUB),
+        Mount(dirs["ext"], PurePosixPath(dirs["ext"]), readonly=True),
+        Mount(
+            Path("/usr/share"), PurePosixPath("/usr/share"), readonly=True
+        ),  # system dirs: read-only is fine
+    )
+    assert build_mounts(data_hub=None, task_io=None) == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("relative/dir", "an absolute path"),
+        ("/proc", "a directory outside /proc, /dev, /sys, /run, /boot"),
+        ("/does/not/exist", "an existing directory"),
+    ],
+)
+def test_bad_external_directory_is_a_config_error(
+    dirs: dict[str, Path], entry: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_mounts(data_hub=dirs["hub"], task_io=None, external_directories=[Path(entry)])
+    assert str(err.value) == f"EWMS_PILOT_EXTERNAL_DIRECTORIES={entry!r}: expected {expected}"
+
+
+def test_duplicate_external_directory_is_a_config_error(dirs: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_mounts(data_hub=None, task_io=None, external_directories=[dirs["ext"], dirs["ext"]])
+    assert err.value.variable == "EWMS_PILOT_EXTERNAL_DIRECTORIES"
+    assert "each directory once" in str(err.value)
+
+
+def test_pilot_dir_breaking_policy_is_a_mount_policy_error() -> None:
+    with pytest.raises(MountPolicyError, match="/etc may only be bound read-only"):
+        build_mounts(data_hub=Path("/etc"), task_io=None)
