@@ -15,6 +15,8 @@ Design (details in docs/local-queue.md):
   pilot) and, on the same machine, of a holder whose process is gone
   (pid + process start time + boot id + pid namespace, so a reused pid is not
   mistaken for it): a SIGKILLed pilot's events come back within about a second.
+  A subscription never expires its own holder (its events stay its own after
+  a laptop suspend).
 - `Delivery.delivery_count` is kept in the database: 1 on first delivery.
 - Prefetch = most unacked deliveries one subscription holds at once.
 - Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
