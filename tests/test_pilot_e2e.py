@@ -46,8 +46,12 @@ def test_every_event_yields_its_output(broker: tuple[str, str], queue_name: str,
     results = asyncio.run(drain(btype, addr, qout, timeout=2, expect=len(events)))
     assert sorted(results) == sorted(e + e for e in events)
     assert "received 32" in run.stdout and "succeeded 32" in run.stdout
-    # task dirs are removed after success; the data hub stays
-    assert [p.name for p in (tmp_path / "ewms-pilot-data").iterdir()] == ["data-hub"]
+    # task dirs are removed after success; the data hub and the journal stay
+    data = tmp_path / "ewms-pilot-data"
+    assert sorted(p.name for p in data.iterdir()) == ["data-hub", "tasks.jsonl"]
+    journal = [json.loads(line) for line in (data / "tasks.jsonl").read_text().splitlines()]
+    assert len(journal) == 32 and all(r["published"] and r["acked"] and r["exit_code"] == 0 for r in journal)
+    assert sorted(r["bytes_out"] for r in journal) == sorted(len((e + e).encode()) for e in events)
 
 
 def test_json_events_and_outfiles(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
@@ -292,7 +296,7 @@ def test_failed_task_keeps_its_files(rabbitmq_address: str, queue_name: str, tmp
     )
     run = run_pilot(env)
     assert run.returncode == 3
-    [task_dir] = [p for p in (tmp_path / "ewms-pilot-data").iterdir() if p.name != "data-hub"]
+    [task_dir] = [p for p in (tmp_path / "ewms-pilot-data").iterdir() if p.is_dir() and p.name != "data-hub"]
     assert (task_dir / "outputs" / "stdoutfile").read_text() == "to stdout\n"
     assert "to stderr" in (task_dir / "outputs" / "stderrfile").read_text()
     assert "to stdout" in run.stderr  # dumped to the pilot's log

@@ -95,6 +95,15 @@ class ChirpReporter:
             immediate=False,
         )
 
+    def set_task_progress(self, task_id: str, progress: float | None, status: str | None) -> None:
+        """The latest `ewms_progress:`/`ewms_status:` a task printed; rate-limited like counts."""
+        parts = [f"task {task_id}"]
+        if progress is not None:
+            parts.append(f"{progress:g}%")
+        if status:
+            parts.append(status)
+        self._submit({ChirpAttr.HTChirpEWMSPilotTaskProgress: " ".join(parts)}, immediate=False)
+
     def set_error(self, exc: BaseException | str, traceback_text: str | None = None) -> None:
         """The error that ends (or hurts) the pilot, with its traceback, sent now.
 

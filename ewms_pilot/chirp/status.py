@@ -36,3 +36,4 @@ class ChirpAttr(str, enum.Enum):  # noqa: UP042 - the agreed (str, Enum) style
     HTChirpEWMSPilotError = "HTChirpEWMSPilotError"
     HTChirpEWMSPilotErrorTraceback = "HTChirpEWMSPilotErrorTraceback"
     HTChirpEWMSPilotEndReason = "HTChirpEWMSPilotEndReason"
+    HTChirpEWMSPilotTaskProgress = "HTChirpEWMSPilotTaskProgress"

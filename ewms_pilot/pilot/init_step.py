@@ -43,7 +43,7 @@ async def run_once_container(
         mounts=() if runtime.uses_host_paths else mounts,
         name=f"ewms-pilot-{pilot_id}-{role}",
         labels={"ewms-pilot.owner": pilot_id, "ewms-pilot.task": role},
-        workdir=outputs.parent,
+        workdir=None,
     )
     LOGGER.info(f"running {role} container ({container.image or 'host process'})")
     run = asyncio.ensure_future(

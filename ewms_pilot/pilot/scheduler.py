@@ -23,7 +23,8 @@ from ..queues.base import Delivery, Publisher, Subscription
 from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
-from .init_step import InitFailedError, run_init_container
+from .init_step import InitFailedError, run_init_container, run_once_container
+from .journal import JOURNAL_NAME, Journal
 from .shutdown import StopCause, StopRequest
 from .state import PilotState, Tally
 from .summary import render_summary
@@ -61,6 +62,7 @@ class Pilot:
         self._critical = Critical()
         self._failures: list[TaskOutcome] = []
         self._last_activity = time.monotonic()
+        self.journal = Journal(cfg.data_dir / JOURNAL_NAME)
 
     # -- control ------------------------------------------------------------
 
@@ -111,7 +113,10 @@ class Pilot:
                         dc.replace(self.cfg.incoming, queue=self.cfg.queue_deadletter)
                     )
                 env = TaskEnvironment.build(self.cfg, self.runtime, image, self.pilot_id)
-                handler = TaskHandler(env, sub, pub, self._critical, deadletter=dlq)
+                handler = TaskHandler(
+                    env, sub, pub, self._critical, deadletter=dlq,
+                    journal=self.journal, on_progress=self.chirp.set_task_progress,
+                )
                 await self._consume(sub, handler)
         except InitFailedError as e:
             self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e)
@@ -124,6 +129,7 @@ class Pilot:
             self._fatal(StopCause.FATAL, f"unexpected error: {type(e).__name__}: {e}", e)
         finally:
             await self._drain(sub)
+            await self._teardown()
             await self._close(sub, pub, dlq)
         request = self.stop_request or StopRequest(StopCause.FATAL, "ended without a reason")
         await self._finish(request)
@@ -199,7 +205,6 @@ class Pilot:
             self._report()
             return
         outcome = task.result()
-        self.tally.runtimes.append(outcome.runtime)
         if outcome.no_output:
             self.tally.no_output += 1
         if outcome.ok:
@@ -284,6 +289,22 @@ class Pilot:
             await asyncio.gather(*self._running, return_exceptions=True)
         await self._critical.wait(CRITICAL_WAIT)
 
+    async def _teardown(self) -> None:
+        """Run the teardown container once (after success, failure or eviction alike)."""
+        teardown = self.cfg.teardown
+        if teardown is None:
+            return
+        if self.stop_request is not None and self.stop_request.cause == StopCause.SIGNAL:
+            budget = max(self.cfg.shutdown_grace, 5.0)  # evicted: stay within the grace
+            teardown = dc.replace(teardown, timeout=min(teardown.timeout or budget, budget))
+        try:
+            await run_once_container(
+                self.cfg, teardown, self.runtime, self.pilot_id, "teardown", asyncio.Event()
+            )
+        except (InitFailedError, RuntimeUnavailableError) as e:
+            LOGGER.error(f"teardown failed: {e}")
+            self.chirp.set_error(f"teardown failed: {e}", None)
+
     async def _close(self, *conns: Subscription | Publisher | None) -> None:
         for conn in conns:
             if conn is not None:
@@ -300,7 +321,8 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
-        print(render_summary(self.tally, request), flush=True)
+        records = await asyncio.to_thread(self.journal.read, self.pilot_id)
+        print(render_summary(self.tally, request, records), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0:
             LOGGER.warning(f"quarantine: sleeping {self.cfg.quarantine_time:g}s before exiting")
             try:

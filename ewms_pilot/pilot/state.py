@@ -32,7 +32,6 @@ class Tally:
     dead_lettered: int = 0
     nacked: int = 0
     no_output: int = 0
-    runtimes: list[float] = dc.field(default_factory=list)  # seconds, finished tasks
     started_at: float = dc.field(default_factory=time.monotonic)
 
     @property

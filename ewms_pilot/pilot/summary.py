@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from .shutdown import StopRequest
 from .state import Tally
@@ -32,6 +33,7 @@ def histogram(runtimes: list[float], bins: int = BINS, width: int = BAR_WIDTH) -
     lo, hi = min(runtimes), max(runtimes)
     if hi - lo < 1e-9:
         return [f"  {lo:8.2f}s          | {'#' * width} {len(runtimes)}"]
+    bins = min(bins, len(runtimes))
     step = (hi - lo) / bins
     counts = [0] * bins
     for r in runtimes:
@@ -43,8 +45,8 @@ def histogram(runtimes: list[float], bins: int = BINS, width: int = BAR_WIDTH) -
     ]
 
 
-def render_summary(tally: Tally, request: StopRequest) -> str:
-    """The block printed when the pilot ends."""
+def render_summary(tally: Tally, request: StopRequest, records: list[dict[str, Any]]) -> str:
+    """The block printed when the pilot ends; task statistics come from the journal records."""
     elapsed = time.monotonic() - tally.started_at
     lines = [
         "=" * 60,
@@ -53,12 +55,13 @@ def render_summary(tally: Tally, request: StopRequest) -> str:
         f"  dead-lettered {tally.dead_lettered}  no-output {tally.no_output}",
         f"  wall time {elapsed:.1f}s",
     ]
-    stats = runtime_stats(tally.runtimes)
+    runtimes = [r["end"] - r["start"] for r in records if r.get("end") is not None]
+    stats = runtime_stats(runtimes)
     if stats["count"]:
         lines.append(
             "  task runtime (s): count {count:.0f}  mean {mean:.3f}  median {median:.3f}"
             "  min {min:.3f}  max {max:.3f}".format(**stats)
         )
-        lines += histogram(tally.runtimes)
+        lines += histogram(runtimes)
     lines.append("=" * 60)
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import dataclasses as dc
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -33,7 +33,9 @@ from ..tasks.errors import (
 )
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
 from ..tasks.process import run_to_completion
+from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id
+from .journal import Journal, TaskRecord
 from .publish import publish_with_retry
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -59,21 +61,29 @@ class TaskLog(logging.LoggerAdapter[logging.Logger]):
 
 @dc.dataclass(frozen=True)
 class TaskOutcome:
-    """What happened to one event."""
+    """What happened to one event (the journal record holds the details)."""
 
     task_id: str
     delivery: Delivery
     failure: TaskFailure | None
-    runtime: float
-    published: bool
-    acked: bool
-    nacked: bool
+    record: TaskRecord
     no_output: bool = False
-    dead_lettered: bool = False  # failed its last allowed delivery: dead-lettered (or dropped) and acked
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def runtime(self) -> float:
+        return self.record.runtime
+
+    @property
+    def nacked(self) -> bool:
+        return self.record.nacked
+
+    @property
+    def dead_lettered(self) -> bool:
+        return self.record.dead_lettered
 
 
 class Critical:
@@ -128,6 +138,45 @@ class TaskEnvironment:
         return tuple(mounts)
 
 
+class ProgressWatcher:
+    """Picks `ewms_progress:` / `ewms_status:` lines out of a running task's output."""
+
+    def __init__(
+        self,
+        record: TaskRecord,
+        log: TaskLog,
+        report: Callable[[str, float | None, str | None], None] | None,
+        patterns: tuple[re.Pattern[str], ...],
+    ) -> None:
+        self.record = record
+        self.log = log
+        self.report = report
+        self.patterns = patterns
+        self.pattern_hit: tuple[str, str] | None = None  # (pattern, line): first match wins
+
+    def __call__(self, stream: str, line: str) -> None:
+        if self.patterns and self.pattern_hit is None:
+            for pattern in self.patterns:
+                if pattern.search(line):
+                    self.pattern_hit = (pattern.pattern, line.strip())
+                    break
+        try:
+            update = parse_progress_line(line)
+        except MalformedProgress as e:
+            self.log.warning(f"ignoring malformed progress line on {stream}: {e}")
+            return
+        if update is None:
+            return
+        if update.progress is not None:
+            self.record.progress = update.progress
+            self.log.info(f"progress {update.progress:g}%")
+        if update.status is not None:
+            self.record.status = update.status
+            self.log.info(f"status: {update.status}")
+        if self.report:
+            self.report(self.record.task_id, self.record.progress, self.record.status)
+
+
 class TaskHandler:
     """Runs one event through the task container and settles it with the broker."""
 
@@ -138,12 +187,16 @@ class TaskHandler:
         publisher: Publisher,
         critical: Critical,
         deadletter: Publisher | None = None,
+        journal: Journal | None = None,
+        on_progress: Callable[[str, float | None, str | None], None] | None = None,
     ) -> None:
         self.env = env
         self.sub = subscription
         self.pub = publisher
         self.critical = critical
         self.deadletter = deadletter
+        self.journal = journal
+        self.on_progress = on_progress
 
     def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
         rt, cfg = self.env.runtime, self.env.cfg
@@ -159,54 +212,70 @@ class TaskHandler:
             mounts=() if rt.uses_host_paths else mounts,
             name=f"ewms-pilot-{self.env.pilot_id}-{task_id}",
             labels={"ewms-pilot.owner": self.env.pilot_id, "ewms-pilot.task": task_id},
-            workdir=tdir.root,
+            workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
         )
 
     async def run(self, delivery: Delivery) -> TaskOutcome:
-        """Process `delivery`; always settles it (ack, nack) unless cancelled mid-publish."""
+        """Process `delivery`; always settles it (ack, nack or dead-letter)."""
         task_id = new_task_id()
         log = TaskLog(LOGGER, {"task": task_id})
         cfg = self.env.cfg
-        start = time.monotonic()
+        record = TaskRecord(task_id, self.env.pilot_id, delivery.msg_id, delivery.delivery_count, time.time())
         log.info(f"event {delivery.msg_id} (delivery #{delivery.delivery_count or '?'})")
         failure: TaskFailure | None = None
         tdir: TaskDir | None = None
+        outcome: TaskOutcome | None = None
         try:
             try:
                 tdir = await asyncio.to_thread(
                     TaskDir.create, cfg.data_dir, task_id, cfg.infile_ext, cfg.outfile_ext
                 )
-                result = await self._execute(task_id, tdir, delivery, log)
+                result = await self._execute(task_id, tdir, delivery, record, log)
             except TaskFailure as f:
                 failure = f
             except OSError as e:
                 failure = TaskSetupError(f"{type(e).__name__}: {e}")
             except asyncio.CancelledError:
                 log.warning("pilot is stopping: task stopped, event given back to the broker")
-                await self.critical.run(self._nack(delivery, log))
+                record.error, record.error_type = "stopped by pilot shutdown", "TaskCancelledError"
+                record.nacked = await self.critical.run(self._nack(delivery, log))
                 raise
             if failure is None:
-                return await self.critical.run(self._publish_and_ack(task_id, delivery, result, start, log))
+                outcome = await self.critical.run(self._publish_and_ack(delivery, result, record, log))
+                return outcome
+            record.error, record.error_type = failure.reason, type(failure).__name__
             log.error(describe_failure(task_id, failure))
             if tdir is not None:
                 await self._dump_outputs(tdir, log)
-            runtime = time.monotonic() - start
             if self._is_last_delivery(delivery):
-                acked = await self.critical.run(self._dead_letter(delivery, failure, log))
-                return TaskOutcome(task_id, delivery, failure, runtime, False, acked, False, dead_lettered=True)
-            nacked = await self.critical.run(self._nack(delivery, log))
-            return TaskOutcome(task_id, delivery, failure, runtime, False, False, nacked)
+                record.acked = await self.critical.run(self._dead_letter(delivery, failure, log))
+                record.dead_lettered = True
+            else:
+                record.nacked = await self.critical.run(self._nack(delivery, log))
+            outcome = TaskOutcome(task_id, delivery, failure, record)
+            return outcome
         finally:
-            if tdir is None:
-                pass
-            elif cfg.dump_task_output and failure is None:
-                await self._dump_outputs(tdir, log)
-            if tdir is not None and not cfg.keep_all_task_files and failure is None:
-                await asyncio.to_thread(tdir.remove)
-            elif tdir is not None and failure is not None:
-                log.info(f"task files kept in {tdir.root}")
+            record.end = time.time()
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.append, record)
+            if tdir is not None:
+                await self._cleanup(tdir, ok=failure is None and outcome is not None and outcome.ok, log=log)
 
-    async def _execute(self, task_id: str, tdir: TaskDir, delivery: Delivery, log: TaskLog) -> Any:
+    async def _cleanup(self, tdir: TaskDir, *, ok: bool, log: TaskLog) -> None:
+        cfg = self.env.cfg
+        if ok and cfg.dump_task_output:
+            await self._dump_outputs(tdir, log)
+        if ok and not cfg.keep_all_task_files:
+            try:
+                await asyncio.to_thread(tdir.remove)
+            except OSError as e:
+                log.warning(f"could not remove task files {tdir.root}: {e}")
+        elif not ok:
+            log.info(f"task files kept in {tdir.root}")
+
+    async def _execute(
+        self, task_id: str, tdir: TaskDir, delivery: Delivery, record: TaskRecord, log: TaskLog
+    ) -> Any:
         """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
         if DECODE_ERROR_HEADER in delivery.headers:
@@ -214,15 +283,19 @@ class TaskHandler:
                 f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.headers[DECODE_ERROR_HEADER]}"
             )
         await asyncio.to_thread(write_infile, delivery.data, tdir.infile)
+        record.bytes_in = tdir.infile.stat().st_size
         spec = self._spec(task_id, tdir)
         log.debug(f"running {list(spec.argv)}")
+        watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
         outcome = await run_to_completion(
             self.env.runtime,
             spec,
             stdout_path=tdir.stdout,
             stderr_path=tdir.stderr,
             timeout=cfg.task.timeout,
+            on_line=watcher,
         )
+        record.exit_code = outcome.exit_code
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             raise TaskTimeoutError.after(cfg.task.timeout or 0, extract_error_line(tail))
@@ -230,41 +303,40 @@ class TaskHandler:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             line = extract_error_line(tail, apptainer=self.env.runtime.name == "apptainer")
             raise ContainerRunError.from_exit(outcome.exit_code, line)
-        if self.env.fail_patterns:
-            await asyncio.to_thread(self._check_patterns, tdir)
+        if watcher.pattern_hit is not None:
+            raise FailurePatternError.matched(*watcher.pattern_hit)
         value = await asyncio.to_thread(read_outfile, tdir.outfile)
         if value is not NO_OUTFILE:
+            record.bytes_out = tdir.outfile.stat().st_size
             value = await asyncio.to_thread(ensure_publishable, value, tdir.outfile)
         return value
 
-    def _check_patterns(self, tdir: TaskDir) -> None:
-        for path in (tdir.stdout, tdir.stderr):
-            for line in read_tail(path, 4 * 1024 * 1024).splitlines():
-                for pattern in self.env.fail_patterns:
-                    if pattern.search(line):
-                        raise FailurePatternError.matched(pattern.pattern, line.strip())
-
     async def _publish_and_ack(
-        self, task_id: str, delivery: Delivery, result: Any, start: float, log: TaskLog
+        self, delivery: Delivery, result: Any, record: TaskRecord, log: TaskLog
     ) -> TaskOutcome:
         cfg = self.env.cfg
-        runtime = time.monotonic() - start
+        task_id = record.task_id
         if result is NO_OUTFILE:
             log.info("task wrote no outfile: nothing to publish; acking the event")
-            acked = await self._ack(delivery, log)
-            return TaskOutcome(task_id, delivery, None, runtime, False, acked, False, no_output=True)
+            record.acked = await self._ack(delivery, log)
+            return TaskOutcome(task_id, delivery, None, record, no_output=True)
         try:
             await publish_with_retry(
                 self.pub, result, retries=cfg.publish_retries, deadline=cfg.publish_deadline, log=log
             )
         except BrokerError as e:
             failure = PublishFailedError(f"result not published: {e}")
+            record.error, record.error_type = failure.reason, type(failure).__name__
             log.error(f"{failure.reason}; nacking the event so it is redone elsewhere")
-            nacked = await self._nack(delivery, log)
-            return TaskOutcome(task_id, delivery, failure, runtime, False, False, nacked)
-        acked = await self._ack(delivery, log)
-        log.info(f"done in {runtime:.2f}s: result published{', event acked' if acked else ''}")
-        return TaskOutcome(task_id, delivery, None, runtime, True, acked, False)
+            record.nacked = await self._nack(delivery, log)
+            return TaskOutcome(task_id, delivery, failure, record)
+        record.published = True
+        record.acked = await self._ack(delivery, log)
+        log.info(
+            f"done in {time.time() - record.start:.2f}s: result published"
+            + (", event acked" if record.acked else "")
+        )
+        return TaskOutcome(task_id, delivery, None, record)
 
     def _is_last_delivery(self, delivery: Delivery) -> bool:
         count = delivery.delivery_count

@@ -45,6 +45,7 @@ class RunSpec:
     name: str  # unique container name; also used to stop it
     labels: Mapping[str, str] = dc.field(default_factory=dict)
     workdir: Path | None = None  # host cwd for the process runtime
+    interactive: bool = False  # keep the client's stdin attached to the task (warm workers)
 
     def __post_init__(self) -> None:
         # Checked here, once for every runtime: each value becomes exactly one

@@ -64,6 +64,8 @@ class OCIRuntime(Runtime):
 
     def run_argv(self, spec: RunSpec) -> list[str]:
         argv = [self.binary, "run", "--rm", "--init", "--name", spec.name]
+        if spec.interactive:  # warm workers read their requests from stdin
+            argv.append("--interactive")
         for key, value in spec.labels.items():
             argv += ["--label", f"{key}={value}"]
         for mount in spec.mounts:

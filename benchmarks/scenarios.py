@@ -1,0 +1,64 @@
+"""What is measured: each scenario is one pilot configuration, run once per round.
+
+`ours-*` run this repo's pilot, `ref-*` ewms-pilot 1.0.5 (docker CLI shimmed
+onto podman). Every scenario runs the same task: read the infile, write it
+twice to the outfile.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dc
+
+# the task program (argv element after `-c`; never run by a shell)
+DOUBLE = "import sys; d=open(sys.argv[1]).read(); open(sys.argv[2],'w').write(d+d)"
+OURS_PLACEHOLDERS = ("<<INFILE>>", "<<OUTFILE>>")
+REF_PLACEHOLDERS = ("{{INFILE}}", "{{OUTFILE}}")  # 1.0.5 also accepts {{IN_FILE}}/{{OUT_FILE}}
+#: interpreter for the `process` runtime rows: the system python, without site (start-up is the task's cost)
+HOST_PYTHON = ("/usr/bin/python3", "-I", "-S")
+
+OURS, REF = "ours", "ref"
+
+
+@dc.dataclass(frozen=True)
+class Scenario:
+    """One pilot configuration."""
+
+    key: str
+    side: str  # OURS | REF
+    label: str
+    concurrency: int
+    platform: str = "podman"  # podman | process (ours); the reference always goes through `docker`
+    broker: str = "rabbitmq"  # rabbitmq | local
+    prefetch: int | None = None  # None: the pilot's default
+    warm: bool = False  # EWMS_PILOT_TASK_MODE=warm (hook; not implemented in the pilot yet)
+
+
+OURS_C1 = Scenario("ours-podman-c1", OURS, "ours, podman, concurrency 1", 1)
+REF_C1 = Scenario("ref-c1", REF, "1.0.5, concurrency 1", 1)
+OURS_C4 = Scenario("ours-podman-c4", OURS, "ours, podman, concurrency 4 (defaults)", 4)
+REF_C4 = Scenario("ref-c4", REF, "1.0.5, concurrency 4, defaults (prefetch 1)", 4)
+REF_C4_P4 = Scenario("ref-c4-p4", REF, "1.0.5, concurrency 4, EWMS_PILOT_PREFETCH=4", 4, prefetch=4)
+OURS_PROC_RMQ = Scenario(
+    "ours-process-rabbitmq-c4", OURS, "ours, process runtime, RabbitMQ, concurrency 4", 4, platform="process"
+)
+OURS_PROC_LOCAL = Scenario(
+    "ours-process-local-c4",
+    OURS,
+    "ours, process runtime, local queue, concurrency 4",
+    4,
+    platform="process",
+    broker="local",
+)
+#: HOOK: warm mode (EWMS_PILOT_TASK_MODE=warm) does not exist yet; `--with-warm` runs this row
+#: once it does. Until then the row is reported as "not implemented" without running.
+OURS_WARM_C4 = Scenario(
+    "ours-podman-warm-c4", OURS, "ours, podman, concurrency 4, warm mode (HOOK)", 4, warm=True
+)
+
+#: bare baselines measured in every round (not pilots)
+BARE_SEQ = "bare-podman-seq"
+BARE_PAR4 = "bare-podman-par4"
+BARE_PROC_PAR4 = "bare-process-par4"
+
+OURS_ROWS = (OURS_C1, OURS_C4, OURS_PROC_RMQ, OURS_PROC_LOCAL)
+REF_ROWS = (REF_C1, REF_C4, REF_C4_P4)
