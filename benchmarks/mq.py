@@ -21,6 +21,7 @@ import mqclient
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 RABBITMQ_ADDRESS = f"{RABBITMQ_HOST}:{RABBITMQ_PORT}"
 AFTER_EXIT = 1.0  # s: how long results may keep arriving after the pilot exited
+LOCAL_POLL = 0.005  # s between claim attempts on the local queue (its arrival-time resolution)
 
 
 @dc.dataclass(frozen=True)
@@ -103,10 +104,13 @@ async def _collect_local(db: str, queue: str, expect: int, pilot_exited: threadi
     try:
         quiet_since = time.monotonic()
         while not _finished(got, expect, pilot_exited, quiet_since):
-            delivery = await sub.get(0.25)
+            # one claim attempt every LOCAL_POLL s: `get(timeout)` backs off to 200 ms
+            # between attempts, which would blur the arrival times by that much
+            delivery = await sub.get(0)
             if delivery is None:
                 if not pilot_exited.is_set():
                     quiet_since = time.monotonic()
+                await asyncio.sleep(LOCAL_POLL)
                 continue
             got.append(Arrival(time.monotonic(), delivery.data))
             quiet_since = time.monotonic()

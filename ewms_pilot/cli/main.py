@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the pilot (the default)")
     run.add_argument("--no-progress", action="store_true", help="no status line")
+    run.add_argument(
+        "--progress-interval", type=float, default=None, metavar="S",
+        help="seconds between status lines (default: 0.5 on a terminal, 30 otherwise)",
+    )
     cfg = sub.add_parser("config", help="show the configuration variables or check the environment")
     group = cfg.add_mutually_exclusive_group(required=True)
     group.add_argument("--list", action="store_true", help="print every EWMS_PILOT_* variable (Markdown table)")
@@ -63,14 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.CONFIG)
     configure_logging(cfg.log_level, cfg.log_level_third_party)
     progress = not getattr(args, "no_progress", False)
-    return int(asyncio.run(run_pilot(cfg, progress=progress)))
+    interval = getattr(args, "progress_interval", None)
+    return int(asyncio.run(run_pilot(cfg, progress=progress, progress_interval=interval)))
 
 
 def _config_command(args: argparse.Namespace) -> int:
     if args.list:
         from ..config.table import env_var_table_markdown
 
-        print(env_var_table_markdown())
+        try:
+            print(env_var_table_markdown())
+        except BrokenPipeError:  # `ewms-pilot config --list | head`
+            sys.stderr.close()
         return 0
     try:
         load_config(os.environ)
@@ -83,7 +91,9 @@ def _config_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_pilot(cfg: PilotConfig, *, progress: bool = True) -> ExitCode:
+async def run_pilot(
+    cfg: PilotConfig, *, progress: bool = True, progress_interval: float | None = None
+) -> ExitCode:
     """Run one pilot with eviction signals wired to a graceful stop."""
     pilot = Pilot(cfg)
     loop = asyncio.get_running_loop()
@@ -93,7 +103,11 @@ async def run_pilot(cfg: PilotConfig, *, progress: bool = True) -> ExitCode:
             pilot.request_stop,
             StopRequest(StopCause.SIGNAL, f"received {sig.name}", grace=cfg.shutdown_grace),
         )
-    ticker = asyncio.ensure_future(Progress(pilot.tally).run()) if progress else None
+    ticker = (
+        asyncio.ensure_future(Progress(pilot.tally, interval=progress_interval).run())
+        if progress
+        else None
+    )
     try:
         request = await pilot.run()
     finally:

@@ -7,8 +7,9 @@ Reads the event from INFILE and writes the result to OUTFILE; without
 arguments it uses $EWMS_TASK_INFILE and $EWMS_TASK_OUTFILE, which the pilot
 sets for every task. Standard library only, so it runs with any python3.
 
-Input: a `.json` infile holds the event as JSON (a string, or a list of
-strings taken as lines); any other infile holds the event text as is.
+Input: the event text. The pilot writes a string event as is, whatever the
+infile's extension; other JSON data (here: a list of strings, taken as lines)
+only goes to a `.json` infile, as JSON.
 
 Output: a `.json` outfile gets an object
     {"words": 9, "lines": 1, "chars": 43, "top": [["the", 2], ["brown", 1], ...]}
@@ -37,16 +38,17 @@ TOP_N = 3
 
 
 def read_event(path: Path) -> str:
-    """The event's text; a JSON infile may hold a string or a list of strings."""
+    """The event's text: a string event is in the file verbatim, a list of strings as JSON."""
     raw = path.read_text(encoding="utf-8")
     if path.suffix.lower() != ".json":
         return raw
-    data = json.loads(raw)
-    if isinstance(data, str):
-        return data
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # a string event: written verbatim, not JSON-encoded
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
         return "\n".join(data)
-    raise ValueError(f"expected a JSON string or list of strings, got {type(data).__name__}")
+    return raw  # e.g. a string event that happens to be valid JSON, like "42"
 
 
 def stopwords() -> set[str]:
@@ -76,7 +78,7 @@ def write_result(path: Path, result: dict[str, object]) -> None:
         path.write_text(json.dumps(result), encoding="utf-8")
     else:
         path.write_text(
-            f"words={result['words']} lines={result['lines']} chars={result['chars']}\n",
+            f"words={result['words']} lines={result['lines']} chars={result['chars']}",
             encoding="utf-8",
         )
 

@@ -1,0 +1,273 @@
+"""A fixed set of warm workers that the pilot streams events through.
+
+The scheduler never runs more than `max_concurrent_tasks` events at once, so
+the pool has that many slots and `run` always finds an idle one (it waits for
+one otherwise). A slot whose worker died, or was stopped after a timeout, gets
+a new worker when it is next used, after a back-off that grows while workers
+keep dying without finishing an event; after `MAX_BARREN_DEATHS` such deaths
+in a row the pool gives up and fails every further event with the reason,
+instead of restarting a broken worker forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses as dc
+import logging
+from pathlib import Path, PurePosixPath
+
+from ..config.model import PilotConfig
+from ..runtimes.base import CONTAINER_DATA_ROOT, Mount, RunSpec, Runtime, RuntimeUnavailableError
+from ..tasks.args import PLACEHOLDERS, split_args, substitute, task_env
+from .protocol import ENV_TASK_MODE, WARM, encode_request
+from .worker_proc import Exited, WarmWorker
+
+LOGGER = logging.getLogger("ewms_pilot.warm")
+
+#: workers in a row that die without finishing one event before the pool gives up
+MAX_BARREN_DEATHS = 5
+#: first restart delay (s) after such a death; doubles with each further one
+RESTART_BACKOFF = 0.25
+RESTART_BACKOFF_MAX = 10.0
+#: seconds a worker gets to exit by itself once its stdin is closed
+EOF_GRACE = 5.0
+#: seconds between SIGTERM (or the runtime's stop) and SIGKILL when a worker is stopped
+STOP_GRACE = 5.0
+#: where worker logs go, under the pilot's data dir
+LOG_DIR_NAME = "warm-workers"
+
+_PER_EVENT_PLACEHOLDERS = tuple(p for p, what in PLACEHOLDERS.items() if what != "data_hub")
+
+
+@dc.dataclass(frozen=True)
+class WarmResult:
+    """How one event went in a warm worker."""
+
+    ok: bool
+    error: str | None  # the worker's error text, the crash's stderr line, or the last stderr line on timeout
+    exit_code: int | None  # the worker's exit code when it died on this event
+    timed_out: bool
+
+
+class WarmStartError(RuntimeUnavailableError):
+    """The workers cannot be started at all (bad args, missing command); one line."""
+
+
+@dc.dataclass
+class _Slot:
+    index: int
+    generation: int = 0
+    worker: WarmWorker | None = None
+
+
+class WarmPool:
+    """`size` long-lived task workers (default: `cfg.max_concurrent_tasks`)."""
+
+    def __init__(
+        self,
+        cfg: PilotConfig,
+        runtime: Runtime,
+        image: str,
+        pilot_id: str,
+        *,
+        size: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.image = image
+        self.pilot_id = pilot_id
+        self.size = size or cfg.max_concurrent_tasks
+        self.log_dir = cfg.data_dir / LOG_DIR_NAME
+        # the whole data dir, so every per-task dir is visible to a long-lived container
+        self.data_mount = Mount(cfg.data_dir.absolute(), CONTAINER_DATA_ROOT)
+        self._argv = self._worker_argv()
+        self._slots = [_Slot(i) for i in range(self.size)]
+        self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
+        for slot in self._slots:
+            self._idle.put_nowait(slot)
+        self._barren_deaths = 0  # workers in a row that died without finishing an event
+        self._broken: str | None = None
+        self._closed = False
+        self._retired: list[WarmWorker] = []  # ended workers, for their logs
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _worker_argv(self) -> tuple[str, ...]:
+        args = self.cfg.task.args
+        used = [p for p in _PER_EVENT_PLACEHOLDERS if p in args]
+        if used:
+            raise WarmStartError(
+                f"EWMS_PILOT_TASK_ARGS uses {', '.join(used)}, but in warm mode the worker gets each "
+                "event's infile/outfile in its request on stdin (see docs/warm-workers.md)"
+            )
+        try:
+            argv = split_args(args)
+        except ValueError as e:
+            raise WarmStartError(f"EWMS_PILOT_TASK_ARGS {e}") from None
+        hub = self.runtime.task_path(self.cfg.data_hub_dir.absolute(), self.data_mount)
+        return tuple(substitute(argv, infile="", outfile="", data_hub=hub))
+
+    def _spec(self, slot: _Slot) -> RunSpec:
+        hub = self.runtime.task_path(self.cfg.data_hub_dir.absolute(), self.data_mount)
+        env = task_env(self.cfg.task.env, infile="", outfile="", data_hub=hub)
+        del env["EWMS_TASK_INFILE"], env["EWMS_TASK_OUTFILE"]  # per event: in the request
+        env[ENV_TASK_MODE] = WARM
+        mounts = (self.data_mount,) + tuple(
+            Mount(d, PurePosixPath(d.as_posix()), readonly=True) for d in self.cfg.external_directories
+        )
+        worker_id = f"warm{slot.index}-{slot.generation}"
+        return RunSpec(
+            image=self.image,
+            argv=self._argv,
+            env=env,
+            mounts=() if self.runtime.uses_host_paths else mounts,
+            name=f"ewms-pilot-{self.pilot_id}-{worker_id}",
+            labels={"ewms-pilot.owner": self.pilot_id, "ewms-pilot.task": worker_id},
+            workdir=None,  # process runtime: the pilot's cwd, like one-shot tasks
+            interactive=True,
+        )
+
+    async def _spawn(self, slot: _Slot) -> WarmWorker:
+        slot.generation += 1
+        spec = self._spec(slot)
+        worker = WarmWorker(self.runtime, spec, self.log_dir / f"{spec.name}.log")
+        await worker.start()
+        slot.worker = worker
+        return worker
+
+    async def start(self) -> None:
+        """Start every worker; `WarmStartError` when they cannot be started at all."""
+        if self.cfg.task.timeout is not None:
+            LOGGER.info(
+                "warm mode: EWMS_PILOT_TASK_TIMEOUT applies per event; a worker's first event "
+                "also includes its start-up"
+            )
+        results = await asyncio.gather(
+            *(self._spawn(slot) for slot in self._slots), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, OSError):
+                raise WarmStartError(f"cannot start a warm worker {self._argv[:1]}: {result.strerror or result}")
+            if isinstance(result, BaseException):
+                raise result
+        LOGGER.info(f"warm mode: {self.size} worker(s) started")
+
+    # -- events -----------------------------------------------------------------
+
+    @property
+    def broken(self) -> str | None:
+        """Why the pool gave up (every event now fails with this), or None."""
+        return self._broken
+
+    async def run(self, task_id: str, infile: Path, outfile: Path, timeout: float | None) -> WarmResult:
+        """Run one event (its infile already written) in an idle worker."""
+        slot = await self._idle.get()
+        try:
+            return await self._run_in(slot, task_id, infile, outfile, timeout)
+        finally:
+            self._idle.put_nowait(slot)
+
+    async def _run_in(
+        self, slot: _Slot, task_id: str, infile: Path, outfile: Path, timeout: float | None
+    ) -> WarmResult:
+        worker = await self._ready_worker(slot)
+        if worker is None:
+            return WarmResult(False, self._broken or "the warm pool is closed", None, False)
+        line = encode_request(
+            task_id,
+            self.runtime.task_path(self._for_mount(infile), self.data_mount),
+            self.runtime.task_path(self._for_mount(outfile), self.data_mount),
+        )
+        try:
+            reply = await worker.request(task_id, line, timeout)
+        except BaseException:  # cancelled (pilot stopping): its event is abandoned, so is the worker
+            await self._retire(slot, stop=True)
+            raise
+        if reply is None:
+            stderr_line = worker.exit_info.stderr_line if worker.exit_info else ""
+            LOGGER.warning(f"warm worker {worker.name}: event {task_id} timed out: replacing the worker")
+            exited = await self._retire(slot, stop=True)
+            return WarmResult(False, exited.stderr_line or stderr_line or None, None, True)
+        if isinstance(reply, Exited):
+            await self._retire(slot, stop=False)
+            detail = f": {reply.stderr_line}" if reply.stderr_line else ""
+            return WarmResult(
+                False, f"warm worker exited (code {reply.exit_code}){detail}", reply.exit_code, False
+            )
+        self._barren_deaths = 0
+        if reply.ok:
+            return WarmResult(True, None, None, False)
+        return WarmResult(False, reply.error or "the warm worker answered ok=false without an error text", None, False)
+
+    def _for_mount(self, path: Path) -> Path:
+        return path if self.runtime.uses_host_paths else path.absolute()
+
+    async def _ready_worker(self, slot: _Slot) -> WarmWorker | None:
+        """The slot's live worker, or a new one (after the back-off); None once the pool gave up."""
+        if slot.worker is not None and not slot.worker.alive:
+            await self._retire(slot, stop=False)  # died while idle
+        if slot.worker is not None:
+            return slot.worker
+        if self._broken is not None or self._closed:
+            return None
+        if self._barren_deaths:
+            delay = min(RESTART_BACKOFF * 2 ** (self._barren_deaths - 1), RESTART_BACKOFF_MAX)
+            LOGGER.info(f"restarting warm worker slot {slot.index} in {delay:.2f}s")
+            await asyncio.sleep(delay)
+            if slot.worker is not None:  # another event in this slot? (cannot happen: slots are exclusive)
+                return slot.worker
+        try:
+            return await self._spawn(slot)
+        except OSError as e:
+            self._broken = f"cannot start a new warm worker: {e.strerror or e}"
+            LOGGER.error(self._broken)
+            return None
+
+    async def _retire(self, slot: _Slot, *, stop: bool) -> Exited:
+        """Take the slot's worker out (stopping it first if asked); count a barren death."""
+        worker = slot.worker
+        assert worker is not None
+        slot.worker = None
+        self._retired.append(worker)
+        exited = await worker.stop(STOP_GRACE) if stop else await worker.close(0.0, STOP_GRACE)
+        if not stop and worker.completed == 0:
+            self._barren_deaths += 1
+            if self._barren_deaths >= MAX_BARREN_DEATHS and self._broken is None:
+                detail = f": {exited.stderr_line}" if exited.stderr_line else ""
+                self._broken = (
+                    f"warm workers keep exiting before finishing an event ({self._barren_deaths} in a row, "
+                    f"last with code {exited.exit_code}{detail}); no more workers are started"
+                )
+                LOGGER.error(self._broken)
+        if not stop:
+            LOGGER.warning(f"warm worker {worker.name} crashed; its log: {worker.log_path}")
+        return exited
+
+    # -- end --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every worker's stdin so it exits; stop those that linger. Nothing is left running."""
+        self._closed = True
+        live = [s.worker for s in self._slots if s.worker is not None]
+        for slot in self._slots:
+            slot.worker = None
+        ends = await asyncio.gather(
+            *(w.close(EOF_GRACE, STOP_GRACE) for w in live), return_exceptions=True
+        )
+        for worker, end in zip(live, ends, strict=True):
+            if isinstance(end, BaseException):
+                LOGGER.error(f"closing warm worker {worker.name} failed: {end!r}")
+        self._retired += live
+        await asyncio.to_thread(self._tidy_logs, live, ends)
+
+    def _tidy_logs(self, closed: list[WarmWorker], ends: list[Exited | BaseException]) -> None:
+        """Drop the logs of workers that ended cleanly (unless all task files are kept)."""
+        if self.cfg.keep_all_task_files:
+            return
+        for worker, end in zip(closed, ends, strict=True):
+            if isinstance(end, Exited) and end.exit_code == 0:
+                with contextlib.suppress(OSError):
+                    worker.log_path.unlink()
+        with contextlib.suppress(OSError):
+            self.log_dir.rmdir()  # only when empty: crash logs stay for a look
