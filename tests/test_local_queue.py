@@ -24,10 +24,10 @@ from mqclient.broker_client_interface import Message
 
 from ewms_pilot.config.model import BrokerConfig
 from ewms_pilot.errors import BrokerUnavailableError, ConfigError
+from ewms_pilot.liveness import ProcessIdentity, current, is_surely_dead
 from ewms_pilot.queues import open_publisher, open_subscription
 from ewms_pilot.queues.base import DECODE_ERROR_HEADER
 from ewms_pilot.queues.local import LocalSubscription, local_counts
-from ewms_pilot.queues.local_liveness import ProcessIdentity, current, is_surely_dead
 
 
 def _cfg(db: Path, queue: str = "in") -> BrokerConfig:

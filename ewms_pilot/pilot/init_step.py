@@ -11,6 +11,7 @@ from ..runtimes.base import CONTAINER_DATA_HUB, Mount, RunSpec, Runtime
 from ..tasks.args import split_args, substitute, task_env
 from ..tasks.errors import extract_error_line, read_tail
 from ..tasks.process import run_to_completion
+from .ownership import owner_labels
 
 LOGGER = logging.getLogger("ewms_pilot.init")
 
@@ -42,7 +43,7 @@ async def run_once_container(
         env=task_env(container.env, infile="", outfile="", data_hub=hub),
         mounts=() if runtime.uses_host_paths else mounts,
         name=f"ewms-pilot-{pilot_id}-{role}",
-        labels={"ewms-pilot.owner": pilot_id, "ewms-pilot.task": role},
+        labels={**owner_labels(pilot_id), "ewms-pilot.task": role},
         workdir=None,
     )
     LOGGER.info(f"running {role} container ({container.image or 'host process'})")

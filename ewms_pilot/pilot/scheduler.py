@@ -17,14 +17,16 @@ import uuid
 from collections.abc import Callable
 
 from ..chirp import ChirpReporter, PilotStatus
-from ..config.model import PilotConfig
+from ..config.model import PilotConfig, TaskMode
 from ..errors import BrokerError, BrokerUnavailableError
 from ..queues.base import Delivery, Publisher, Subscription
 from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
+from ..warm.pool import WarmPool
 from .init_step import InitFailedError, run_init_container, run_once_container
 from .journal import JOURNAL_NAME, Journal
+from .ownership import sweep_orphans
 from .shutdown import StopCause, StopRequest
 from .state import PilotState, Tally
 from .summary import render_summary
@@ -99,13 +101,18 @@ class Pilot:
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None
+        pool: WarmPool | None = None
         try:
             await asyncio.to_thread(self.cfg.data_hub_dir.mkdir, parents=True, exist_ok=True)
             image = await self.runtime.prepare_image(self.cfg.task.image)
+            await sweep_orphans(self.runtime)
             if self.cfg.init is not None:
                 self._set_state(PilotState.INIT)
                 await run_init_container(self.cfg, self.runtime, self.pilot_id, self._stop_event)
             if self.stop_request is None:
+                if self.cfg.task_mode == TaskMode.WARM:
+                    pool = WarmPool(self.cfg, self.runtime, image, self.pilot_id)
+                    await pool.start()
                 sub = await open_subscription(self.cfg.incoming, self.cfg.effective_prefetch)
                 pub = await open_publisher(self.cfg.outgoing)
                 if self.cfg.queue_deadletter:
@@ -115,7 +122,7 @@ class Pilot:
                 env = TaskEnvironment.build(self.cfg, self.runtime, image, self.pilot_id)
                 handler = TaskHandler(
                     env, sub, pub, self._critical, deadletter=dlq,
-                    journal=self.journal, on_progress=self.chirp.set_task_progress,
+                    journal=self.journal, on_progress=self.chirp.set_task_progress, warm_pool=pool,
                 )
                 await self._consume(sub, handler)
         except InitFailedError as e:
@@ -129,6 +136,8 @@ class Pilot:
             self._fatal(StopCause.FATAL, f"unexpected error: {type(e).__name__}: {e}", e)
         finally:
             await self._drain(sub)
+            if pool is not None:
+                await pool.close()
             await self._teardown()
             await self._close(sub, pub, dlq)
         request = self.stop_request or StopRequest(StopCause.FATAL, "ended without a reason")

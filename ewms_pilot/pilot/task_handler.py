@@ -35,7 +35,9 @@ from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infil
 from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id
+from ..warm.pool import WarmPool
 from .journal import Journal, TaskRecord
+from .ownership import owner_labels
 from .publish import publish_with_retry
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -189,6 +191,7 @@ class TaskHandler:
         deadletter: Publisher | None = None,
         journal: Journal | None = None,
         on_progress: Callable[[str, float | None, str | None], None] | None = None,
+        warm_pool: WarmPool | None = None,
     ) -> None:
         self.env = env
         self.sub = subscription
@@ -197,6 +200,7 @@ class TaskHandler:
         self.deadletter = deadletter
         self.journal = journal
         self.on_progress = on_progress
+        self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
     def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
         rt, cfg = self.env.runtime, self.env.cfg
@@ -211,7 +215,7 @@ class TaskHandler:
             env=task_env(cfg.task.env, infile=infile, outfile=outfile, data_hub=hub),
             mounts=() if rt.uses_host_paths else mounts,
             name=f"ewms-pilot-{self.env.pilot_id}-{task_id}",
-            labels={"ewms-pilot.owner": self.env.pilot_id, "ewms-pilot.task": task_id},
+            labels={**owner_labels(self.env.pilot_id), "ewms-pilot.task": task_id},
             workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
         )
 
@@ -284,6 +288,8 @@ class TaskHandler:
             )
         await asyncio.to_thread(write_infile, delivery.data, tdir.infile)
         record.bytes_in = tdir.infile.stat().st_size
+        if self.warm_pool is not None:
+            return await self._execute_warm(task_id, tdir, record)
         spec = self._spec(task_id, tdir)
         log.debug(f"running {list(spec.argv)}")
         watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
@@ -305,6 +311,22 @@ class TaskHandler:
             raise ContainerRunError.from_exit(outcome.exit_code, line)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
+        value = await asyncio.to_thread(read_outfile, tdir.outfile)
+        if value is not NO_OUTFILE:
+            record.bytes_out = tdir.outfile.stat().st_size
+            value = await asyncio.to_thread(ensure_publishable, value, tdir.outfile)
+        return value
+
+    async def _execute_warm(self, task_id: str, tdir: TaskDir, record: TaskRecord) -> Any:
+        """The event through a warm worker: same failures, same outfile handling as one-shot."""
+        assert self.warm_pool is not None
+        timeout = self.env.cfg.task.timeout
+        result = await self.warm_pool.run(task_id, tdir.infile, tdir.outfile, timeout)
+        record.exit_code = result.exit_code
+        if result.timed_out:
+            raise TaskTimeoutError.after(timeout or 0, result.error or "")
+        if not result.ok:
+            raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
         value = await asyncio.to_thread(read_outfile, tdir.outfile)
         if value is not NO_OUTFILE:
             record.bytes_out = tdir.outfile.stat().st_size

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import liveness
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
-from . import local_liveness as liveness
 
 APPLICATION_ID = 0x65776D73  # "ewms": marks a database file as a local queue
 SCHEMA_VERSION = 1

@@ -116,6 +116,42 @@ class OCIRuntime(Runtime):
             )
         return image
 
+    def label_template(self, key: str) -> str:
+        """A `ps --format` Go template printing one label's value (docker's flavour)."""
+        return '{{.Label "' + key + '"}}'
+
+    async def labelled(self, label_key: str, label_value: str, show_key: str) -> list[tuple[str, str]]:
+        """(container id, value of label `show_key`) of every container labelled `label_key=label_value`."""
+        self._require_binary()
+        listed = await run_command(
+            [
+                self.binary, "ps", "--all",
+                "--filter", f"label={label_key}={label_value}",
+                "--format", "{{.ID}} " + self.label_template(show_key),
+            ],
+            timeout=CLEANUP_TIMEOUT,
+        )
+        if not listed.ok:
+            LOGGER.warning(f"cannot list containers: {listed.reason()}")
+            return []
+        rows = []
+        for line in listed.stdout.splitlines():
+            cid, _, value = line.strip().partition(" ")
+            if cid:
+                rows.append((cid, value.strip()))
+        return rows
+
+    async def remove(self, ids: list[str]) -> None:
+        """Force-remove containers by id (running or not)."""
+        if not ids:
+            return
+        removed = await run_command(
+            [self.binary, "rm", "--force", *self.force_remove_options(), *ids],
+            timeout=CLEANUP_TIMEOUT,
+        )
+        if not removed.ok:
+            LOGGER.warning(f"cannot remove containers: {removed.reason()}")
+
     async def remove_leftovers(self, label_key: str, label_value: str) -> list[str]:
         """Force-remove every container (running or not) labelled `label_key=label_value`."""
         self._require_binary()

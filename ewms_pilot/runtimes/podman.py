@@ -14,6 +14,9 @@ class PodmanRuntime(OCIRuntime):
     def image_present_argv(self, image: str) -> list[str]:
         return [self.binary, "image", "exists", image]
 
+    def label_template(self, key: str) -> str:
+        return '{{index .Labels "' + key + '"}}'
+
     def force_remove_options(self) -> list[str]:
         # podman's `rm --force` otherwise waits the container's stop timeout (10 s)
         return ["--time", "0"]

@@ -26,6 +26,7 @@ from typing import IO, Any, TypeVar
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
+from .parent_death import die_with_parent
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -257,6 +258,7 @@ async def run_to_completion(
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as e:
             # e.g. the task command does not exist: a task failure, told in its stderr

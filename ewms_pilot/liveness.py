@@ -1,4 +1,4 @@
-"""Who holds an event in the local queue, and whether that process still exists.
+"""Whether a process (a pilot holding events or containers) still exists, even across pid reuse.
 
 A SIGKILLed pilot cannot release its events, and waiting for its lease to
 expire costs up to a lease length. Every consumer records *which process* it

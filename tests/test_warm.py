@@ -1,0 +1,394 @@
+"""Warm mode (EWMS_PILOT_TASK_MODE=warm): long-lived workers fed events over a JSON-lines pipe.
+
+The pilot runs as a batch job would (env vars only) against the real
+RabbitMQ, with host processes or podman containers as workers; the task
+author's helper (`ewms_pilot/worker.py`) is run as a real process, with and
+without the `json` module (the test image has none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mq_helpers import drain, publish
+from pilot_proc import base_env, run_pilot
+
+from ewms_pilot import worker
+from ewms_pilot.config.model import (
+    BrokerConfig,
+    ContainerConfig,
+    ContainerPlatform,
+    PilotConfig,
+    TaskMode,
+)
+from ewms_pilot.runtimes import ProcessRuntime
+from ewms_pilot.tasks.taskdir import TaskDir
+from ewms_pilot.warm import WarmPool, WarmStartError
+from ewms_pilot.warm import pool as pool_module
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[1]
+HELPER = REPO / "ewms_pilot" / "worker.py"
+EXAMPLES = REPO / "examples" / "warm"
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z"
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+def helper_lib(root: Path) -> Path:
+    """A directory holding only `ewms_pilot/worker.py`, as a task image would carry it."""
+    pkg = root / "lib" / "ewms_pilot"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(HELPER, pkg / "worker.py")
+    return root / "lib"
+
+
+HELPER_WORKER = r"""
+import sys
+if sys.argv[1] == "nojson":
+    sys.modules["json"] = None  # as on python3-minimal
+from ewms_pilot import worker
+
+print("noise while loading", flush=True)
+
+@worker.handler
+def handle(infile, outfile):
+    print("noise from the handler")
+    data = open(infile, encoding="utf-8").read()
+    if data.startswith("bad"):
+        raise ValueError("cannot take " + data)
+    open(outfile, "w", encoding="utf-8").write(data + data + "|" + str(worker.HAVE_JSON))
+
+worker.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["json", "nojson"])
+def test_helper_answers_each_event_and_keeps_stdout_clean(tmp_path: Path, mode: str) -> None:
+    lib = helper_lib(tmp_path)
+    script = tmp_path / "w.py"
+    script.write_text(HELPER_WORKER)
+    names = ["plain", "bad-one", "ünï \"quoted\" 😀", "after"]
+    requests = []
+    for i, name in enumerate(names):
+        (tmp_path / f"{i}.in").write_text(name, encoding="utf-8")
+        requests.append(json.dumps({"id": f"id-{i}-ü", "infile": str(tmp_path / f"{i}.in"), "outfile": str(tmp_path / f"{i}.out")}))
+    proc = subprocess.run(
+        [PY, str(script), mode], input="\n".join(requests) + "\n\n", capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(lib)}, timeout=30, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # before the loop starts stdout is the process's own (the pilot logs such lines as noise);
+    # from then on every stdout line is protocol
+    first, *lines = proc.stdout.splitlines()
+    assert first == "noise while loading"
+    answers = [json.loads(line) for line in lines]
+    assert answers == [
+        {"id": "id-0-ü", "ok": True},
+        {"id": "id-1-ü", "ok": False, "error": "ValueError: cannot take bad-one"},
+        {"id": "id-2-ü", "ok": True},
+        {"id": "id-3-ü", "ok": True},
+    ]
+    assert proc.stdout.isascii()
+    have_json = str(mode == "json")
+    assert (tmp_path / "2.out").read_text(encoding="utf-8") == names[2] * 2 + "|" + have_json
+    assert not (tmp_path / "1.out").exists()
+    assert proc.stderr.count("noise from the handler") == 4
+    assert "Traceback" in proc.stderr and "ValueError: cannot take bad-one" in proc.stderr
+
+
+def test_helper_loop_form_with_and_without_with(tmp_path: Path) -> None:
+    lib = helper_lib(tmp_path)
+    code = (
+        "from ewms_pilot import worker\n"
+        "for event in worker.events():\n"
+        "    if event.id == 'a':\n"
+        "        with event:\n"
+        "            raise KeyError('inside with')\n"
+        "    elif event.id == 'b':\n"
+        "        print('done', event.infile)\n"
+        "    else:\n"
+        "        raise RuntimeError('escapes the loop')\n"
+    )
+    reqs = "".join(json.dumps({"id": i, "infile": f"/x/{i}", "outfile": f"/y/{i}"}) + "\n" for i in "abcd")
+    proc = subprocess.run(
+        [PY, "-c", code], input=reqs, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(lib)}, timeout=30, check=False,
+    )
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert answers[:2] == [{"id": "a", "ok": False, "error": "KeyError: 'inside with'"}, {"id": "b", "ok": True}]
+    # an exception outside `with event:` fails its event and ends the worker (the pilot replaces it)
+    assert answers[2]["id"] == "c" and answers[2]["ok"] is False
+    assert len(answers) == 3 and proc.returncode != 0 and "escapes the loop" in proc.stderr
+    assert "done /x/b" in proc.stderr
+
+
+NASTY = ["", "plain", 'q"uote', "back\\slash", "tab\tnl\nret\r", "\x00\x1f\x7f", "ü€", "😀", "\udc80", "/a/b c,d"]
+
+
+def test_fallback_reader_and_writer_match_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded_with_json = [worker.encode_object({"id": s, "ok": False, "error": None}) for s in NASTY]
+    monkeypatch.setattr(worker, "_json", None)
+    for text, expected in zip(NASTY, encoded_with_json, strict=True):
+        line = worker.encode_object({"id": text, "ok": False, "error": None})
+        assert line == expected == json.dumps({"id": text, "ok": False, "error": None})
+        assert worker.decode_object(line) == {"id": text, "ok": False, "error": None}
+        assert worker.decode_object(json.dumps({"k": text}, ensure_ascii=False, indent=1)) == {"k": text}
+    for bad in ['{"a": 1}', '{"a": "x"', '["a"]', '{"a": "x"} tail', '{"a": "\\q"}', "{'a': 'x'}"]:
+        with pytest.raises(ValueError):
+            worker.decode_object(bad)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def _cfg(tmp_path: Path, args: list[str], size: int = 1) -> PilotConfig:
+    return PilotConfig(
+        task=ContainerConfig(image="", args=shlex.join(args)),
+        incoming=BrokerConfig("unused-in", "local", str(tmp_path / "q.sqlite")),
+        outgoing=BrokerConfig("unused-out", "local", str(tmp_path / "q.sqlite")),
+        data_dir_parent=tmp_path,
+        container_platform=ContainerPlatform.PROCESS,
+        task_mode=TaskMode.WARM,
+        max_concurrent_tasks=size,
+    )
+
+
+def _event(cfg: PilotConfig, n: int) -> TaskDir:
+    tdir = TaskDir.create(cfg.data_dir, f"task{n}", ".in", ".out")
+    tdir.infile.write_text(f"e{n}")
+    return tdir
+
+
+async def test_workers_that_keep_dying_fail_events_with_a_reason_instead_of_looping(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    cfg = _cfg(tmp_path, [PY, "-c", f"open({str(starts)!r},'a').write('x'); import sys; sys.exit('no licence')"])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "p1")
+    t0 = time.monotonic()
+    await pool.start()
+    try:
+        results = []
+        for n in range(8):
+            tdir = _event(cfg, n)
+            results.append(await pool.run(f"task{n}", tdir.infile, tdir.outfile, 5))
+    finally:
+        await pool.close()
+    assert results[0].error == "warm worker exited (code 1): no licence" and results[0].exit_code == 1
+    assert all(not r.ok for r in results)
+    assert "keep exiting before finishing an event" in (results[-1].error or "")
+    assert starts.read_text() == "x" * pool_module.MAX_BARREN_DEATHS  # gave up, no restart loop
+    assert time.monotonic() - t0 < 15
+
+
+async def test_close_stops_a_worker_that_ignores_eof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "EOF_GRACE", 0.5)
+    pids = tmp_path / "pids"
+    code = (
+        "import os,signal,subprocess,sys,time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pids)!r},'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "for line in sys.stdin: pass\n"
+        "time.sleep(120)\n"
+    )
+    cfg = _cfg(tmp_path, [PY, "-c", code])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "p2")
+    await pool.start()
+    for _ in range(200):
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await pool.close()
+    assert time.monotonic() - t0 < 20
+    assert not [pid for pid in map(int, pids.read_text().split()) if alive(pid)]
+    # it did not exit cleanly: its log is kept for a look
+    assert list((cfg.data_dir / "warm-workers").glob("*.log"))
+
+
+def test_per_event_placeholders_are_refused_in_warm_mode(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, [PY, "task.py", "<<INFILE>>", "{{OUTFILE}}"])
+    with pytest.raises(WarmStartError, match=r"<<INFILE>>, \{\{OUTFILE\}\}.*request on stdin"):
+        WarmPool(cfg, ProcessRuntime(), "", "p3")
+
+
+# --------------------------------------------------------------------------- the pilot, process runtime
+
+RAW_WORKER = r"""
+import json, os, sys, time
+marks, pidlog = sys.argv[1], sys.argv[2]
+assert os.environ["EWMS_TASK_MODE"] == "warm" and "EWMS_TASK_INFILE" not in os.environ
+print("library noise at start-up", flush=True)
+print("{not json", flush=True)
+print('{"id": "not-mine", "ok": true}', flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    data = open(req["infile"]).read()
+    with open(pidlog, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    marker = os.path.join(marks, data)
+    if data in ("ev-57", "ev-77", "ev-123") and not os.path.exists(marker):
+        open(marker, "w").close()
+        if data == "ev-57":
+            print("dying on ev-57", file=sys.stderr, flush=True)
+            os._exit(3)
+        if data == "ev-123":
+            time.sleep(60)
+        print(json.dumps({"id": req["id"], "ok": False, "error": "refused ev-77 once"}), flush=True)
+        continue
+    print("noise before the answer to " + data, flush=True)
+    open(req["outfile"], "w").write(data + data)
+    print(json.dumps({"id": req["id"], "ok": True}), flush=True)
+"""
+
+
+def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+    qin, qout = queue_name + "i", queue_name + "o"
+    events = [f"ev-{i}" for i in range(200)]
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, events))
+    script, marks, pidlog = tmp_path / "worker.py", tmp_path / "marks", tmp_path / "pids"
+    script.write_text(RAW_WORKER)
+    marks.mkdir()
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, str(script), str(marks), str(pidlog)]),
+        extra={
+            "EWMS_PILOT_TASK_MODE": "warm",
+            "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
+            "EWMS_PILOT_TASK_TIMEOUT": "2",
+            "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
+            "EWMS_PILOT_CL_LOG": "INFO",
+        },
+    )
+    run = run_pilot(env, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=2, expect=len(events)))
+    assert sorted(results) == sorted(e + e for e in events)  # nothing lost, nothing twice
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=1)) == []
+    assert "succeeded 200" in run.stdout and "failed 3" in run.stdout, run.stdout
+    assert re.search(r"ContainerRunError: warm worker exited \(code 3\): dying on ev-57", run.stderr)
+    assert re.search(r"TaskTimeoutError: timed out after 2 s", run.stderr)
+    assert "ContainerRunError: refused ev-77 once" in run.stderr
+    # warm: 4 workers, plus one replacing the crashed one and one replacing the hung one
+    pids = {int(p) for p in pidlog.read_text().split()}
+    assert len(pids) <= 6, pids
+    assert not [p for p in pids if alive(p)]
+    # stdout noise went to the workers' logs; the crashed/stopped workers' logs are kept
+    logs = "".join(p.read_text() for p in (tmp_path / "ewms-pilot-data" / "warm-workers").glob("*.log"))
+    assert "[stdout] library noise at start-up" in logs and "[stdout] {not json" in logs
+    assert "dying on ev-57" in logs
+
+
+def test_per_event_placeholder_is_a_one_line_error_and_consumes_nothing(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["kept"]))
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, "task.py", "<<INFILE>>"]), extra={"EWMS_PILOT_TASK_MODE": "warm"},
+    )
+    run = run_pilot(env, timeout=60)
+    assert run.returncode != 0
+    assert "EWMS_PILOT_TASK_ARGS uses <<INFILE>>" in run.stderr and "Traceback" not in run.stderr
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=1)) == ["kept"]
+
+
+# --------------------------------------------------------------------------- the pilot, podman
+
+
+def _podman_names(pilot_ids: set[str]) -> list[str]:
+    out = subprocess.run(
+        ["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, check=True
+    ).stdout
+    return [n for n in out.split() if any(f"ewms-pilot-{p}-" in n for p in pilot_ids)]
+
+
+def _podman_env(rabbitmq_address: str, queue_name: str, tmp_path: Path, image: str, args: list[str], **extra: str) -> dict[str, str]:
+    lib = helper_lib(tmp_path)
+    return base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i", queue_out=queue_name + "o",
+        data_dir=tmp_path / "data", task_args=shlex.join(args), platform="podman", image=image,
+        extra={
+            "EWMS_PILOT_TASK_MODE": "warm",
+            "EWMS_PILOT_EXTERNAL_DIRECTORIES": f"{lib},{EXAMPLES},{tmp_path / 'scripts'}",
+            "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"PYTHONPATH": str(lib), "SLOW_START_SECONDS": "2"}),
+            "EWMS_PILOT_CL_LOG": "INFO",
+            **extra,
+        },
+    )
+
+
+PODMAN_WORKER = r"""
+import os
+from ewms_pilot import worker
+
+for event in worker.events():
+    with event:
+        print("noise")
+        data = open(event.infile).read()
+        info = [str(worker.HAVE_JSON), os.environ["EWMS_TASK_MODE"], os.environ["EWMS_TASK_DATA_HUB_DIR"],
+                str(event.infile.startswith("/ewms-pilot-data/")), str(os.getpid())]
+        open(event.outfile, "w").write(data + data + "|" + "|".join(info))
+"""
+
+
+@pytest.mark.podman
+def test_thirty_events_through_warm_containers_with_the_helper_without_json(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str
+) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "w.py").write_text(PODMAN_WORKER)
+    events = [f"ev{i}" for i in range(30)]
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", events))
+    env = _podman_env(
+        rabbitmq_address, queue_name, tmp_path, podman_image, ["python3", str(tmp_path / "scripts" / "w.py")],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="2",
+    )
+    run = run_pilot(env, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=30))
+    by_event = {o.split("|")[0]: o.split("|")[1:] for o in out}
+    assert sorted(by_event) == sorted(e + e for e in events)
+    infos = list(by_event.values())
+    assert {tuple(i[:4]) for i in infos} == {("False", "warm", "/ewms-pilot-data/data-hub", "True")}
+    assert len({i[4] for i in infos}) <= 2  # two containers did all thirty
+    pilot_ids = set(re.findall(r"ewms-pilot-([0-9a-f]{8})-warm", run.stderr))
+    assert pilot_ids and not _podman_names(pilot_ids)
+
+
+@pytest.mark.podman
+def test_slow_start_is_paid_once_per_worker_not_per_event(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str
+) -> None:
+    (tmp_path / "scripts").mkdir()
+    events = [f"e{i}" for i in range(50)]
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", events))
+    env = _podman_env(
+        rabbitmq_address, queue_name, tmp_path, podman_image, ["python3", str(EXAMPLES / "slow_start_task.py")],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="1",
+    )
+    run = run_pilot(env, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=50))
+    assert sorted(out) == sorted(e + e for e in events)
+    # one-shot would pay the 2 s start-up 50 times (>= 100 s); warm pays it once
+    assert run.elapsed < 50 * 2 / 3, f"took {run.elapsed:.1f}s"
