@@ -25,8 +25,9 @@ LOGGER = logging.getLogger(__name__)
 class BrokerThread:
     """Runs coroutines for one connection on one thread, one at a time."""
 
-    def __init__(self, name: str, pump_interval: float = 1.0) -> None:
+    def __init__(self, name: str, pump_interval: float = 1.0, serialize: bool = True) -> None:
         self._name = name
+        self._serialize = serialize  # False for clients that are truly async (nats-py)
         self._pump_interval = pump_interval
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -74,8 +75,20 @@ class BrokerThread:
 
     async def _locked(self, coro: Awaitable[T]) -> T:
         assert self._lock
+        if not self._serialize:
+            return await coro
         async with self._lock:
             return await coro
+
+    def pump_soon(self) -> None:
+        """Run the keepalive once as soon as the thread is free (runs threadsafe callbacks)."""
+        if self._loop and self._pump is not None:
+            pump = self._pump
+
+            async def _once() -> None:
+                pump()
+
+            self.submit(_once())
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule `coro` on the thread; the caller owns the returned future."""

@@ -27,6 +27,7 @@ LOGGER = logging.getLogger(__name__)
 
 RETRIES = 1  # oms-mqclient's own retry count per call; the pilot adds its own policy
 RETRY_DELAY = 0.5
+SETTLE_TIMEOUT = 30.0  # s: an ack/nack the broker connection has not taken by then has failed
 
 
 def _client(cfg: BrokerConfig) -> Any:
@@ -86,7 +87,9 @@ class _Connection:
         self.cfg = cfg
         self.kind = kind
         self.prefetch = prefetch
-        self.thread = BrokerThread(f"broker-{kind}-{cfg.queue}")
+        self.thread = BrokerThread(
+            f"broker-{kind}-{cfg.queue}", serialize=cfg.broker_type != "nats"
+        )
         self.raw: Any = None
         self.generation = 0
 
@@ -185,12 +188,45 @@ class MQClientSubscription(Subscription):
             )
             return
         sub: Sub = self._conn.raw
-        call = sub.ack_message if ack else sub.reject_message
         try:
-            await self._conn.thread.call(call(msg, retries=RETRIES, retry_delay=RETRY_DELAY))
+            if self._conn.cfg.broker_type == "rabbitmq":
+                await self._settle_rabbitmq(sub, msg, ack)
+            else:
+                call = sub.ack_message if ack else sub.reject_message
+                await self._conn.thread.call(call(msg, retries=RETRIES, retry_delay=RETRY_DELAY))
         except Exception as e:
             await self._conn.drop()
             raise BrokerError(f"{verb} on {_where(self._conn.cfg)} failed: {e!r}") from e
+
+    async def _settle_rabbitmq(self, sub: Any, msg: Message, ack: bool) -> None:
+        """Ack/nack through pika's one thread-safe door, so it need not wait for a pending `get`.
+
+        The broker thread may sit in a `get` for up to a poll slice; the
+        callback runs inside that wait (or in the pump right after), so the
+        broker sees the ack within milliseconds and can hand out the next event.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        channel = sub.active_channels[0]
+
+        def _on_thread() -> None:
+            try:
+                if ack:
+                    channel.basic_ack(msg.msg_id, multiple=False)
+                else:
+                    channel.basic_nack(msg.msg_id, multiple=False, requeue=True)
+            except Exception as e:
+                loop.call_soon_threadsafe(_resolve, e)
+            else:
+                loop.call_soon_threadsafe(_resolve, None)
+
+        def _resolve(error: Exception | None) -> None:
+            if not done.done():
+                done.set_exception(error) if error else done.set_result(None)
+
+        sub.connection.add_callback_threadsafe(_on_thread)
+        self._conn.thread.pump_soon()
+        await asyncio.wait_for(asyncio.shield(done), SETTLE_TIMEOUT)
 
     async def ack(self, delivery: Delivery) -> None:
         await self._settle(delivery, ack=True)

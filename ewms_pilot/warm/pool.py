@@ -241,7 +241,7 @@ class WarmPool:
                 )
                 LOGGER.error(self._broken)
         if not stop:
-            LOGGER.warning(f"warm worker {worker.name} crashed; its log: {worker.log_path}")
+            LOGGER.warning(f"warm worker {worker.name} exited unexpectedly; its log: {worker.log_path}")
         return exited
 
     # -- end --------------------------------------------------------------------

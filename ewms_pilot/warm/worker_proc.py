@@ -23,6 +23,7 @@ from typing import IO
 
 from ..runtimes.base import RunSpec, Runtime
 from ..tasks.errors import extract_error_line
+from ..tasks.parent_death import die_with_parent
 
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
@@ -104,6 +105,7 @@ class WarmWorker:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # a SIGKILLed pilot takes its workers along
             )
         except BaseException:
             log.close()
