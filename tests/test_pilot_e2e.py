@@ -343,6 +343,9 @@ class _ConnectionCounter:
         ({"EWMS_PILOT_TASK_ENV_JSON": "{not json"}, "EWMS_PILOT_TASK_ENV_JSON"),
         ({"EWMS_PILOT_QUEUE_INCOMING": ""}, "EWMS_PILOT_QUEUE_INCOMING"),
         ({"EWMS_PILOT_QUARANTINE_TIME": "5", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "no"}, "EWMS_PILOT_QUARANTINE_TIME"),
+        ({"EWMS_PILOT_TASK_ARGS": "python3 -c 'unclosed"}, "EWMS_PILOT_TASK_ARGS"),
+        ({"EWMS_PILOT_INIT_IMAGE": "i", "EWMS_PILOT_INIT_ARGS": "x", "EWMS_PILOT_INIT_ENV_JSON": '{"A": true}'}, "EWMS_PILOT_INIT_ENV_JSON"),
+        ({"EWMS_PILOT_TASK_TIMEOUT": "soon"}, "EWMS_PILOT_TASK_TIMEOUT"),
     ],
 )
 def test_config_error_is_one_line_exit_2_and_no_connection(tmp_path: Path, extra: dict[str, str], variable: str) -> None:
@@ -374,3 +377,15 @@ def test_auth_token_never_logged(rabbitmq_address: str, queue_name: str, tmp_pat
     assert run.returncode == 5
     assert "tok-XYZ-secret" not in run.stderr + run.stdout
     assert "hunter2pass" not in run.stderr + run.stdout
+
+
+def test_local_queue_in_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    env = base_env(
+        broker_type="local", address=str(tmp_path / "nowhere" / "q.db"), queue_in="a", queue_out="b",
+        data_dir=tmp_path, task_args=_args(DOUBLE),
+    )
+    run = run_pilot(env, timeout=30)
+    assert run.returncode == 2
+    last = run.stderr.strip().splitlines()[-1]
+    assert "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS" in last and "does not exist" in last
+    assert "Traceback" not in run.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import ConfigError
+from ..tasks.args import split_args
 from .model import (
     BrokerConfig,
     ChirpDest,
@@ -177,11 +178,21 @@ def _broker(v: _Values, direction: str) -> BrokerConfig:
     )
 
 
+def _args(v: _Values, name: str) -> str:
+    """An `*_ARGS` value, checked now so a quoting mistake is a config error, not a task failure."""
+    text = v.get(name, str)
+    try:
+        split_args(text)
+    except ValueError as e:
+        raise v.fail(name, f"arguments that split like a POSIX shell's ({e})") from None
+    return text
+
+
 def _container(v: _Values, which: str, platform: ContainerPlatform) -> ContainerConfig | None:
     """The init/teardown step, or None when it is not configured."""
     base = f"EWMS_PILOT_{which.upper()}"
     image = v.get(f"{base}_IMAGE", str)
-    args = v.get(f"{base}_ARGS", str)
+    args = _args(v, f"{base}_ARGS")
     if platform is ContainerPlatform.PROCESS:
         if image:
             LOGGER.warning("Ignoring %s_IMAGE: platform is process (runs %s_ARGS)", base, base)
@@ -219,7 +230,7 @@ def load_config(
 
     platform = v.get("EWMS_PILOT_CONTAINER_PLATFORM", ContainerPlatform)
     task_image = v.get("EWMS_PILOT_TASK_IMAGE", str)
-    task_args = v.get("EWMS_PILOT_TASK_ARGS", str)
+    task_args = _args(v, "EWMS_PILOT_TASK_ARGS")
     if platform is ContainerPlatform.PROCESS:
         if not task_args.strip():
             raise v.fail(

@@ -9,16 +9,17 @@ delivery that arrives after the stop is given straight back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses as dc
 import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..chirp import ChirpReporter, PilotStatus
 from ..config.model import PilotConfig, TaskMode
-from ..errors import BrokerError, BrokerUnavailableError
+from ..errors import BrokerError, BrokerUnavailableError, ConfigError
 from ..queues.base import Delivery, Publisher, Subscription
 from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
@@ -113,8 +114,10 @@ class Pilot:
                 if self.cfg.task_mode == TaskMode.WARM:
                     pool = WarmPool(self.cfg, self.runtime, image, self.pilot_id)
                     await pool.start()
-                sub = await open_subscription(self.cfg.incoming, self.cfg.effective_prefetch)
-                pub = await open_publisher(self.cfg.outgoing)
+                with _names_variable("EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS"):
+                    sub = await open_subscription(self.cfg.incoming, self.cfg.effective_prefetch)
+                with _names_variable("EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS"):
+                    pub = await open_publisher(self.cfg.outgoing)
                 if self.cfg.queue_deadletter:
                     dlq = await open_publisher(
                         dc.replace(self.cfg.incoming, queue=self.cfg.queue_deadletter)
@@ -125,6 +128,8 @@ class Pilot:
                     journal=self.journal, on_progress=self.chirp.set_task_progress, warm_pool=pool,
                 )
                 await self._consume(sub, handler)
+        except ConfigError as e:
+            self._fatal(StopCause.CONFIG, f"configuration error: {e}", e)
         except InitFailedError as e:
             self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e)
         except (BrokerUnavailableError, BrokerError) as e:
@@ -339,6 +344,15 @@ class Pilot:
             except TimeoutError:
                 pass
         await self.chirp.aclose()
+
+
+@contextlib.contextmanager
+def _names_variable(variable: str) -> Iterator[None]:
+    """A broker found its address invalid: say which variable holds it."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(variable, e.value, e.expected) from e
 
 
 async def _give_back(sub: Subscription, delivery: Delivery) -> None:

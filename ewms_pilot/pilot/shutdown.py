@@ -16,6 +16,7 @@ class StopCause(str, enum.Enum):
     SIGNAL = "signal"  # eviction / Ctrl-C
     BROKER = "broker"  # connection lost past its deadline
     INIT_FAILED = "init-failed"
+    CONFIG = "config"  # a setting found invalid only when used (e.g. the local queue's path)
     FATAL = "fatal"  # unexpected exception
 
 
@@ -25,6 +26,7 @@ EXIT_CODES = {
     StopCause.SIGNAL: ExitCode.EVICTED,
     StopCause.BROKER: ExitCode.BROKER,
     StopCause.INIT_FAILED: ExitCode.INIT_FAILED,
+    StopCause.CONFIG: ExitCode.CONFIG,
     StopCause.FATAL: ExitCode.INTERNAL,
 }
 
