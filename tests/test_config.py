@@ -670,7 +670,7 @@ FULL = {
     "EWMS_PILOT_TASK_ARGS": "--in {{INFILE}} --out {{OUTFILE}}",
     "EWMS_PILOT_TASK_ENV_JSON": '{"A": "1", "B": "two words"}',
     "EWMS_PILOT_TASK_TIMEOUT": "3600",
-    "EWMS_PILOT_TASK_MODE": "warm",
+    "EWMS_PILOT_TASK_MODE": "oneshot",
     "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
     "EWMS_PILOT_INIT_IMAGE": "registry.example/init:1",
     "EWMS_PILOT_INIT_ARGS": "--fetch",
@@ -730,7 +730,7 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.task.args == "--in {{INFILE}} --out {{OUTFILE}}"
     assert dict(cfg.task.env) == {"A": "1", "B": "two words"}
     assert cfg.task.timeout == 3600
-    assert cfg.task_mode is TaskMode.WARM
+    assert cfg.task_mode is TaskMode.ONESHOT
     assert cfg.max_concurrent_tasks == 4
     assert cfg.init is not None and cfg.teardown is not None
     assert (cfg.init.image, cfg.init.args, dict(cfg.init.env), cfg.init.timeout) == (
@@ -794,7 +794,8 @@ def test_full_config_reaches_every_field() -> None:
         for f in dc.fields(PilotConfig)
         if f.default is not dc.MISSING and getattr(cfg, f.name) == f.default
     ]
-    assert untouched == ["stop_listening_on_task_error"]  # true is needed for quarantine
+    # true is needed for quarantine; warm mode refuses the per-event placeholders FULL uses
+    assert sorted(untouched) == ["stop_listening_on_task_error", "task_mode"]
 
 
 def test_round_trip_through_environ_text() -> None:
@@ -918,3 +919,11 @@ def test_readme_table_is_current() -> None:
         "README.md env table is stale: run `python -c 'from pathlib import Path; "
         'from ewms_pilot.config.table import update_readme; update_readme(Path("README.md"))\'`'
     )
+
+
+def test_warm_mode_refuses_per_event_placeholders() -> None:
+    env = dict(FULL, EWMS_PILOT_TASK_MODE="warm")
+    with pytest.raises(ConfigError) as info:
+        load_config(env)
+    assert info.value.variable == "EWMS_PILOT_TASK_ARGS" and "{{INFILE}}" in str(info.value)
+    assert load_config(dict(env, EWMS_PILOT_TASK_ARGS="worker --hub <<DATA_HUB>>")).task_mode is TaskMode.WARM

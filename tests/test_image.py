@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -224,3 +225,99 @@ async def test_image_sigterm_reaches_pilot_and_event_is_redelivered(
     assert "received SIGTERM" in err
     # the unfinished event was nacked: it is back in the incoming queue
     assert await drain("rabbitmq", rabbitmq_address, q_in, timeout=5, expect=1) == ["slow"]
+
+
+# --------------------------------------------------------------------------- docker flavour
+
+
+@pytest.fixture(scope="module")
+def docker_flavour_image(podman_image: str) -> str:
+    """The `docker` flavour (dockerd inside) on the test base image."""
+    tag = "localhost/ewms-pilot:docker"
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-image.sh"), "docker", "--base", podman_image, "--tag", tag],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.fail(f"scripts/build-image.sh docker failed (exit {res.returncode}):\n{res.stderr[-6000:]}")
+    return tag
+
+
+# What a site would have done beforehand: the task image in the inner daemon's
+# store. This starts a throw-away dockerd, loads the image, stops it, and then
+# hands over to the real entrypoint exactly as the image's ENTRYPOINT would.
+_PRELOAD = """set -e
+dockerd >/tmp/preload-dockerd.log 2>&1 &
+for _ in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+docker load --quiet --input /job/task-image.tar >&2
+kill %1; wait
+exec /usr/bin/tini -- /usr/local/bin/ewms-pilot-entrypoint
+"""
+
+
+async def test_docker_flavour_supervises_dockerd_and_forwards_sigterm(
+    docker_flavour_image: str, podman_image: str, tmp_path: Path
+) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    saved = _podman("save", "--quiet", "--output", str(job / "task-image.tar"), podman_image, timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    (job / "preload.sh").write_text(_PRELOAD)
+    put = subprocess.run(
+        [sys.executable, "-m", "ewms_pilot", "queue", "put", "--broker-type", "local",
+         "--broker-address", str(job / "q.db"), "--queue", "in"],
+        input="slow\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    name = f"ewms-pilot-test-{uuid.uuid4().hex[:10]}"
+    env = {
+        "EWMS_PILOT_QUEUE_INCOMING": "in",
+        "EWMS_PILOT_QUEUE_OUTGOING": "out",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "local",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "local",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "/job/q.db",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "/job/q.db",
+        "EWMS_PILOT_TASK_IMAGE": podman_image,
+        "EWMS_PILOT_TASK_ARGS": "sleep 300",
+        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "120",
+        "EWMS_PILOT_SHUTDOWN_GRACE": "1",
+        "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": "/job",
+    }
+    proc = subprocess.Popen(
+        ["podman", "run", "--rm", "--name", name, "--privileged", "--network", "host",
+         "--volume", f"{job}:/job", "--workdir", "/job", "--entrypoint", "bash",
+         *_env_args(env), docker_flavour_image, "/job/preload.sh"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            ps = await asyncio.to_thread(
+                _podman, "exec", name, "docker", "ps", "--format", "{{.Command}}", timeout=30
+            )
+            if "sleep 300" in ps.stdout:
+                break
+            await asyncio.sleep(1)
+        else:
+            out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+            pytest.fail(f"the task never ran in the inner dockerd:\n{err[-4000:]}")
+        stop = await asyncio.to_thread(_podman, "stop", "--time", "90", name, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            _podman("rm", "--force", name, timeout=60)
+    assert proc.returncode == ExitCode.EVICTED, err[-4000:]
+    assert "ewms-pilot-entrypoint: dockerd is up" in err
+    assert "received SIGTERM" in err
+    assert err.rstrip().endswith("ewms-pilot-entrypoint: dockerd stopped"), err[-2000:]
+    counted = subprocess.run(
+        [sys.executable, "-m", "ewms_pilot", "queue", "count", "--json", "--broker-type", "local",
+         "--broker-address", str(job / "q.db"), "--queue", "in"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert json.loads(counted.stdout)["ready"] == 1, counted.stdout + counted.stderr

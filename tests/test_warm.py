@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from mq_helpers import drain, publish
-from pilot_proc import base_env, run_pilot
+from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
 
 from ewms_pilot import worker
 from ewms_pilot.config.model import (
@@ -202,6 +203,7 @@ async def test_workers_that_keep_dying_fail_events_with_a_reason_instead_of_loop
 
 async def test_close_stops_a_worker_that_ignores_eof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "EOF_GRACE", 0.5)
+    monkeypatch.setattr(pool_module, "STOP_GRACE", 1.0)
     pids = tmp_path / "pids"
     code = (
         "import os,signal,subprocess,sys,time\n"
@@ -230,6 +232,18 @@ def test_per_event_placeholders_are_refused_in_warm_mode(tmp_path: Path) -> None
     cfg = _cfg(tmp_path, [PY, "task.py", "<<INFILE>>", "{{OUTFILE}}"])
     with pytest.raises(WarmStartError, match=r"<<INFILE>>, \{\{OUTFILE\}\}.*request on stdin"):
         WarmPool(cfg, ProcessRuntime(), "", "p3")
+
+
+def test_oci_runtimes_keep_stdin_attached_only_for_warm_workers() -> None:
+    from ewms_pilot.runtimes import DockerRuntime, PodmanRuntime, RunSpec
+
+    for runtime in (DockerRuntime(), PodmanRuntime()):
+        base = dict(image="img:1", argv=("python3", "w.py"), env={}, mounts=(), name="n1")
+        warm = runtime.run_argv(RunSpec(**base, interactive=True))  # type: ignore[arg-type]
+        oneshot = runtime.run_argv(RunSpec(**base))  # type: ignore[arg-type]
+        assert "--interactive" not in oneshot
+        assert warm.index("--interactive") < warm.index("img:1")
+        assert [a for a in warm if a != "--interactive"] == oneshot
 
 
 # --------------------------------------------------------------------------- the pilot, process runtime
@@ -275,7 +289,7 @@ def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: s
         extra={
             "EWMS_PILOT_TASK_MODE": "warm",
             "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
-            "EWMS_PILOT_TASK_TIMEOUT": "2",
+            "EWMS_PILOT_TASK_TIMEOUT": "4",  # roomy: a busy CI machine must not time out good events
             "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
             "EWMS_PILOT_CL_LOG": "INFO",
         },
@@ -287,7 +301,7 @@ def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: s
     assert asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=1)) == []
     assert "succeeded 200" in run.stdout and "failed 3" in run.stdout, run.stdout
     assert re.search(r"ContainerRunError: warm worker exited \(code 3\): dying on ev-57", run.stderr)
-    assert re.search(r"TaskTimeoutError: timed out after 2 s", run.stderr)
+    assert re.search(r"TaskTimeoutError: timed out after 4 s", run.stderr)
     assert "ContainerRunError: refused ev-77 once" in run.stderr
     # warm: 4 workers, plus one replacing the crashed one and one replacing the hung one
     pids = {int(p) for p in pidlog.read_text().split()}
@@ -297,6 +311,38 @@ def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: s
     logs = "".join(p.read_text() for p in (tmp_path / "ewms-pilot-data" / "warm-workers").glob("*.log"))
     assert "[stdout] library noise at start-up" in logs and "[stdout] {not json" in logs
     assert "dying on ev-57" in logs
+
+
+HANGING_WORKER = r"""
+import json, os, sys, time
+for line in sys.stdin:
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(120)
+"""
+
+
+def test_sigterm_stops_busy_workers_and_gives_their_events_back(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "b"]))
+    script, pidlog = tmp_path / "hang.py", tmp_path / "pids"
+    script.write_text(HANGING_WORKER)
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, str(script), str(pidlog)]),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "2", "EWMS_PILOT_SHUTDOWN_GRACE": "1"},
+    )
+    t0 = time.monotonic()
+    proc = start_pilot(env)
+    while not (pidlog.exists() and len(pidlog.read_text().split()) == 2):
+        assert time.monotonic() - t0 < 60 and proc.poll() is None, "both workers never got an event"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    run = wait_pilot(proc, timeout=60, started=t0)
+    assert run.returncode == 6, run.stderr[-3000:]
+    pids = [int(p) for p in pidlog.read_text().split()]
+    assert not [p for p in pids if alive(p)]
+    assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2))) == ["a", "b"]
 
 
 def test_per_event_placeholder_is_a_one_line_error_and_consumes_nothing(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:

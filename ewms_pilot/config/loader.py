@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import ConfigError
-from ..tasks.args import split_args
+from ..tasks.args import PLACEHOLDERS, split_args
 from .model import (
     BrokerConfig,
     ChirpDest,
@@ -245,6 +245,14 @@ def load_config(
             "EWMS_PILOT_TASK_IMAGE",
             "the task's image (required unless EWMS_PILOT_CONTAINER_PLATFORM=process)",
         )
+    task_mode = v.get("EWMS_PILOT_TASK_MODE", TaskMode)
+    per_event = [p for p, what in PLACEHOLDERS.items() if what != "data_hub" and p in task_args]
+    if task_mode is TaskMode.WARM and per_event:
+        raise v.fail(
+            "EWMS_PILOT_TASK_ARGS",
+            f"no per-event placeholder ({', '.join(per_event)}) with EWMS_PILOT_TASK_MODE=warm: "
+            "a warm worker gets each event's paths on its stdin (docs/warm-workers.md)",
+        )
     task = ContainerConfig(
         image=task_image,
         args=task_args,
@@ -296,7 +304,7 @@ def load_config(
         apptainer_image_directory_must_be_present=v.get(
             "_EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT", bool
         ),
-        task_mode=v.get("EWMS_PILOT_TASK_MODE", TaskMode),
+        task_mode=task_mode,
         max_concurrent_tasks=v.get("EWMS_PILOT_MAX_CONCURRENT_TASKS", int),
         stop_listening_on_task_error=stop_on_error,
         okay_errors=v.get("EWMS_PILOT_OKAY_ERRORS", frozenset),

@@ -59,12 +59,12 @@ class ProcessOutcome:
     duration: float  # seconds from start until it was over (a stop included)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _group_exists(pgid: int) -> bool:
+def group_exists(pgid: int) -> bool:
     """True while a process of group `pgid` is alive; zombies (dead, not yet reaped) don't count.
 
     Orphaned group members are reaped by the host's init, which may take a
@@ -92,7 +92,7 @@ def _group_exists(pgid: int) -> bool:
     return False
 
 
-async def _uncancellable(aw: Awaitable[T]) -> T:
+async def uncancellable(aw: Awaitable[T]) -> T:
     """Await `aw` to its end even if we are cancelled meanwhile; re-raise the cancel after."""
     task = asyncio.ensure_future(aw)
     was_cancelled = False
@@ -121,13 +121,13 @@ async def _group_gone_within(proc: asyncio.subprocess.Process, seconds: float) -
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while loop.time() < deadline:
-        if proc.returncode is not None and not _group_exists(proc.pid):
+        if proc.returncode is not None and not group_exists(proc.pid):
             return True
         await asyncio.sleep(POLL_INTERVAL)
     return False
 
 
-async def _terminate(
+async def terminate(
     runtime: Runtime, spec: RunSpec, proc: asyncio.subprocess.Process, grace: float
 ) -> None:
     """Stop the client and everything in its process group; returns once it has exited."""
@@ -143,18 +143,18 @@ async def _terminate(
             # e.g. the container does not exist yet (still being created): the
             # client relays SIGTERM to it, or gives up creating it
             LOGGER.warning(f"{spec.name}: stop command failed ({problem}): signalling the client")
-            _signal_group(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
         await _exited_within(proc, CLIENT_EXIT_WAIT)
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         remove_argv = runtime.remove_argv(spec.name)
         if remove_argv is not None:
             with contextlib.suppress(OSError):  # gone already is the usual case
                 await run_command(remove_argv, timeout=REMOVE_TIMEOUT)
     else:
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         if not await _group_gone_within(proc, grace):
             LOGGER.warning(f"{spec.name}: still running {grace:g}s after SIGTERM: sending SIGKILL")
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
     await proc.wait()
     await _group_gone_within(proc, KILL_WAIT)
 
@@ -280,18 +280,18 @@ async def run_to_completion(
             if timed_out or stop_requested:
                 why = f"timed out after {timeout:g}s" if timed_out else "stop requested"
                 LOGGER.info(f"{spec.name}: {why}: stopping it")
-                await _uncancellable(_terminate(runtime, spec, proc, stop_grace))
+                await uncancellable(terminate(runtime, spec, proc, stop_grace))
         except BaseException:  # cancelled (or a bug): stop it before letting go
             if proc.returncode is None:  # else it ended, or was stopped above already
                 LOGGER.info(f"{spec.name}: cancelled: stopping it")
-                await _uncancellable(_terminate(runtime, spec, proc, stop_grace))
+                await uncancellable(terminate(runtime, spec, proc, stop_grace))
             raise
         finally:
             ended = loop.time()
             # whatever the task left behind in its group (background children)
-            if _group_exists(proc.pid):
-                _signal_group(proc.pid, signal.SIGKILL)
-                await _uncancellable(_group_gone_within(proc, KILL_WAIT))
-            await _uncancellable(_drain(pumps))
+            if group_exists(proc.pid):
+                signal_group(proc.pid, signal.SIGKILL)
+                await uncancellable(_group_gone_within(proc, KILL_WAIT))
+            await uncancellable(_drain(pumps))
 
     return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started)

@@ -27,7 +27,7 @@ from ..tasks.parent_death import die_with_parent
 
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
-from ..tasks.process import _group_exists, _signal_group, _terminate, _uncancellable
+from ..tasks.process import group_exists, signal_group, terminate, uncancellable
 from .protocol import Answer, parse_answer
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
@@ -149,8 +149,8 @@ class WarmWorker:
     async def _watch(self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
         """Wait for the exit; then settle the request in flight with it."""
         code = await proc.wait()
-        if _group_exists(proc.pid):  # background children it left behind
-            _signal_group(proc.pid, signal.SIGKILL)
+        if group_exists(proc.pid):  # background children it left behind
+            signal_group(proc.pid, signal.SIGKILL)
         _, late = await asyncio.wait(readers, timeout=DRAIN_WAIT)
         for task in late:  # a detached grandchild holds the pipe open
             task.cancel()
@@ -209,8 +209,8 @@ class WarmWorker:
         self.stopped_by_pilot = True
         self._close_stdin()
         if proc.returncode is None:
-            await _uncancellable(_terminate(self.runtime, self.spec, proc, grace))
-        return await _uncancellable(asyncio.shield(ended))
+            await uncancellable(terminate(self.runtime, self.spec, proc, grace))
+        return await uncancellable(asyncio.shield(ended))
 
     async def close(self, eof_grace: float, stop_grace: float) -> Exited:
         """Close its stdin (the protocol's "no more events"); stop it if it lingers."""

@@ -319,3 +319,58 @@ def podman_names(*pilot_ids: str) -> list[str]:
 def podman_remove(names: list[str]) -> None:
     if names:
         subprocess.run(["podman", "rm", "--force", "--time", "0", *names], capture_output=True, timeout=120, check=False)
+
+
+# --------------------------------------------------------------------------- a NATS server of our own
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A private JetStream server (a shared one must not be restarted under other people's tests)."""
+
+    BINARY = "/usr/sbin/nats-server"
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.store = workdir / "jetstream"
+        self.logfile = workdir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.proc = subprocess.Popen(
+            [self.BINARY, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store), "-l", str(self.logfile)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import socket
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        if not wait_until(up, 15):
+            raise AssertionError(f"private nats-server did not start: {self.logfile.read_text()[-2000:]}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None

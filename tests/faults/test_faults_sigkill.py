@@ -95,23 +95,24 @@ def _scenario(
     )
 
 
-@pytest.mark.timeout(150)
-@pytest.mark.parametrize("btype", ["rabbitmq", "nats", "local"])
+@pytest.mark.timeout(180)
 def test_sigkill_at_any_moment_loses_nothing(
-    btype: str, request: pytest.FixtureRequest, tmp_path: Path, new_queue: Any, record: Any
+    request: pytest.FixtureRequest, tmp_path: Path, new_queue: Any, record: Any
 ) -> None:
-    points = KILL_POINTS[btype]
-    jobs = []
-    with concurrent.futures.ThreadPoolExecutor(len(points)) as pool:
-        for kill_at in points:
-            tmp = tmp_path / f"{kill_at[0]}{kill_at[1]}"
+    """All kill points of all three brokers at once (NATS points mostly wait out ack_wait)."""
+    scenarios = [(b, p) for b, points in KILL_POINTS.items() for p in points]
+    address = {b: broker_address(request, b, tmp_path) for b in ("rabbitmq", "nats")}
+    with concurrent.futures.ThreadPoolExecutor(len(scenarios)) as pool:
+        jobs = []
+        for btype, kill_at in scenarios:
+            tmp = tmp_path / f"{btype}-{kill_at[0]}{kill_at[1]}"
             tmp.mkdir()
-            address = broker_address(request, btype, tmp)
-            jobs.append(pool.submit(_scenario, btype, address, new_queue("i"), new_queue("o"), kill_at, tmp))
-        results = [j.result() for j in jobs]
+            addr = address.get(btype) or broker_address(request, btype, tmp)
+            jobs.append(pool.submit(_scenario, btype, addr, new_queue("i"), new_queue("o"), kill_at, tmp))
+        results = [(btype, j.result()) for (btype, _), j in zip(scenarios, jobs, strict=True)]
 
     problems = []
-    for r in results:
+    for btype, r in results:
         t = r.tally
         in_flight = r.victim_received - r.victim_finished
         phase = "after its queue ran dry" if r.victim_done_before_kill else f"{in_flight} in flight"
@@ -129,10 +130,11 @@ def test_sigkill_at_any_moment_loses_nothing(
         )
         if lost or r.left or t.unexpected or r.survivor_rc != 0:
             problems.append(
-                f"kill at {r.kill_at}s: lost={lost} left={r.left} unexpected={t.unexpected} "
+                f"{btype} kill at {r.kill_at}: lost={lost} left={r.left} unexpected={t.unexpected} "
                 f"survivor exit {r.survivor_rc}\n{r.survivor_log[-2000:]}"
             )
     assert not problems, "\n".join(problems)
     # the "taking" kills hit a pilot with events in flight (else the point proved nothing)
-    busy = [r.victim_received - r.victim_finished for r in results if r.kill_at[0] == "taking"]
-    assert all(n > 0 for n in busy), [(r.kill_at, r.victim_received, r.victim_finished) for r in results]
+    idle = [(b, r.kill_at, r.victim_received, r.victim_finished) for b, r in results
+            if r.kill_at[0] == "taking" and r.victim_received == r.victim_finished]
+    assert not idle, idle
