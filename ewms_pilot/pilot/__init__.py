@@ -1,0 +1,1 @@
+"""The pilot: main loop, per-event handling, shutdown, journal and reporting."""
