@@ -399,19 +399,21 @@ class TaskHandler:
         return await self._ack(delivery, log)
 
     async def _ack(self, delivery: Delivery, log: TaskLog) -> bool:
-        try:
-            await self.sub.ack(delivery)
-            return True
-        except BrokerError as e:
-            log.warning(f"ack failed, the broker will redeliver (duplicate result possible): {e}")
-            return False
+        return await self._settle(delivery, log, ack=True)
 
     async def _nack(self, delivery: Delivery, log: TaskLog) -> bool:
+        return await self._settle(delivery, log, ack=False)
+
+    async def _settle(self, delivery: Delivery, log: TaskLog, *, ack: bool) -> bool:
+        """Ack or nack; a failure is logged, not raised: the broker redelivers unsettled events."""
         try:
-            await self.sub.nack(delivery)
+            await (self.sub.ack if ack else self.sub.nack)(delivery)
             return True
         except BrokerError as e:
-            log.warning(f"nack failed, the broker will redeliver after its timeout: {e}")
+            what = "ack failed, the broker will redeliver (duplicate result possible)" if ack else (
+                "nack failed, the broker will redeliver after its timeout"
+            )
+            log.warning(f"{what}: {e}")
             return False
 
     async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
