@@ -102,13 +102,13 @@ wait_for() { # kind port name
 if ! listening 5672; then
     say "starting RabbitMQ"
     # a node that is still booting makes this fail; wait_for below decides
-    rabbitmq-server -detached </dev/null >/dev/null 2>&1 || say "rabbitmq-server -detached failed (a node may already be booting; see /var/log/rabbitmq/)"
+    rabbitmq-server -detached </dev/null >/dev/null 2>&1 9>&- || say "rabbitmq-server -detached failed (a node may already be booting; see /var/log/rabbitmq/)"
 fi
 if ! listening 4222; then
     say "starting NATS JetStream"
     mkdir -p /var/lib/nats-server
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
-        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log 9>&- \
         || die "could not start nats-server (see /var/log/nats-server.log)"
 fi
 wait_for amqp 5672 RabbitMQ
