@@ -15,3 +15,4 @@ class ExitCode(enum.IntEnum):
     INIT_FAILED = 4  # the init container failed or timed out; nothing was consumed
     BROKER = 5  # a broker could not be reached / reconnected within its deadline
     EVICTED = 6  # stopped by SIGTERM/SIGINT (eviction); unfinished events were nacked
+    RUNTIME_UNAVAILABLE = 7  # the container runtime or the task image cannot be used on this node

@@ -114,5 +114,5 @@ def test_missing_image_is_a_one_line_error(rabbitmq_address: str, queue_name: st
         _env(rabbitmq_address, queue_name, tmp_path, "localhost/no-such-image:never", shlex.join(["true"])),
         timeout=120,
     )
-    assert run.returncode != 0
-    assert "no-such-image" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 7  # RUNTIME_UNAVAILABLE
+    assert "no-such-image" in run.stderr.strip().splitlines()[-1] and "Traceback" not in run.stderr

@@ -81,13 +81,13 @@ def _config_command(args: argparse.Namespace) -> int:
             sys.stderr.close()
         return 0
     try:
-        load_config(os.environ)
+        cfg = load_config(os.environ)
     except ConfigError as e:
         print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
         return int(ExitCode.CONFIG)
     from ..config.redact import effective_config_lines
 
-    print("\n".join(effective_config_lines(os.environ)))
+    print("\n".join(effective_config_lines(cfg)))
     return 0
 
 

@@ -135,7 +135,7 @@ class Pilot:
         except (BrokerUnavailableError, BrokerError) as e:
             self._fatal(StopCause.BROKER, str(e), e)
         except RuntimeUnavailableError as e:
-            self._fatal(StopCause.FATAL, f"container runtime unusable: {e}", e)
+            self._fatal(StopCause.RUNTIME, f"container runtime unusable: {e}", e)
         except Exception as e:
             LOGGER.exception("unexpected error")
             self._fatal(StopCause.FATAL, f"unexpected error: {type(e).__name__}: {e}", e)

@@ -18,6 +18,7 @@ class StopCause(str, enum.Enum):
     INIT_FAILED = "init-failed"
     CONFIG = "config"  # a setting found invalid only when used (e.g. the local queue's path)
     FATAL = "fatal"  # unexpected exception
+    RUNTIME = "runtime"  # container runtime / image unusable on this node
 
 
 EXIT_CODES = {
@@ -28,6 +29,7 @@ EXIT_CODES = {
     StopCause.INIT_FAILED: ExitCode.INIT_FAILED,
     StopCause.CONFIG: ExitCode.CONFIG,
     StopCause.FATAL: ExitCode.INTERNAL,
+    StopCause.RUNTIME: ExitCode.RUNTIME_UNAVAILABLE,
 }
 
 
