@@ -39,8 +39,18 @@ source_envfile() {
     say "sourcing $envfile"
     set +u -a # the file may use unset variables; plain NAME=value lines are exported
     # shellcheck disable=SC1090
-    . "$envfile"
+    if ! . "$envfile"; then
+        say "$envfile failed (its last command returned non-zero)"
+        exit "$EXIT_CONFIG"
+    fi
     set -u +a
+}
+
+platform() { # as the pilot reads it: current name first, then the 1.x name; trimmed, lower case
+    local p="${EWMS_PILOT_CONTAINER_PLATFORM-${_EWMS_PILOT_CONTAINER_PLATFORM-}}"
+    p="${p//[[:space:]]/}"
+    p="${p,,}"
+    echo "${p:-docker}"
 }
 
 default_data_dir() {
@@ -64,7 +74,7 @@ banner() {
     {
         echo "==================== ewms-pilot ===================="
         echo "pilot:     $(ewms-pilot --version)"
-        echo "platform:  ${EWMS_PILOT_CONTAINER_PLATFORM:-docker}"
+        echo "platform:  $(platform)"
         echo "python:    $(python3 -c 'import sys; print(sys.version.split()[0], sys.executable)')"
         echo "kernel:    $(uname -srm)"
         echo "host:      $(uname -n)"
@@ -80,7 +90,8 @@ banner() {
 }
 
 require_tool() {
-    local platform="${EWMS_PILOT_CONTAINER_PLATFORM:-docker}"
+    local platform
+    platform="$(platform)"
     case "$platform" in
     docker | podman | apptainer)
         if ! command -v "$platform" >/dev/null; then
@@ -117,6 +128,7 @@ stop_dockerd() {
     fi
     wait "$dockerd_pid" 2>/dev/null || true
     dockerd_pid=""
+    say "dockerd stopped"
 }
 
 start_dockerd() {
@@ -196,7 +208,7 @@ banner
 make_data_dirs
 require_tool
 
-if [[ "${EWMS_PILOT_CONTAINER_PLATFORM:-docker}" == docker ]] && command -v dockerd >/dev/null; then
+if [[ "$(platform)" == docker ]] && command -v dockerd >/dev/null; then
     trap 'on_signal TERM' TERM
     trap 'on_signal INT' INT
     start_dockerd

@@ -37,7 +37,8 @@ docker)
     pkgs+=(docker.io iptables)
     ;;
 podman)
-    pkgs+=(podman runc)
+    # fuse-overlayfs: the kernel's overlay cannot stack on the container's own overlay root
+    pkgs+=(podman runc fuse-overlayfs catatonit)
     ;;
 apptainer)
     if has_candidate apptainer; then
@@ -61,7 +62,8 @@ apt-get clean
 rm -rf /var/lib/apt/lists/*
 
 if [[ "$platform" == podman ]]; then
-    # Nested podman: cgroupfs (no systemd in here), runc, file-based events.
+    # Nested podman: cgroupfs (no systemd in here), runc, file-based events, and
+    # overlay storage through fuse-overlayfs (needs /dev/fuse: run --privileged).
     mkdir -p /etc/containers
     cat >/etc/containers/containers.conf <<'CONF'
 # written by ewms-pilot's container/install-system.sh
@@ -72,5 +74,15 @@ default_ulimits = []
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "runc"
+CONF
+    cat >/etc/containers/storage.conf <<'CONF'
+# written by ewms-pilot's container/install-system.sh
+[storage]
+driver = "overlay"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+
+[storage.options.overlay]
+mount_program = "/usr/bin/fuse-overlayfs"
 CONF
 fi

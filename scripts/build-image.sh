@@ -72,7 +72,8 @@ exec 9>"$lock"
 flock -w 900 9 || die "another build of $tag has held $lock for 15 min"
 
 want="$(context_hash)"
-if ((!force)) && podman image exists "$tag"; then
+old_id="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
+if ((!force)) && [[ -n "$old_id" ]]; then
     have="$(podman image inspect --format "{{ index .Labels \"$HASH_LABEL\" }}" "$tag" 2>/dev/null || true)"
     if [[ "$have" == "$want" ]]; then
         say "$tag is up to date (context $want)"
@@ -97,5 +98,10 @@ podman build \
     --tag "$tag" \
     --file "$REPO/Dockerfile" \
     "$REPO" >&2 || die "podman build failed (see above)"
+new_id="$(podman image inspect --format '{{.Id}}' "$tag")"
+if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+    # the previous build of this tag is now untagged: drop it (layers still in use stay)
+    podman image rm "$old_id" >/dev/null 2>&1 || true
+fi
 say "built $tag"
 echo "$tag"

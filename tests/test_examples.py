@@ -22,6 +22,8 @@ WORD_COUNT = EXAMPLES / "tasks" / "word_count.py"
 
 def _run_example(script: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("EWMS_PILOT_")} | env
+    # the `ewms-pilot` of the interpreter running the tests comes first on PATH
+    full["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full.get('PATH', '')}"
     return subprocess.run(
         ["bash", str(script)], env=full, capture_output=True, text=True, timeout=timeout, check=False
     )

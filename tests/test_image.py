@@ -81,8 +81,8 @@ def _env_args(env: dict[str, str]) -> list[str]:
     return out
 
 
-def _queue_env(user: str, q_in: str, q_out: str) -> dict[str, str]:
-    address = f"{user}@127.0.0.1:5672"  # the password is the auth token (from the env file)
+def _queue_env(user: str, q_in: str, q_out: str, host_port: str = "127.0.0.1:5672") -> dict[str, str]:
+    address = f"{user}@{host_port}"  # the password is the auth token (from the env file)
     return {
         "EWMS_PILOT_QUEUE_INCOMING": q_in,
         "EWMS_PILOT_QUEUE_OUTGOING": q_out,
@@ -113,7 +113,7 @@ async def test_image_runs_events_from_rabbitmq_with_envfile(
         f"export EWMS_PILOT_QUEUE_OUTGOING_AUTH_TOKEN='{secret}'\n"
         "EWMS_PILOT_OUTFILE_EXT=.json\n"
     )
-    env = _queue_env(user, q_in, q_out) | {
+    env = _queue_env(user, q_in, q_out, rabbitmq_address) | {
         "EWMS_PILOT_TASK_ARGS": "python3 /tasks/word_count.py <<INFILE>> <<OUTFILE>>",
         "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "30",
         "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "2",
@@ -287,7 +287,8 @@ async def test_docker_flavour_supervises_dockerd_and_forwards_sigterm(
         "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": "/job",
     }
     proc = subprocess.Popen(
-        ["podman", "run", "--rm", "--name", name, "--privileged", "--network", "host",
+        # own network namespace: dockerd adds a bridge and iptables rules to whatever netns it runs in
+        ["podman", "run", "--rm", "--name", name, "--privileged", "--network", "none",
          "--volume", f"{job}:/job", "--workdir", "/job", "--entrypoint", "bash",
          *_env_args(env), docker_flavour_image, "/job/preload.sh"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -16,7 +16,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 if [[ -x "$REPO/.venv/bin/ewms-pilot" ]]; then PATH="$REPO/.venv/bin:$PATH"; fi
 if [[ -z "${CONTAINERS_CONF:-}" && -f "$REPO/.test-env/containers.conf" ]]; then
-    # shellcheck source=../../scripts/env.sh
+    # shellcheck source=/dev/null
     . "$REPO/scripts/env.sh" # podman settings for this host (runc, cgroupfs)
 fi
 

@@ -9,7 +9,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 TAG="${1:-localhost/ewms-example-word-count:latest}"
 if [[ -z "${CONTAINERS_CONF:-}" && -f "$REPO/.test-env/containers.conf" ]]; then
-    # shellcheck source=../../scripts/env.sh
+    # shellcheck source=/dev/null
     . "$REPO/scripts/env.sh"
 fi
 podman build --quiet --network host \
