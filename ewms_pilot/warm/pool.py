@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..config.model import PilotConfig
 from ..runtimes.base import CONTAINER_DATA_ROOT, Mount, RunSpec, Runtime, RuntimeUnavailableError
-from ..tasks.args import PLACEHOLDERS, split_args, substitute, task_env
+from ..tasks.args import split_args, substitute, task_env
 from .protocol import ENV_TASK_MODE, WARM, encode_request
 from .worker_proc import Exited, WarmWorker
 
@@ -37,7 +37,6 @@ STOP_GRACE = 5.0
 #: where worker logs go, under the pilot's data dir
 LOG_DIR_NAME = "warm-workers"
 
-_PER_EVENT_PLACEHOLDERS = tuple(p for p, what in PLACEHOLDERS.items() if what != "data_hub")
 
 
 @dc.dataclass(frozen=True)
@@ -94,17 +93,8 @@ class WarmPool:
     # -- set-up -----------------------------------------------------------------
 
     def _worker_argv(self) -> tuple[str, ...]:
-        args = self.cfg.task.args
-        used = [p for p in _PER_EVENT_PLACEHOLDERS if p in args]
-        if used:
-            raise WarmStartError(
-                f"EWMS_PILOT_TASK_ARGS uses {', '.join(used)}, but in warm mode the worker gets each "
-                "event's infile/outfile in its request on stdin (see docs/warm-workers.md)"
-            )
-        try:
-            argv = split_args(args)
-        except ValueError as e:
-            raise WarmStartError(f"EWMS_PILOT_TASK_ARGS {e}") from None
+        """The worker command (config loading already refused per-event placeholders and bad quoting)."""
+        argv = split_args(self.cfg.task.args)
         hub = self.runtime.task_path(self.cfg.data_hub_dir.absolute(), self.data_mount)
         return tuple(substitute(argv, infile="", outfile="", data_hub=hub))
 
