@@ -104,9 +104,38 @@ def podman_image() -> str:
 
 
 # --------------------------------------------------------------------------- queue names
-# Every name handed out is remembered; at the end of the session its RabbitMQ
-# queue and NATS stream are deleted (best effort), because mqclient creates
-# durable quorum queues / file-backed streams that would pile up on the shared brokers.
+# Every name handed out, and every name a test derives from one with `+`, is
+# remembered; at the end of the session its RabbitMQ queue and NATS stream are
+# deleted (best effort), because mqclient creates durable quorum queues /
+# file-backed streams that would pile up on the shared brokers.
+
+#: derived names a test builds with an f-string (`f"{queue_name}-in"`), which `+` cannot see
+FORMATTED_SUFFIXES = ("-in", "-out")
+
+
+class QueueName(str):
+    """A queue name that records the names derived from it with `+` for the session cleanup."""
+
+    registry: list[str]
+
+    def __new__(cls, value: str, registry: list[str]) -> QueueName:
+        self = super().__new__(cls, value)
+        self.registry = registry
+        registry.append(value)
+        return self
+
+    def __add__(self, other: object) -> QueueName:
+        if not isinstance(other, str):
+            return NotImplemented
+        return QueueName(str(self) + other, self.registry)
+
+    def __radd__(self, other: object) -> QueueName:
+        if not isinstance(other, str):
+            return NotImplemented
+        return QueueName(other + str(self), self.registry)
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return str, (str(self),)  # a copy or a pickle is a plain name (registry stays here)
 
 
 def _delete_rabbitmq_queues(names: list[str]) -> None:
@@ -115,12 +144,13 @@ def _delete_rabbitmq_queues(names: list[str]) -> None:
     params = pika.ConnectionParameters(host=RABBITMQ_HOST, port=RABBITMQ_PORT, socket_timeout=5)
     conn = pika.BlockingConnection(params)
     try:
+        ch = conn.channel()
         for name in names:
-            ch = conn.channel()
             try:
-                ch.queue_delete(queue=name)
-                ch.close()
-            except Exception:  # already gone / channel closed by the broker: nothing to clean
+                if not ch.is_open:  # the broker closes a channel on a failed delete
+                    ch = conn.channel()
+                ch.queue_delete(queue=name)  # a missing queue is fine for RabbitMQ
+            except Exception:  # in use elsewhere / channel closed: nothing more to clean
                 pass
     finally:
         conn.close()
@@ -149,7 +179,8 @@ def _run_nats_cleanup(names: list[str]) -> None:
         pass
 
 
-def _cleanup(names: list[str]) -> None:
+def _cleanup(recorded: list[str]) -> None:
+    names = list(dict.fromkeys(str(n) for n in recorded))  # each once, in order
     if names and _rabbitmq_problem() is None:
         try:
             _delete_rabbitmq_queues(names)
@@ -164,6 +195,7 @@ def _cleanup(names: list[str]) -> None:
 
 @pytest.fixture(scope="session")
 def _queue_names_to_clean() -> Iterator[list[str]]:
+    """Names to delete at the session's end; other fixtures may `append` their own."""
     names: list[str] = []
     yield names
     _cleanup(names)
@@ -171,7 +203,10 @@ def _queue_names_to_clean() -> Iterator[list[str]]:
 
 @pytest.fixture
 def queue_name(_queue_names_to_clean: list[str]) -> str:
-    """A fresh queue name, valid for RabbitMQ and for NATS (`<name>-stream` / `<name>-subject`)."""
-    name = "t" + uuid.uuid4().hex[:16]
-    _queue_names_to_clean.append(name)
-    return name
+    """A fresh queue name, valid for RabbitMQ and for NATS (`<name>-stream` / `<name>-subject`).
+
+    Derive further names with `queue_name + "suffix"` so that they are cleaned up too.
+    """
+    base = "t" + uuid.uuid4().hex[:16]
+    _queue_names_to_clean.extend(base + suffix for suffix in FORMATTED_SUFFIXES)
+    return QueueName(base, _queue_names_to_clean)

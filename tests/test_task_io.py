@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import socket
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +133,85 @@ def test_unserializable_json_data(tmp_path: Path) -> None:
         write_infile(loop, path)
 
 
+@pytest.mark.parametrize("name", ["infile.in", "infile.json"])
+def test_lone_surrogate_text_fails_the_task_not_the_pilot(tmp_path: Path, name: str) -> None:
+    """JSON's `"\\udc80"` decodes to a str that UTF-8 cannot encode."""
+    path = tmp_path / name
+    with pytest.raises(InvalidDataForInfileException) as ei:
+        write_infile("ok \udc80 broken", path)
+    assert ei.value.reason == (
+        "event text is not valid Unicode (lone surrogate at position 3); it cannot be written as UTF-8"
+    )
+    assert ei.value.path == path
+    assert not path.exists()
+
+
+def test_lone_surrogates_inside_json_data_are_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "infile.json"
+    write_infile({"k\ud800": ["\udc80"]}, path)
+    assert path.read_bytes() == b'{"k\\ud800": ["\\udc80"]}'
+    assert read_outfile(path) == {"k\ud800": ["\udc80"]}
+
+
+def _nested(depth: int) -> Any:
+    data: Any = []
+    for _ in range(depth):
+        data = [data]
+    return data
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (
+            _nested(100_000),
+            "event data is nested too deeply to be written as JSON to infile infile.json",
+        ),
+        (10**5000, "event data cannot be written as JSON to infile infile.json: Exceeds the limit"),
+        ({(1, 2): "x"}, "event data cannot be written as JSON to infile infile.json: keys must be"),
+    ],
+    ids=["deeply-nested", "huge-int", "tuple-key"],
+)
+def test_data_json_cannot_write_fails_the_task(tmp_path: Path, data: Any, reason: str) -> None:
+    path = tmp_path / "infile.json"
+    with pytest.raises(InvalidDataForInfileException) as ei:
+        write_infile(data, path)
+    assert ei.value.reason.startswith(reason)
+    assert not path.exists()
+
+
+def test_nan_is_written_as_1x_writes_it(tmp_path: Path) -> None:
+    """Not strict JSON, but what Python's json (and so 1.x and mqclient) writes and reads."""
+    path = tmp_path / "infile.json"
+    write_infile({"x": float("nan"), "y": float("-inf")}, path)
+    assert path.read_text() == '{"x": NaN, "y": -Infinity}'
+    back = read_outfile(path)
+    assert math.isnan(back["x"]) and back["y"] == float("-inf")
+
+
+@pytest.mark.timeout(30)
+def test_infile_is_never_written_through_a_planted_link_or_fifo(tmp_path: Path) -> None:
+    """A warm worker sees the data dir: a link at the next infile's path must not redirect the write."""
+    host = tmp_path / "host.txt"
+    host.write_text("host file")
+    task_io = tmp_path / "task" / "task-io"
+    task_io.mkdir(parents=True)
+    link = task_io / "infile-a.txt"
+    link.symlink_to(host)
+    with pytest.raises(OSError, match="infile-a.txt is a symlink; only a regular file is written"):
+        write_infile("event", link)
+    assert host.read_text() == "host file"
+    fifo = task_io / "infile-b.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="infile-b.txt is a FIFO"):
+        _within(5, lambda: write_infile("event", fifo))
+    (tmp_path / "task" / "task-io").rename(tmp_path / "task" / "real-io")
+    (tmp_path / "task" / "task-io").symlink_to(tmp_path / "task" / "real-io")
+    with pytest.raises(OSError, match="directory 'task-io' on its path is a symlink"):
+        write_infile("event", task_io / "infile-c.txt")
+    assert not (tmp_path / "task" / "real-io" / "infile-c.txt").exists()
+
+
 def test_infile_readable_by_another_user_despite_umask(tmp_path: Path, strict_umask: None) -> None:
     path = tmp_path / "infile.in"
     write_infile("x", path)
@@ -159,11 +241,99 @@ def test_empty_and_non_utf8_json_outfiles(tmp_path: Path) -> None:
         read_outfile(path)
 
 
-def test_unreadable_outfile_is_a_task_failure(tmp_path: Path) -> None:
-    path = tmp_path / "outfile.out"
-    path.mkdir()  # a task that created a directory instead
-    with pytest.raises(InvalidDataFromOutfileException, match="outfile.out cannot be read"):
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """`fn()`'s result or exception, or a test failure if it blocks (e.g. on a FIFO)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"blocked for more than {seconds} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # the file stays after close
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "make, kind",
+    [(_make_fifo, "FIFO"), (Path.mkdir, "directory"), (_make_socket, "socket")],
+    ids=["fifo", "directory", "socket"],
+)
+def test_outfile_that_is_not_a_regular_file_fails_at_once(
+    tmp_path: Path, make: Callable[[Path], None], kind: str
+) -> None:
+    path = tmp_path / "outfile-abc.json"
+    make(path)  # a task that created this instead of writing a file
+    with pytest.raises(InvalidDataFromOutfileException) as ei:
+        _within(5, lambda: read_outfile(path))
+    assert ei.value.reason == f"outfile outfile-abc.json is a {kind}; only a regular file is read"
+    assert ei.value.path == path
+
+
+@pytest.mark.parametrize("target", ["outside", "/dev/zero", "inside", "dangling"])
+def test_symlinked_outfile_is_never_followed(tmp_path: Path, target: str) -> None:
+    """A container can link its outfile to a host path it cannot see; the pilot must not read it."""
+    task_io = tmp_path / "task" / "task-io"
+    task_io.mkdir(parents=True)
+    secret = tmp_path / "host-only" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("HOST-SECRET")
+    (task_io / "result.txt").write_text("even a link to the task's own file")
+    dest = {"outside": str(secret), "inside": "result.txt", "dangling": "gone"}.get(target, target)
+    path = task_io / "outfile-abc.txt"
+    path.symlink_to(dest)
+    with pytest.raises(InvalidDataFromOutfileException) as ei:
+        _within(5, lambda: read_outfile(path))
+    assert ei.value.reason == "outfile outfile-abc.txt is a symlink; only a regular file is read"
+
+
+@pytest.mark.parametrize("level", ["task-io", "task root"])
+def test_outfile_under_a_symlinked_task_dir_is_not_read(tmp_path: Path, level: str) -> None:
+    """A task that replaced its task-io (or a warm worker its task's root) with a link to host files."""
+    host = tmp_path / "host" / "task-io"
+    host.mkdir(parents=True)
+    (host / "outfile-abc.txt").write_text("HOST-SECRET")
+    root = tmp_path / "data" / "abc"
+    root.parent.mkdir()
+    if level == "task-io":
+        root.mkdir()
+        (root / "task-io").symlink_to(host)
+    else:
+        root.symlink_to(host.parent)
+    path = root / "task-io" / "outfile-abc.txt"
+    assert path.read_text() == "HOST-SECRET"  # what following the links would publish
+    with pytest.raises(InvalidDataFromOutfileException) as ei:
         read_outfile(path)
+    name = path.parent.name if level == "task-io" else root.name
+    assert ei.value.reason == (
+        f"outfile outfile-abc.txt was not read: directory '{name}' on its path is a symlink"
+    )
+
+
+def test_outfile_exactly_at_the_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "out.txt"
+    path.write_text("x" * 1000)
+    assert read_outfile(path, max_bytes=1000) == "x" * 1000
+    path.write_text("x" * 1001)
+    with pytest.raises(InvalidDataFromOutfileException, match="is 1001 bytes"):
+        read_outfile(path, max_bytes=1000)
 
 
 def test_oversized_results_fail_with_a_reason(tmp_path: Path) -> None:

@@ -28,9 +28,10 @@ async def publish_with_retry(
     attempt = 0
     while True:
         try:
-            await publisher.send(data, headers=headers)
+            # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
+            await asyncio.wait_for(publisher.send(data, headers=headers), max(end - time.monotonic(), 1.0))
             return
-        except BrokerError as e:
+        except (BrokerError, TimeoutError) as e:
             attempt += 1
             left = end - time.monotonic()
             if attempt > retries or left <= 0:

@@ -31,12 +31,13 @@ from .ownership import sweep_orphans
 from .shutdown import StopCause, StopRequest
 from .state import PilotState, Tally
 from .summary import render_summary
-from .task_handler import Critical, TaskEnvironment, TaskHandler, TaskOutcome
+from .task_handler import Critical, PublishFailedError, TaskEnvironment, TaskHandler, TaskOutcome
 
 LOGGER = logging.getLogger("ewms_pilot")
 
 POLL_SLICE = 1.0  # s: longest a single broker `get` may wait before the loop looks around
 CRITICAL_WAIT = 30.0  # s: bound on finishing in-flight publish/ack/nack at the end
+EVICTED_CRITICAL_WAIT = 2.0  # s: the same after an eviction, which must end within grace + 5 s
 
 
 class Pilot:
@@ -65,6 +66,7 @@ class Pilot:
         self._critical = Critical()
         self._failures: list[TaskOutcome] = []
         self._last_activity = time.monotonic()
+        self._publish_failing_since: float | None = None
         self.journal = Journal(cfg.data_dir / JOURNAL_NAME)
 
     # -- control ------------------------------------------------------------
@@ -223,6 +225,8 @@ class Pilot:
             self.tally.no_output += 1
         if outcome.ok:
             self.tally.succeeded += 1
+            if outcome.record.published:
+                self._publish_failing_since = None
         else:
             self.tally.failed += 1
             self.tally.nacked += int(outcome.nacked)
@@ -234,6 +238,17 @@ class Pilot:
     def _on_failure(self, outcome: TaskOutcome) -> None:
         assert outcome.failure is not None
         self.chirp.set_error(outcome.failure.reason, None)
+        if isinstance(outcome.failure, PublishFailedError):
+            # the task was fine, the outgoing broker is not: not this node's fault, so no
+            # stop-on-error; but an outage longer than the reconnect deadline ends the pilot
+            now = time.monotonic()
+            self._publish_failing_since = self._publish_failing_since or now
+            down = now - self._publish_failing_since
+            if down > self.cfg.reconnect_deadline:
+                self.request_stop(
+                    StopRequest(StopCause.BROKER, f"outgoing broker unusable for {down:.0f}s: {outcome.failure.reason}")
+                )
+            return
         if not self.cfg.stop_listening_on_task_error:
             return
         count = outcome.delivery.delivery_count
@@ -301,7 +316,10 @@ class Pilot:
             for task in list(self._running):
                 task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
-        await self._critical.wait(CRITICAL_WAIT)
+        # evicted: what is still in flight (a publish to a hung broker) may not hold up the exit;
+        # an event whose outcome is cut off stays unacked, and the broker redelivers it
+        evicted = request is not None and request.cause == StopCause.SIGNAL
+        await self._critical.wait(EVICTED_CRITICAL_WAIT if evicted else CRITICAL_WAIT)
 
     async def _teardown(self) -> None:
         """Run the teardown container once (after success, failure or eviction alike)."""

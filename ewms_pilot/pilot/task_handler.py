@@ -44,6 +44,9 @@ LOGGER = logging.getLogger("ewms_pilot.task")
 T = TypeVar("T")
 
 OUTPUT_DUMP_BYTES = 64 * 1024
+# s between SIGTERM and SIGKILL when a task is stopped (timeout, eviction): short enough that an
+# evicted pilot, after its grace, still exits within grace + 5 s with podman's stop/rm included
+STOP_GRACE = 3.0
 
 
 class PublishFailedError(TaskFailure):
@@ -239,6 +242,9 @@ class TaskHandler:
                 failure = f
             except OSError as e:
                 failure = TaskSetupError(f"{type(e).__name__}: {e}")
+            except Exception as e:  # a bug, or input nobody foresaw: fail this event, keep the pilot
+                log.exception("unexpected error while running the task")
+                failure = TaskSetupError(f"unexpected {type(e).__name__}: {e}")
             except asyncio.CancelledError:
                 log.warning("pilot is stopping: task stopped, event given back to the broker")
                 record.error, record.error_type = "stopped by pilot shutdown", "TaskCancelledError"
@@ -299,6 +305,7 @@ class TaskHandler:
             stdout_path=tdir.stdout,
             stderr_path=tdir.stderr,
             timeout=cfg.task.timeout,
+            stop_grace=STOP_GRACE,
             on_line=watcher,
         )
         record.exit_code = outcome.exit_code

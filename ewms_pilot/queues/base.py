@@ -12,6 +12,8 @@ from typing import Any
 
 #: set in `Delivery.headers` when the payload is not in oms-mqclient's format
 DECODE_ERROR_HEADER = "_ewms_pilot_decode_error"
+#: with it, the undecodable payload itself (base64), so a dead-lettered copy keeps it
+RAW_PAYLOAD_HEADER = "_ewms_pilot_raw_payload_b64"
 
 
 @dc.dataclass

@@ -52,13 +52,20 @@ class BrokerThread:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._lock = asyncio.Lock()
-        pumper = loop.create_task(self._pump_forever())
+        self._pumper = loop.create_task(self._pump_forever())  # a strong reference keeps it alive
         self._ready.set()
         try:
             loop.run_forever()
         finally:
-            pumper.cancel()
-            loop.run_until_complete(asyncio.gather(pumper, return_exceptions=True))
+            # cancel what the client left running (nats-py's reader, pinger, ...) so
+            # nothing is destroyed while pending
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            try:
+                loop.run_until_complete(asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5))
+            except Exception as e:  # a task refusing to end: leave it to die with the daemon thread
+                LOGGER.debug(f"{self._name}: tasks still pending at stop: {e!r}")
             loop.close()
 
     async def _pump_forever(self) -> None:

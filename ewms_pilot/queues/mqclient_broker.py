@@ -11,8 +11,11 @@ nacking them is skipped with a log line (at-least-once, never lost).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-from typing import Any
+import math
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from mqclient import broker_client_manager
 from mqclient.broker_client_interface import Message, MQClientException, Pub, Sub
@@ -20,14 +23,19 @@ from mqclient.broker_client_interface import Message, MQClientException, Pub, Su
 from ..config.model import BrokerConfig
 from ..config.redact import redact_url
 from ..errors import BrokerError, BrokerUnavailableError
-from .base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from .base import DECODE_ERROR_HEADER, RAW_PAYLOAD_HEADER, Delivery, Publisher, Subscription
 from .broker_thread import BrokerThread
 
 LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRIES = 1  # oms-mqclient's own retry count per call; the pilot adds its own policy
 RETRY_DELAY = 0.5
 SETTLE_TIMEOUT = 30.0  # s: an ack/nack the broker connection has not taken by then has failed
+CALL_SLACK = 10.0  # s: beyond its own timeout, how long a broker call may hang before it is abandoned
+OPEN_TIMEOUT = 60.0  # s: connecting (clients retry internally; nats-py for minutes)
+SEND_TIMEOUT = 15.0  # s: one publish, confirm included
+RAW_PAYLOAD_KEEP = 1024 * 1024  # bytes of an undecodable payload kept (base64) for the dead-letter queue
 
 
 def _client(cfg: BrokerConfig) -> Any:
@@ -61,6 +69,19 @@ def nats_delivery_count(reply_subject: Any) -> int | None:
         return None
 
 
+async def _settle_nats(sub: Any, msg: Message, ack: bool) -> None:
+    """Ack/nak by the JetStream reply subject alone.
+
+    oms-mqclient rebuilds the NATS message from the *decoded* payload first,
+    which fails for an event not in its format, so such an event could never
+    be acked or dead-lettered; the reply subject is all JetStream needs.
+    """
+    import nats.aio.msg
+
+    reply = nats.aio.msg.Msg(_client=sub._nats_client, subject=sub.subject, reply=str(msg.msg_id), data=b"")
+    await (reply.ack() if ack else reply.nak())
+
+
 def _rabbitmq_get(sub: Any, timeout: float) -> tuple[Message | None, int | None]:
     """One message from oms-mqclient's RabbitMQ channel, keeping its delivery count.
 
@@ -81,17 +102,49 @@ def _rabbitmq_get(sub: Any, timeout: float) -> tuple[Message | None, int | None]
 
 
 class _Connection:
-    """One oms-mqclient queue object on its thread, reopened when it breaks."""
+    """One oms-mqclient queue object on its thread, reopened when it breaks.
+
+    Every call is bounded in time: a call that hangs (a broker that stalls, or
+    nats-py retrying a dead server for minutes) abandons the connection and its
+    thread, and the next call starts afresh on a new thread.
+    """
 
     def __init__(self, cfg: BrokerConfig, kind: str, prefetch: int = 1) -> None:
         self.cfg = cfg
         self.kind = kind
         self.prefetch = prefetch
-        self.thread = BrokerThread(
-            f"broker-{kind}-{cfg.queue}", serialize=cfg.broker_type != "nats"
-        )
+        self.thread = self._new_thread()
         self.raw: Any = None
         self.generation = 0
+        self._opening = asyncio.Lock()
+
+    def _new_thread(self) -> BrokerThread:
+        return BrokerThread(
+            f"broker-{self.kind}-{self.cfg.queue}", serialize=self.cfg.broker_type != "nats"
+        )
+
+    async def call(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+        """Run `coro` on the connection's thread; past `timeout` abandon the connection."""
+        try:
+            return await asyncio.wait_for(self.thread.call(coro), timeout)
+        except TimeoutError:
+            self.abandon()
+            raise BrokerError(f"{what} on {_where(self.cfg)} hung for {timeout:.0f}s") from None
+
+    def abandon(self) -> None:
+        """Leave a hung connection to its (daemon) thread; later calls get a new one."""
+        LOGGER.warning(f"abandoning a hung {self.kind} connection to {_where(self.cfg)}")
+        old = self.thread
+        self.raw = None
+        self.thread = self._new_thread()
+        old.stop(timeout=0)
+
+    async def ensure_open(self) -> Any:
+        """The live queue object, connecting first if needed (one connect at a time)."""
+        async with self._opening:
+            if self.raw is None:
+                await self.open()
+            return self.raw
 
     async def open(self) -> None:
         self.thread.start()
@@ -107,7 +160,9 @@ class _Connection:
             )
 
         try:
-            self.raw = await self.thread.call(_open())
+            self.raw = await self.call(_open(), OPEN_TIMEOUT, "connecting")
+        except BrokerError:
+            raise
         except Exception as e:
             raise BrokerUnavailableError(
                 f"cannot connect to {_where(self.cfg)}: {type(e).__name__}: {e}"
@@ -123,12 +178,24 @@ class _Connection:
         if raw is not None:
             try:
                 await asyncio.wait_for(self.thread.call(raw.close()), 5)
+            except TimeoutError:
+                self.abandon()
             except Exception:
                 pass
 
     async def close(self) -> None:
         await self.drop()
         await asyncio.to_thread(self.thread.stop)
+
+    def check_nats_connected(self) -> None:
+        """Raise `BrokerError` while nats-py has lost its server (it reconnects in the background).
+
+        Calling the client meanwhile would hang: oms-mqclient's retry reconnects with
+        `nats.connect()`, which tries a dead server for minutes.
+        """
+        client = getattr(self.raw, "_nats_client", None)  # oms-mqclient's NATS queue object
+        if client is not None and not client.is_connected:
+            raise BrokerError(f"{_where(self.cfg)} is disconnected (nats-py is reconnecting)")
 
 
 class MQClientSubscription(Subscription):
@@ -150,7 +217,10 @@ class MQClientSubscription(Subscription):
         try:
             data, headers = msg.data, msg.headers
         except Exception as e:  # not oms-mqclient's format: keep it so it can be failed/nacked
-            data, headers = None, {DECODE_ERROR_HEADER: f"{type(e).__name__}: {e}"}
+            data, headers = None, {
+                DECODE_ERROR_HEADER: f"{type(e).__name__}: {e}",
+                RAW_PAYLOAD_HEADER: base64.b64encode(msg.payload[:RAW_PAYLOAD_KEEP]).decode(),
+            }
         return Delivery(
             msg_id=str(msg.msg_id),
             data=data,
@@ -160,9 +230,8 @@ class MQClientSubscription(Subscription):
         )
 
     async def get(self, timeout: float) -> Delivery | None:
-        if self._conn.raw is None:
-            await self._conn.open()
-        sub: Sub = self._conn.raw
+        sub: Sub = await self._conn.ensure_open()
+        self._conn.check_nats_connected()
         millis = max(int(timeout * 1000), 1)
 
         async def _get() -> Delivery | None:
@@ -173,10 +242,16 @@ class MQClientSubscription(Subscription):
             return self._to_delivery(msg, count) if msg is not None else None
 
         try:
-            return await self._conn.thread.call(_get())
+            delivery = await self._conn.call(_get(), math.ceil(timeout) + CALL_SLACK, "receiving")
+        except BrokerError:
+            raise
         except Exception as e:
             await self._conn.drop()
             raise BrokerError(f"receiving from {_where(self._conn.cfg)} failed: {e!r}") from e
+        if delivery is None:
+            # nats-py answers "no message" while it has no server: that is an outage, not an empty queue
+            self._conn.check_nats_connected()
+        return delivery
 
     async def _settle(self, delivery: Delivery, ack: bool) -> None:
         generation, msg = delivery.raw
@@ -191,9 +266,15 @@ class MQClientSubscription(Subscription):
         try:
             if self._conn.cfg.broker_type == "rabbitmq":
                 await self._settle_rabbitmq(sub, msg, ack)
+            elif self._conn.cfg.broker_type == "nats":
+                await self._conn.call(_settle_nats(sub, msg, ack), SETTLE_TIMEOUT, verb)
             else:
                 call = sub.ack_message if ack else sub.reject_message
-                await self._conn.thread.call(call(msg, retries=RETRIES, retry_delay=RETRY_DELAY))
+                await self._conn.call(
+                    call(msg, retries=RETRIES, retry_delay=RETRY_DELAY), SETTLE_TIMEOUT, verb
+                )
+        except BrokerError:
+            raise
         except Exception as e:
             await self._conn.drop()
             raise BrokerError(f"{verb} on {_where(self._conn.cfg)} failed: {e!r}") from e
@@ -251,16 +332,17 @@ class MQClientPublisher(Publisher):
         return cls(conn)
 
     async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
-        if self._conn.raw is None:
-            await self._conn.open()
-        pub: Pub = self._conn.raw
+        pub: Pub = await self._conn.ensure_open()
+        self._conn.check_nats_connected()
 
         async def _send() -> None:  # serialize on the broker thread: zstd of a big outfile takes time
             payload = Message.serialize(data, headers=headers)
             await pub.send_message(payload, retries=RETRIES, retry_delay=RETRY_DELAY)
 
         try:
-            await self._conn.thread.call(_send())
+            await self._conn.call(_send(), SEND_TIMEOUT, "publishing")
+        except BrokerError:
+            raise
         except Exception as e:
             await self._conn.drop()
             raise BrokerError(f"publishing to {_where(self._conn.cfg)} failed: {e!r}") from e

@@ -7,9 +7,13 @@ plain blocking functions: the pilot calls them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import dataclasses as dc
 import enum
+import errno
 import json
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +24,17 @@ DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 #: the infile is read by the task, which may run as another user inside a container
 INFILE_MODE = 0o644
+
+#: how many directory levels above a task file the task itself can replace: task-io, and
+#: the task's root (a warm worker sees the whole data dir). None of them may be a symlink.
+TASK_WRITABLE_DIR_LEVELS = 2
+
+#: the smallest read while an outfile turns out longer than `fstat` said (a writer still at it)
+_MIN_READ = 64 * 1024
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: O_NONBLOCK: a FIFO or a leased file must fail at once, never block the pilot's thread
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _NoOutfile(enum.Enum):
@@ -46,27 +61,58 @@ def write_infile(data: Any, path: Path) -> None:
     """Write one event's data for the task to read.
 
     Raises `InvalidDataForInfileException` when the data does not fit the
-    extension (e.g. a dict for a `.txt` infile) or is not JSON-serializable.
+    extension (e.g. a dict for a `.txt` infile), is not JSON-serializable,
+    or is text that is not valid Unicode. The infile is only ever written as a
+    regular file, in directories that are not symlinks (`OSError` otherwise):
+    a warm worker sees the data dir and could plant a link to a host file.
     """
+    payload = _encode_event(data, path)
+    role = _Role(path, "infile", "written", OSError)
+    dir_fd = _open_task_dir(role)
+    try:
+        _check_kind(dir_fd, role, missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _FILE_FLAGS
+        fd = os.open(path.name, flags, INFILE_MODE, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "wb") as f:
+        role.require_regular(os.fstat(fd).st_mode)
+        os.fchmod(fd, INFILE_MODE)  # umask may have left it unreadable to the task's user
+        f.write(payload)
+
+
+def _encode_event(data: Any, path: Path) -> bytes:
+    """The infile's bytes; every way the data can be unwritable is an `InvalidDataForInfileException`."""
     if isinstance(data, str):
-        payload = data.encode("utf-8")
-    elif isinstance(data, bytes | bytearray | memoryview):
-        payload = bytes(data)
-    elif _is_json(path):
+        # a lone surrogate is valid as a JSON \uXXXX escape, so it can arrive, but not in UTF-8
         try:
-            payload = json.dumps(data).encode("utf-8")
-        except (TypeError, ValueError, RecursionError) as e:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as e:
             raise InvalidDataForInfileException(
-                f"event data cannot be written as JSON to infile {path.name}: {e}", path
+                f"event text is not valid Unicode (lone surrogate at position {e.start}); "
+                "it cannot be written as UTF-8",
+                path,
             ) from e
-    else:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if not _is_json(path):
         raise InvalidDataForInfileException(
             f"event data is a {type(data).__name__}; only str or bytes can go to "
             f"{_describe_ext(path)}, use a .json extension for JSON data",
             path,
         )
-    path.write_bytes(payload)
-    os.chmod(path, INFILE_MODE)  # umask may have left it unreadable to the task's user
+    try:
+        # ensure_ascii (1.x's default) escapes lone surrogates, so the encode cannot fail;
+        # NaN and Infinity are written the way 1.x (Python's json) writes them
+        return json.dumps(data).encode("ascii")
+    except RecursionError as e:
+        raise InvalidDataForInfileException(
+            f"event data is nested too deeply to be written as JSON to infile {path.name}", path
+        ) from e
+    except (TypeError, ValueError) as e:  # unserializable types, circular data, too-long ints
+        raise InvalidDataForInfileException(
+            f"event data cannot be written as JSON to infile {path.name}: {e}", path
+        ) from e
 
 
 def read_outfile(path: Path, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Any:
@@ -75,26 +121,140 @@ def read_outfile(path: Path, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> An
     Returns `NO_OUTFILE` when the task wrote none. Raises
     `InvalidDataFromOutfileException` for invalid JSON, for a file larger
     than `max_bytes` (checked before reading, so a runaway task cannot
-    exhaust memory) and for a path that cannot be read.
+    exhaust memory), for a path that cannot be read, and for anything but a
+    regular file: the task made the outfile, so a symlink could make the pilot
+    publish a host file the task cannot see, and a FIFO would block it forever.
     """
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise InvalidDataFromOutfileException(_too_large(path, size, max_bytes), path)
-        raw = path.read_bytes()
+        raw = _read_regular(path, max_bytes)
     except FileNotFoundError:
         return NO_OUTFILE
     except OSError as e:
         raise InvalidDataFromOutfileException(
             f"outfile {path.name} cannot be read: {e.strerror or e}", path
         ) from e
-
     if _is_json(path):
         return _decode_json(raw, path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw  # `ensure_publishable` decides whether bytes can go out
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """The outfile's bytes, read from one fd opened without following any link.
+
+    `FileNotFoundError` when there is no outfile, another `OSError` when it
+    cannot be read, `InvalidDataFromOutfileException` for the rest.
+    """
+    role = _Role(
+        path, "outfile", "read", lambda reason: InvalidDataFromOutfileException(reason, path)
+    )
+    dir_fd = _open_task_dir(role)
+    try:
+        _check_kind(dir_fd, role)  # a device is refused before it is even opened
+        try:
+            fd = os.open(path.name, os.O_RDONLY | _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # swapped for a symlink since the check
+                raise role.not_regular("symlink") from e
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        role.require_regular(st.st_mode)
+        if st.st_size > max_bytes:
+            raise InvalidDataFromOutfileException(_too_large(path, st.st_size, max_bytes), path)
+        chunks: list[bytes] = []
+        total = 0
+        while True:  # bounded, for a file still growing (a task's leftover process)
+            chunk = os.read(fd, min(max_bytes + 1 - total, max(st.st_size - total + 1, _MIN_READ)))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                reason = _too_large(path, total, max_bytes, at_least=True)
+                raise InvalidDataFromOutfileException(reason, path)
+    finally:
+        os.close(fd)
+
+
+@dc.dataclass(frozen=True)
+class _Role:
+    """A task file the pilot opens, and the error it raises when the file is not one it may open."""
+
+    path: Path
+    name: str  # "infile" / "outfile"
+    verb: str  # "written" / "read"
+    error: Callable[[str], Exception]
+
+    def not_regular(self, kind: str) -> Exception:
+        return self.error(
+            f"{self.name} {self.path.name} is a {kind}; only a regular file is {self.verb}"
+        )
+
+    def require_regular(self, mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise self.not_regular(_kind(mode))
+
+
+def _open_task_dir(role: _Role) -> int:
+    """An fd of the file's directory, whose last `TASK_WRITABLE_DIR_LEVELS` levels are real directories.
+
+    The task can replace those levels with symlinks (e.g. to `/`); the levels
+    above belong to the pilot and may be symlinks (a site's scratch link).
+    """
+    names: list[str] = []
+    top = Path(os.path.abspath(role.path.parent))
+    while len(names) < TASK_WRITABLE_DIR_LEVELS and top.name:
+        names.append(top.name)
+        top = top.parent
+    fd = os.open(top, _DIR_FLAGS)
+    try:
+        for name in reversed(names):
+            try:
+                sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                # Linux reports a symlink under O_NOFOLLOW|O_DIRECTORY as ENOTDIR, not ELOOP
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    kind = _kind(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+                    raise role.error(
+                        f"{role.name} {role.path.name} was not {role.verb}: "
+                        f"directory '{name}' on its path is a {kind}"
+                    ) from e
+                raise
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_kind(dir_fd: int, role: _Role, *, missing_ok: bool = False) -> None:
+    """Refuse a non-regular file before opening it: opening a device can have effects of its own."""
+    try:
+        mode = os.stat(role.path.name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    role.require_regular(mode)
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISREG, "regular file"),  # where a directory was expected
+    )
+    return next((name for is_kind, name in kinds if is_kind(mode)), "special file")
 
 
 def _decode_json(raw: bytes, path: Path) -> Any:
@@ -120,8 +280,9 @@ def _decode_json(raw: bytes, path: Path) -> Any:
         ) from e
 
 
-def _too_large(path: Path, size: int, max_bytes: int) -> str:
-    return f"outfile {path.name} is {size} bytes, more than the {max_bytes}-byte result limit"
+def _too_large(path: Path, size: int, max_bytes: int, *, at_least: bool = False) -> str:
+    amount = f"at least {size}" if at_least else f"{size}"
+    return f"outfile {path.name} is {amount} bytes, more than the {max_bytes}-byte result limit"
 
 
 def ensure_publishable(value: Any, path: Path, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses as dc
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,10 @@ def record(request: pytest.FixtureRequest) -> Iterator[Recorder]:
         msg = (crash.message if crash else str(rep.longrepr)).strip().splitlines()[0][:200]
         verdict = f"FAILED: {msg}"
     _NODES.add(rec.test)
+    # a row that judged itself keeps its verdict, unless the test failed and no row says why
+    if verdict != "held" and not any(r["verdict"] not in (None, "held") for r in rec.rows):
+        for row in rec.rows:
+            row["verdict"] = None
     for row in rec.rows:
         row["verdict"] = row["verdict"] or verdict
         row["when"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
@@ -99,3 +104,19 @@ def new_queue(_queue_names_to_clean: list[str]) -> Callable[[str], str]:
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_address() -> str:
+    """The shared test RabbitMQ (as in tests/conftest.py), unless EWMS_FAULTS_RABBITMQ=HOST:PORT names another."""
+    address = os.environ.get("EWMS_FAULTS_RABBITMQ", "127.0.0.1:5672")
+    host, _, port = address.partition(":")
+    import pika
+
+    try:
+        params = pika.ConnectionParameters(host, int(port or 5672), socket_timeout=5, blocked_connection_timeout=5)
+        pika.BlockingConnection(params).close()
+    except Exception as e:  # any failure means "not usable"; report it verbatim
+        pytest.fail(f"RabbitMQ not usable at {address} ({type(e).__name__}: {e}); "
+                    "run `bash scripts/test-env.sh`, or point EWMS_FAULTS_RABBITMQ at another broker")
+    return address

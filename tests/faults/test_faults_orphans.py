@@ -28,7 +28,7 @@ from faults_kit import (
     wait_until,
 )
 
-TASK_SECONDS = 5
+TASK_SECONDS = 8  # long enough that both containers surely still run when checked after the kill
 TASK = (
     "import os,sys,time\n"
     "d=open(sys.argv[1]).read()\n"
@@ -71,6 +71,7 @@ def test_sigkill_of_pilot_and_podman_clients(
     try:
         assert wait_until(lambda: all((hub / f"started-{e}").exists() for e in events), 90), victim.log()[-3000:]
         ids = victim.pilot_ids()
+        assert ids, "no container name in the pilot's log"
         tree = [victim.pid, *_descendants(victim.pid)]
         for pid in tree:  # the whole tree at once, as a batch system does
             with contextlib.suppress(ProcessLookupError):
@@ -89,7 +90,7 @@ def test_sigkill_of_pilot_and_podman_clients(
     rc = survivor.wait(90)
     outs = sorted(o[4:] for o in take_data("rabbitmq", rabbitmq_address, qout, idle=1))
     record.add(
-        case="SIGKILL of pilot + podman clients, 5 s podman tasks running",
+        case=f"SIGKILL of pilot + podman clients, {TASK_SECONDS} s podman tasks running",
         broker="rabbitmq", point="2 tasks running",
         events=2, outputs=len(outs), duplicates=len(outs) - len(set(outs)),
         lost=len(set(events) - set(outs)),

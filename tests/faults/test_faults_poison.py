@@ -65,6 +65,11 @@ def _run(btype: str, address: str, qin: str, qout: str, qdead: str, tmp: Path) -
     }
 
 
+def _verdict(checks: dict[str, bool]) -> str:
+    failed = [k for k, ok in checks.items() if not ok]
+    return "held" if not failed else "FAILED: " + "; ".join(failed)
+
+
 @pytest.mark.timeout(120)
 def test_poison_event_is_dead_lettered_and_stops_at_most_one_pilot(
     request: pytest.FixtureRequest, tmp_path: Path, new_queue: Any, record: Any
@@ -84,16 +89,6 @@ def test_poison_event_is_dead_lettered_and_stops_at_most_one_pilot(
     for btype, r in runs.items():
         tally, dead, codes, tries = r["tally"], r["dead"], r["codes"], r["tries"]
         headers = dead[0].headers if dead else {}
-        record.add(
-            case="poison event among 20 good, 4 pilots in a row (MAX_DELIVERIES 3)",
-            broker=btype, point="-",
-            events=len(r["events"]), outputs=tally.outputs, duplicates=tally.duplicates,
-            lost=len(tally.lost) + (0 if dead else 1),
-            detail=(
-                f"exit codes {codes}; poison tried {tries}x, dead-lettered {len(dead)}x with "
-                f"deliveries={headers.get('ewms_pilot_deliveries')} type={headers.get('ewms_pilot_error_type')}"
-            ),
-        )
         checks = {
             "at most one pilot stopped, none crashed": codes.count(3) <= 1 and set(codes) <= {0, 3},
             "every good event done, nothing left": not tally.lost and not tally.unexpected and not r["left"],
@@ -103,6 +98,17 @@ def test_poison_event_is_dead_lettered_and_stops_at_most_one_pilot(
             "deliveries header": headers.get("ewms_pilot_deliveries") == 3,
             "tried MAX_DELIVERIES times": tries == 3,
         }
+        record.add(
+            case="poison event among 20 good, 4 pilots in a row (MAX_DELIVERIES 3)",
+            broker=btype, point="-",
+            events=len(r["events"]), outputs=tally.outputs, duplicates=tally.duplicates,
+            lost=len(tally.lost) + (0 if dead else 1),
+            detail=(
+                f"exit codes {codes}; poison tried {tries}x, dead-lettered {len(dead)}x with "
+                f"deliveries={headers.get('ewms_pilot_deliveries')} type={headers.get('ewms_pilot_error_type')}"
+            ),
+            verdict=_verdict(checks),
+        )
         if failed := [k for k, ok in checks.items() if not ok]:
             problems.append(f"{btype}: {failed}: codes={codes} tries={tries} headers={headers} "
                             f"tally={tally} left={r['left']}\n{r['logs'][-1][-1500:]}")

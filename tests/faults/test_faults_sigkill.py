@@ -126,7 +126,8 @@ def test_sigkill_at_any_moment_loses_nothing(
                 f"victim took {r.victim_received}, finished {r.victim_finished}; "
                 f"{r.orphans} task process(es) outlived it; survivor exit {r.survivor_rc}"
             ),
-            verdict=None if not lost and not r.left and r.survivor_rc == 0 else "FAILED",
+            verdict="held" if not (lost or r.left or t.unexpected or r.survivor_rc != 0) else
+            f"FAILED: lost {len(lost)}, left {len(r.left)}, survivor exit {r.survivor_rc}",
         )
         if lost or r.left or t.unexpected or r.survivor_rc != 0:
             problems.append(
