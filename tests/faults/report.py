@@ -50,7 +50,7 @@ PROMISES = """\
 
 | Fault | Promise |
 | --- | --- |
-| SIGKILL at any moment | no event lost; events held by the dead pilot are redelivered (RabbitMQ: at once; local queue: within ~1 s; NATS: after JetStream's `ack_wait`, 30 s) |
+| SIGKILL at any moment | no event lost; events held by the dead pilot are redelivered (RabbitMQ: at once; local queue: within ~1 s; NATS: after JetStream's `ack_wait`, 30 s); its container clients get SIGTERM from the kernel (parent-death signal) and pass it to the task; containers still running (a task ignoring SIGTERM, or clients killed too) are removed by the next pilot on the machine (owner labels, `docs/design.md`) |
 | SIGTERM / SIGINT (eviction) | no new events; running tasks get `EWMS_PILOT_SHUTDOWN_GRACE` s, then are stopped; unfinished events nacked, finished results published once; exit 6 within grace + 5 s; a second signal hurries; no container or task process outlives the pilot |
 | Poison event | after `EWMS_PILOT_MAX_DELIVERIES` tries it goes to `EWMS_PILOT_QUEUE_DEADLETTER` (data unchanged, headers `ewms_pilot_error`, `ewms_pilot_error_type`, `ewms_pilot_deliveries`); only a failure on a *first* delivery trips stop-on-error |
 | Publish failure | retried with backoff within `EWMS_PILOT_PUBLISH_RETRIES` / `EWMS_PILOT_PUBLISH_DEADLINE`; then the event is nacked, never acked |
