@@ -19,12 +19,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import mq
 from . import scenarios as S
-from .bare import run_bare
+from .bare import BareResult, run_bare
 from .facts import load_average, machine_facts
+from .rabbitnode import PrivateRabbit
 from .refenv import ReferenceInstallError, ensure_reference
 from .report import Results, render, to_json
 from .runs import RunResult, Setup, cleanup_run_dir, run_pilot
@@ -33,7 +33,8 @@ from .shim import write_docker_shim
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_IMAGE = "localhost/ewms-pilot-test:bookworm"
-WARM_NOTE = "not implemented yet: warm mode is a hook (`--with-warm` runs it once it exists)"
+HARNESS_RETRIES = 2  # a run whose *harness* broker I/O failed is run again (a pilot failure never is)
+WARM_NOTE = "not run: warm mode is measured only with `--with-warm` (the targets are about one-shot mode)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--image", default=os.environ.get("EWMS_TEST_IMAGE", DEFAULT_IMAGE))
     p.add_argument("--keep-workdir", action="store_true", help="keep every run's directory and logs")
+    p.add_argument("--rabbitmq", default=mq.RABBITMQ_ADDRESS, metavar="HOST:PORT",
+                   help=f"RabbitMQ to use (default {mq.RABBITMQ_ADDRESS}, guest/guest)")
+    p.add_argument("--render-only", action="store_true",
+                   help="run nothing: re-render the report from <results-dir>/latest.json (or smoke.json with --smoke)")
+    p.add_argument("--private-rabbitmq", action="store_true",
+                   help="start a private RabbitMQ node for this benchmark (away from the shared broker's other users)")
     return p
 
 
@@ -78,11 +85,14 @@ def _progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _describe(r: Any) -> str:
+def _describe(r: RunResult | BareResult) -> str:
     if not r.ok:
-        return "FAILED: " + (r.error.strip().splitlines() or ["?"])[0]
+        first: str = (r.error.strip().splitlines() or ["?"])[0]
+        return "FAILED: " + first
     rate = f"{r.throughput:.2f} ev/s" if r.throughput else "?"
-    extra = f", exit +{r.exit_after_last_s:.2f} s, rss {r.peak_rss_mib:.0f} MiB, cpu {r.cpu_s:.2f} s" if isinstance(r, RunResult) and r.exit_after_last_s is not None and r.peak_rss_mib and r.cpu_s is not None else ""
+    extra = ""
+    if isinstance(r, RunResult) and None not in (r.exit_after_last_s, r.peak_rss_mib, r.cpu_s):
+        extra = f", exit +{r.exit_after_last_s:.2f} s, rss {r.peak_rss_mib:.0f} MiB, cpu {r.cpu_s:.2f} s"
     return f"ok {r.verified}/{r.n}, wall {r.wall_s:.2f} s, {rate}{extra}"
 
 
@@ -111,6 +121,13 @@ async def _round(
     async def pilot(sc: S.Scenario) -> None:
         _progress(f"round {round_no}: {sc.key} ...")
         r = await run_pilot(sc, setup, round_no)
+        for attempt in range(1, HARNESS_RETRIES + 1):
+            if not r.harness_error:
+                break
+            _progress(f"round {round_no}: {sc.key}: {_describe(r)}; running it again")
+            await asyncio.sleep(5)  # give a struggling broker a moment
+            r = await run_pilot(sc, setup, round_no)
+            r.retried = attempt
         res.setdefault(sc.key, []).append(r)
         _progress(f"round {round_no}: {sc.key}: {_describe(r)}")
         if not keep:
@@ -133,6 +150,30 @@ async def _round(
     await bare(S.BARE_PROC_PAR4, 4, None)
     await pilot(S.OURS_PROC_RMQ)
     await pilot(S.OURS_PROC_LOCAL)
+    if with_warm:
+        await pilot(S.OURS_WARM_PROC_LOCAL)
+
+
+def _render_only(args: argparse.Namespace) -> int:
+    """Rebuild the Markdown from a saved JSON (after a change to the report, without re-measuring)."""
+    stem = "smoke" if args.smoke else "latest"
+    saved = json.loads((args.results_dir / f"{stem}.json").read_text())
+    res: Results = {
+        key: [BareResult(**r) if key.startswith("bare-") else RunResult(**r) for r in runs]
+        for key, runs in saved["runs"].items()
+    }
+    notes = _local_queue_note(res)
+    if not any(sc.key in res for sc in S.WARM_ROWS):
+        notes.update({sc.key: WARM_NOTE for sc in S.WARM_ROWS})
+    timeout = float(saved["params"]["incoming timeout T"].split()[0])
+    text, tg = render(res, facts=saved["facts"], params=saved["params"], notes=notes,
+                      with_reference=any(k.startswith("ref-") for k in res), incoming_timeout=timeout)
+    print(text)
+    (args.results_dir / f"{stem}.md").write_text(text + "\n")
+    (args.results_dir / f"{stem}.json").write_text(
+        json.dumps(to_json(res, tg, saved["facts"], saved["params"], notes), indent=1) + "\n"
+    )
+    return 0
 
 
 def _local_queue_note(res: Results) -> dict[str, str]:
@@ -146,6 +187,22 @@ def _local_queue_note(res: Results) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.render_only:
+        return _render_only(args)
+    if args.private_rabbitmq:
+        _progress("starting a private RabbitMQ node ...")
+        try:
+            with PrivateRabbit() as address:
+                mq.use_rabbitmq(address)
+                return _main(args, broker_note=f"private node at {address} (same install as the shared broker)")
+        except RuntimeError as e:
+            print(f"benchmarks: cannot run: {e}", file=sys.stderr)
+            return 2
+    mq.use_rabbitmq(args.rabbitmq)
+    return _main(args, broker_note=f"shared broker at {args.rabbitmq}")
+
+
+def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     rounds = args.rounds or (1 if args.smoke else 3)
     n = args.events or (5 if args.smoke else 100)
     timeout = args.incoming_timeout or (2 if args.smoke else 5)
@@ -169,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = Setup(n=n, incoming_timeout=timeout, image=args.image, containers_conf=conf,
                   ours_python=sys.executable, ref_python=ref_python, shim_dir=shim_dir, workdir=workdir)
     facts = machine_facts(ref_python)
+    facts["RabbitMQ"] += f", {broker_note}"
     params = {
         "mode": "smoke" if args.smoke else "full",
         "events per run (N)": str(n),
@@ -190,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params["benchmark duration"] = f"{time.monotonic() - started:.0f} s"
     notes = _local_queue_note(res)
     if not args.with_warm:
-        notes[S.OURS_WARM_C4.key] = WARM_NOTE
+        notes.update({sc.key: WARM_NOTE for sc in S.WARM_ROWS})
     text, tg = render(res, facts=facts, params=params, notes=notes, with_reference=with_reference,
                       incoming_timeout=timeout)
     print(text)

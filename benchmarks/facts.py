@@ -31,7 +31,7 @@ def machine_facts(ref_python: str | None) -> dict[str, str]:
     except Exception as e:  # the preflight already failed on an unreachable broker
         rabbit = f"unknown ({type(e).__name__})"
     facts = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": f"{os.cpu_count()} (shared: other engineers run test suites on this machine at the same time)",
         "kernel": platform.platform(),
         "python (ours)": platform.python_version() + f" ({sys.executable})",

@@ -24,6 +24,7 @@ BARE_FOR = {
     S.OURS_WARM_C4.key: S.BARE_PAR4,
     S.OURS_PROC_RMQ.key: S.BARE_PROC_PAR4,
     S.OURS_PROC_LOCAL.key: S.BARE_PROC_PAR4,
+    S.OURS_WARM_PROC_LOCAL.key: S.BARE_PROC_PAR4,
 }
 PAIRS = (
     (S.OURS_C1, S.REF_C1),
@@ -84,7 +85,9 @@ def _status(res: Results, key: str) -> str:
     ok = sum(1 for r in runs if r.ok)
     verified = sum(r.verified for r in runs)
     total = sum(r.n for r in runs)
-    return f"{ok}/{len(runs)} runs ok, {verified}/{total} outputs verified"
+    retried = sum(getattr(r, "retried", 0) for r in runs)
+    again = f" ({retried} rerun after a harness broker error)" if retried else ""
+    return f"{ok}/{len(runs)} runs ok, {verified}/{total} outputs verified{again}"
 
 
 def _cell(s: Summary | None, digits: int) -> str:
@@ -247,7 +250,7 @@ def render(
     else:
         lines += ["## Side by side", "", "Reference not run (smoke mode without `--with-reference`).", ""]
     lines += ["## Ours alone", ""]
-    rows = [S.OURS_C1, S.OURS_C4, S.OURS_PROC_RMQ, S.OURS_PROC_LOCAL, S.OURS_WARM_C4]
+    rows = [*S.OURS_ROWS, *S.WARM_ROWS]
     lines += _ours_only_table(res, rows, notes)
     lines += ["## Bare baselines (same rounds)", ""]
     lines += _bare_table(res)

@@ -14,9 +14,8 @@ import asyncio
 import collections
 import dataclasses as dc
 import os
+import shlex
 import shutil
-import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .scenarios import (
     OURS,
     OURS_PLACEHOLDERS,
     REF_PLACEHOLDERS,
+    WARM_DOUBLE,
     Scenario,
 )
 
@@ -67,6 +67,8 @@ class RunResult:
     peak_rss_mib: float | None = None
     cpu_s: float | None = None
     log_dir: str = ""
+    harness_error: bool = False  # the benchmark's own broker I/O failed: the run says nothing about the pilot
+    retried: int = 0  # runs thrown away for a harness error before this one
 
     @property
     def throughput(self) -> float | None:
@@ -90,10 +92,11 @@ def _clean_base_env(conf: Path) -> dict[str, str]:
 
 def _task_args(sc: Scenario) -> str:
     """EWMS_PILOT_TASK_ARGS: the doubling program, quoted for shlex-style splitting."""
-    infile, outfile = REF_PLACEHOLDERS if sc.side != OURS else OURS_PLACEHOLDERS
-    program = '"' + DOUBLE.replace("\\", "\\\\").replace('"', '\\"') + '"'
     interpreter = " ".join(HOST_PYTHON) if sc.platform == "process" else "python3"
-    return f"{interpreter} -c {program} {infile} {outfile}"
+    if sc.warm:  # a worker gets each event's paths in its request, never as arguments
+        return f"{interpreter} -c {shlex.quote(WARM_DOUBLE)}"
+    infile, outfile = REF_PLACEHOLDERS if sc.side != OURS else OURS_PLACEHOLDERS
+    return f"{interpreter} -c {shlex.quote(DOUBLE)} {infile} {outfile}"
 
 
 def pilot_env(sc: Scenario, setup: Setup, q_in: str, q_out: str, address: str, data_dir: Path) -> dict[str, str]:
@@ -171,41 +174,40 @@ async def run_pilot(sc: Scenario, setup: Setup, round_no: int) -> RunResult:
     events = _events(setup.n, tag)
     try:
         await mq.publish(sc.broker, address, q_in, events)
+        await mq.declare(sc.broker, address, q_out)
     except Exception as e:
-        result.error = f"publishing the events failed: {type(e).__name__}: {e}"
+        result.harness_error = True
+        result.error = f"harness error publishing the events: {type(e).__name__}: {e}"
         return result
     env = pilot_env(sc, setup, q_in, q_out, address, data_dir)
+    # cwd = the run dir: `-m ewms_pilot` puts the cwd first on sys.path, so the
+    # reference must never start inside this repo (it would import ours)
+    proc = WatchedProcess(
+        [python, "-m", "ewms_pilot"],
+        env=env,
+        cwd=run_dir,
+        stdout=run_dir / "stdout.log",
+        stderr=run_dir / "stderr.log",
+    )
+    waiter = asyncio.ensure_future(asyncio.to_thread(proc.wait, RUN_LIMIT))
     try:
-        # cwd = the run dir: `-m ewms_pilot` puts the cwd first on sys.path, so the
-        # reference must never start inside this repo (it would import ours)
-        proc = WatchedProcess(
-            [python, "-m", "ewms_pilot"],
-            env=env,
-            cwd=run_dir,
-            stdout=run_dir / "stdout.log",
-            stderr=run_dir / "stderr.log",
-        )
-        collected, ended = await asyncio.gather(
-            mq.collect(sc.broker, address, q_out, setup.n, proc.exited),
-            asyncio.to_thread(proc.wait, RUN_LIMIT),
-        )
-        # anything published beyond N (duplicates) must also count against the run
-        done = threading.Event()
-        done.set()
-        extra = await mq.collect(sc.broker, address, q_out, 10**9, done)
-    except Exception as e:
-        result.error = f"{type(e).__name__}: {e}"
+        arrivals = await mq.collect(sc.broker, address, q_out, proc.exited)
+    except Exception as e:  # our consumer broke, not the pilot: stop the pilot, say so
+        proc.kill()
+        await waiter
+        result.harness_error = True
+        result.error = f"harness error while consuming results: {type(e).__name__}: {e}"
         return result
     finally:
         if sc.broker == "rabbitmq":
             await asyncio.to_thread(mq.delete_rabbitmq_queues, [q_in, q_out])
-    arrivals = collected + extra
+    ended = await waiter
     result.returncode = ended.returncode
     result.peak_rss_mib = ended.peak_rss_kib / 1024 if ended.peak_rss_kib else None
     result.cpu_s = ended.cpu_s
     result.verified, problem = _verify(events, [a.data for a in arrivals])
     if arrivals:
-        times = sorted(a.at for a in collected) or [a.at for a in arrivals]
+        times = sorted(a.at for a in arrivals)
         result.first_s = times[0] - proc.started_at
         result.wall_s = times[-1] - proc.started_at
         result.exit_after_last_s = ended.exited_at - times[-1]
@@ -226,8 +228,3 @@ def cleanup_run_dir(result: RunResult) -> None:
     """Successful runs leave nothing behind; failed ones keep their logs for a look."""
     if result.ok and result.log_dir:
         shutil.rmtree(result.log_dir, ignore_errors=True)
-
-
-def ours_python() -> str:
-    """The interpreter this harness runs in (the repo's venv, where ours is installed)."""
-    return sys.executable

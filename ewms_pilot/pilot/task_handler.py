@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses as dc
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,21 @@ OUTPUT_DUMP_BYTES = 64 * 1024
 # s between SIGTERM and SIGKILL when a task is stopped (timeout, eviction): short enough that an
 # evicted pilot, after its grace, still exits within grace + 5 s with podman's stop/rm included
 STOP_GRACE = 3.0
+
+
+def _write_event(data: Any, path: Path) -> int:
+    """Write the infile; its size in bytes."""
+    write_infile(data, path)
+    return os.lstat(path).st_size
+
+
+def _load_result(path: Path) -> tuple[Any, int | None]:
+    """(publishable outfile value or NO_OUTFILE, its size in bytes); lstat: never follow a link."""
+    value = read_outfile(path)
+    if value is NO_OUTFILE:
+        return value, None
+    size = os.lstat(path).st_size
+    return ensure_publishable(value, path), size
 
 
 class PublishFailedError(TaskFailure):
@@ -292,8 +308,7 @@ class TaskHandler:
             raise InvalidDataForInfileException(
                 f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.headers[DECODE_ERROR_HEADER]}"
             )
-        await asyncio.to_thread(write_infile, delivery.data, tdir.infile)
-        record.bytes_in = tdir.infile.stat().st_size
+        record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
             return await self._execute_warm(task_id, tdir, record)
         spec = self._spec(task_id, tdir)
@@ -318,10 +333,11 @@ class TaskHandler:
             raise ContainerRunError.from_exit(outcome.exit_code, line)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
-        value = await asyncio.to_thread(read_outfile, tdir.outfile)
-        if value is not NO_OUTFILE:
-            record.bytes_out = tdir.outfile.stat().st_size
-            value = await asyncio.to_thread(ensure_publishable, value, tdir.outfile)
+        return await self._read_result(tdir, record)
+
+    async def _read_result(self, tdir: TaskDir, record: TaskRecord) -> Any:
+        """The outfile's value, ready to publish (or `NO_OUTFILE`), in one trip to a thread."""
+        value, record.bytes_out = await asyncio.to_thread(_load_result, tdir.outfile)
         return value
 
     async def _execute_warm(self, task_id: str, tdir: TaskDir, record: TaskRecord) -> Any:
@@ -334,11 +350,7 @@ class TaskHandler:
             raise TaskTimeoutError.after(timeout or 0, result.error or "")
         if not result.ok:
             raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
-        value = await asyncio.to_thread(read_outfile, tdir.outfile)
-        if value is not NO_OUTFILE:
-            record.bytes_out = tdir.outfile.stat().st_size
-            value = await asyncio.to_thread(ensure_publishable, value, tdir.outfile)
-        return value
+        return await self._read_result(tdir, record)
 
     async def _publish_and_ack(
         self, delivery: Delivery, result: Any, record: TaskRecord, log: TaskLog

@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses as dc
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
-from .parent_death import die_with_parent
+from .parent_death import with_parent_death_signal
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -224,6 +226,18 @@ async def _wait_for_end(
     return True, False
 
 
+def _require_executable(cmd: str, env: Mapping[str, str] | None, cwd: Path | None) -> None:
+    """Raise the OSError exec would raise for a missing or non-executable command."""
+    if os.sep in cmd:
+        path = Path(cwd or ".") / cmd
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cmd)
+        if not os.access(path, os.X_OK) or path.is_dir():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), cmd)
+    elif shutil.which(cmd, path=(env if env is not None else os.environ).get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cmd)
+
+
 async def run_to_completion(
     runtime: Runtime,
     spec: RunSpec,
@@ -243,26 +257,26 @@ async def run_to_completion(
     returns or raises, no process of the run is left in its process group and
     no container of it is left running.
     """
-    argv = runtime.run_argv(spec)
+    command = runtime.run_argv(spec)
     env = runtime.process_env(spec, os.environ)
     cwd = runtime.process_cwd(spec)
     loop = asyncio.get_running_loop()
     with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
         started = loop.time()
         try:
+            _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *with_parent_death_signal(command),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if on_line else out_file,
                 stderr=subprocess.PIPE if on_line else err_file,
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         except OSError as e:
             # e.g. the task command does not exist: a task failure, told in its stderr
-            err_file.write(f"ewms-pilot: cannot start {argv[0]!r}: {e.strerror}\n".encode())
+            err_file.write(f"ewms-pilot: cannot start {command[0]!r}: {e.strerror}\n".encode())
             return ProcessOutcome(NOT_STARTED_EXIT_CODE, False, False, loop.time() - started)
         LOGGER.debug(f"{spec.name}: started (pid {proc.pid})")
 

@@ -23,7 +23,7 @@ from typing import IO
 
 from ..runtimes.base import RunSpec, Runtime
 from ..tasks.errors import extract_error_line
-from ..tasks.parent_death import die_with_parent
+from ..tasks.parent_death import with_parent_death_signal
 
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
@@ -91,7 +91,7 @@ class WarmWorker:
 
     async def start(self) -> None:
         """Start the process; raises OSError when the runtime's argv cannot be started."""
-        argv = self.runtime.run_argv(self.spec)
+        argv = with_parent_death_signal(self.runtime.run_argv(self.spec))  # a SIGKILLed pilot takes its workers along
         env = self.runtime.process_env(self.spec, os.environ)
         cwd = self.runtime.process_cwd(self.spec)
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
@@ -105,7 +105,6 @@ class WarmWorker:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # a SIGKILLed pilot takes its workers along
             )
         except BaseException:
             log.close()
