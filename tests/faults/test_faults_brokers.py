@@ -328,3 +328,50 @@ def test_incoming_broker_gone(new_queue: Any, tmp_path: Path, record: Any) -> No
         if lost or r["rc"] != endings[ending] or r["took"] > r["budget"]:
             problems.append(f"{ending}: exit {r['rc']} after {r['took']:.0f}s, lost {lost}\n{r['log'][-1500:]}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(150)
+def test_task_longer_than_the_consumer_timeout(
+    private_rabbit: RabbitNode, new_queue: Any, tmp_path: Path, record: Any
+) -> None:
+    """RabbitMQ closes the channel of an event unacked past `consumer_timeout` and requeues it.
+
+    The pilot must neither crash nor lose the result: the result is published
+    (separate connection), the ack fails and is logged, the subscription
+    reconnects and the requeued event is done again (a duplicate, never a loss).
+    """
+    address = private_rabbit.address
+    qin, qout = new_queue("i"), new_queue("o")
+    put("rabbitmq", address, qin, ["long"])
+    # the broker checks the timeout on its channel tick: make both short for this node
+    private_rabbit.ctl("eval", "application:set_env(rabbit, consumer_timeout, 2000).")
+    private_rabbit.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 1000).")
+    marker = tmp_path / "ran-once"
+    # slow only the first time, so the redelivered copy finishes within the timeout
+    code = (
+        "import os,sys,time; d=open(sys.argv[1]).read(); m=sys.argv[3]\n"
+        "first = not os.path.exists(m); open(m,'a').close()\n"
+        "time.sleep(8 if first else 0); open(sys.argv[2],'w').write('out:'+d)"
+    )
+    env = pilot_env("rabbitmq", address, qin, qout, tmp_path, task_args(code, str(marker)),
+                    EWMS_PILOT_TIMEOUT_QUEUE_INCOMING="3")
+    try:
+        pilot = PilotProcess(env, tmp_path)
+        rc = pilot.wait(120)
+    finally:
+        private_rabbit.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000).")
+        private_rabbit.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 60000).")
+    outputs = take_data("rabbitmq", address, qout, idle=1)
+    left = take_data("rabbitmq", address, qin, idle=1)
+    log = pilot.log()
+    record.add(
+        case="8 s task, RabbitMQ consumer_timeout 2 s", broker="rabbitmq", point="-",
+        events=1, outputs=len(outputs), duplicates=max(0, len(outputs) - 1), lost=int(not outputs and not left),
+        detail=f"exit {rc}; ack failed and logged: {'ack failed' in log}; "
+        f"reconnected: {log.count('connected (sub)') >= 2}",
+    )
+    assert rc == 0, log[-3000:]
+    assert outputs and set(outputs) == {"out:long"} and left == [], (outputs, left, log[-3000:])
+    # the timeout really fired: the ack was refused and the subscription reconnected
+    assert "ack failed" in log and log.count("connected (sub)") >= 2, log[-3000:]
+    assert "Traceback" not in log
