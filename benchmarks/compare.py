@@ -24,7 +24,7 @@ from . import mq
 from . import scenarios as S
 from .bare import BareResult, run_bare
 from .facts import load_average, machine_facts
-from .rabbitnode import PrivateRabbit
+from .rabbitnode import private_rabbit
 from .refenv import ReferenceInstallError, ensure_reference
 from .report import Results, render, to_json
 from .runs import RunResult, Setup, cleanup_run_dir, run_pilot
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.private_rabbitmq:
         _progress("starting a private RabbitMQ node ...")
         try:
-            with PrivateRabbit() as address:
+            with private_rabbit() as address:
                 mq.use_rabbitmq(address)
                 return _main(args, broker_note=f"private node at {address} (same install as the shared broker)")
         except RuntimeError as e:

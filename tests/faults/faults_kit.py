@@ -28,6 +28,8 @@ from typing import Any
 import mqclient
 from pilot_proc import base_env
 
+from benchmarks.rabbitnode import free_port
+
 PY = sys.executable
 PILOT_ID = re.compile(r"ewms-pilot-([0-9a-f]{8})-")
 #: JetStream's default ack_wait (mqclient's durable "psub" consumer keeps it):
@@ -324,14 +326,6 @@ def podman_remove(names: list[str]) -> None:
 # --------------------------------------------------------------------------- a NATS server of our own
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class NatsServer:
     """A private JetStream server (a shared one must not be restarted under other people's tests)."""
 
@@ -377,98 +371,6 @@ class NatsServer:
 
 
 # --------------------------------------------------------------------------- a RabbitMQ node of our own
-
-
-class RabbitNode:
-    """A private RabbitMQ node (own port, own Mnesia dir) that a test may stop, restart or reconfigure.
-
-    The shared broker on 5672 serves everyone's tests; restarting it or
-    lowering its heartbeat there would break theirs. Runs as the `rabbitmq`
-    user (its Erlang cookie lets `rabbitmqctl -n` reach the node).
-    """
-
-    SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-    def __init__(self) -> None:
-        import pwd
-        import tempfile
-        import uuid
-
-        self.workdir = Path(tempfile.mkdtemp(prefix="ewms-faults-rmq-"))
-        self.workdir.chmod(0o755)
-        while True:
-            self.port = free_port()
-            if self.port + 1 < 65536 and _port_free(self.port + 1):
-                break
-        self.node = f"ewmsfaults{uuid.uuid4().hex[:8]}@localhost"
-        (self.workdir / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
-        (self.workdir / "plugins").write_text("[].\n")
-        user = pwd.getpwnam("rabbitmq")
-        for p in [self.workdir, *self.workdir.iterdir()]:
-            os.chown(p, user.pw_uid, user.pw_gid)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60) -> None:
-        w = self.workdir
-        env = [
-            "HOME=/var/lib/rabbitmq", f"RABBITMQ_NODENAME={self.node}",
-            f"RABBITMQ_CONFIG_FILE={w / 'rabbitmq.conf'}", f"RABBITMQ_MNESIA_BASE={w / 'mnesia'}",
-            f"RABBITMQ_LOG_BASE={w / 'log'}", f"RABBITMQ_ENABLED_PLUGINS_FILE={w / 'plugins'}",
-            f"RABBITMQ_DIST_PORT={self.port + 1}", "ERL_EPMD_ADDRESS=127.0.0.1", f"RABBITMQ_PID_FILE={w / 'pid'}",
-        ]
-        with open(w / "server.out", "ab") as out:
-            self.proc = subprocess.Popen(
-                ["runuser", "-u", "rabbitmq", "--", "env", *env, self.SERVER],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/", start_new_session=True,
-            )
-        if not wait_until(self._amqp_up, timeout, interval=0.3):
-            self.stop()
-            raise AssertionError(f"private RabbitMQ did not start: {(w / 'server.out').read_text()[-2000:]}")
-
-    def _amqp_up(self) -> bool:
-        import pika
-
-        try:
-            pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port, socket_timeout=1)).close()
-        except Exception:
-            return False
-        return True
-
-    def ctl(self, *args: str, timeout: float = 60) -> str:
-        return subprocess.run(
-            ["rabbitmqctl", "-n", self.node, *args], capture_output=True, text=True, timeout=timeout, check=True, cwd="/"
-        ).stdout
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(Exception):
-            self.ctl("shutdown", timeout=30)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
-        import shutil
-
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def nats_unfinished(address: str, queue: str) -> int:

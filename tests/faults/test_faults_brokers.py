@@ -21,7 +21,6 @@ from faults_kit import (
     NATS_ACK_WAIT,
     NatsServer,
     PilotProcess,
-    RabbitNode,
     Tally,
     nats_unfinished,
     pilot_env,
@@ -29,6 +28,10 @@ from faults_kit import (
     take_data,
     task_args,
     wait_until,
+)
+
+from benchmarks.rabbitnode import (
+    RabbitNode,  # the one private-node implementation (also --private-rabbitmq)
 )
 
 #: each task takes `argv[3]` seconds
@@ -41,7 +44,7 @@ def _tally(events: list[str], outputs: list[Any]) -> Tally:
 
 @pytest.fixture(scope="module")
 def private_rabbit() -> Iterator[RabbitNode]:
-    node = RabbitNode()
+    node = RabbitNode("ewms-faults-rmq")
     node.start()
     try:
         yield node
