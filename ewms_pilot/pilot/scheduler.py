@@ -15,7 +15,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ..chirp import ChirpReporter, PilotStatus
 from ..config.model import PilotConfig, TaskMode
@@ -49,7 +49,6 @@ class Pilot:
         *,
         chirp: ChirpReporter | None = None,
         runtime: Runtime | None = None,
-        on_progress: Callable[[Tally], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pilot_id = uuid.uuid4().hex[:8]
@@ -57,14 +56,12 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp = chirp or ChirpReporter.from_config(cfg)
         self.runtime = runtime or get_runtime(cfg)
-        self.on_progress = on_progress
         self.stop_request: StopRequest | None = None
         self._stop_event = asyncio.Event()
         self._hurry = asyncio.Event()
         self._signalled = asyncio.Event()
         self._running: set[asyncio.Task[TaskOutcome]] = set()
         self._critical = Critical()
-        self._failures: list[TaskOutcome] = []
         self._last_activity = time.monotonic()
         self._publish_failing_since: float | None = None
         self.journal = Journal(cfg.data_dir / JOURNAL_NAME)
@@ -92,8 +89,6 @@ class Pilot:
     def _report(self) -> None:
         t = self.tally
         self.chirp.set_counts(t.received, t.succeeded, t.failed, t.dead_lettered)
-        if self.on_progress:
-            self.on_progress(t)
 
     # -- main ---------------------------------------------------------------
 
@@ -210,7 +205,6 @@ class Pilot:
         self.tally.running -= 1
         self._last_activity = time.monotonic()
         if task.cancelled():
-            self.tally.nacked += 1
             self._report()
             return
         exc = task.exception()
@@ -229,9 +223,7 @@ class Pilot:
                 self._publish_failing_since = None
         else:
             self.tally.failed += 1
-            self.tally.nacked += int(outcome.nacked)
             self.tally.dead_lettered += int(outcome.dead_lettered)
-            self._failures.append(outcome)
             self._on_failure(outcome)
         self._report()
 

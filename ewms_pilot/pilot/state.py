@@ -30,7 +30,6 @@ class Tally:
     succeeded: int = 0
     failed: int = 0
     dead_lettered: int = 0
-    nacked: int = 0
     no_output: int = 0
     started_at: float = dc.field(default_factory=time.monotonic)
 
