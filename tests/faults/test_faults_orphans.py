@@ -103,5 +103,8 @@ def test_sigkill_of_pilot_and_podman_clients(
     assert rc == 0, survivor.log()[-3000:]
     assert outs == events
     assert gone, "containers of a SIGKILLed pilot were never removed"
-    # the observation the cleanup design rests on (if podman changes, this tells us)
-    assert len(running_after_kill) == 2
+    # How many are still running 1 s after the kill is a race, not a promise: the
+    # kernel's parent-death SIGTERM (tasks/parent_death.py) reaches a podman client
+    # when the pilot dies, and the client may forward it to its container before
+    # this test's own SIGKILL reaches the client. Either way: at most the two started.
+    assert len(running_after_kill) <= 2
