@@ -25,7 +25,7 @@ from pilot_proc import base_env, run_pilot
 
 import ewms_pilot
 from ewms_pilot import ContainerRunError
-from ewms_pilot.chirp import ChirpAttr
+from ewms_pilot.chirp import ChirpAttr, PilotStatus
 
 PY = sys.executable
 
@@ -249,3 +249,10 @@ def test_a_failed_task_is_chirped_with_its_own_traceback_and_without_per_task_no
     assert statuses[-1] == "FatalError" and statuses.count("FatalError") == 1
     assert last["HTChirpEWMSPilotTasksFailed"] == "1" and last["HTChirpEWMSPilotTasksTotal"] == "1"
 
+
+
+def test_the_status_table_in_the_docs_is_what_the_pilot_reports() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (yes|new) \|$", text, re.MULTILINE)
+    assert {s for s, _ in rows} == {s.value for s in PilotStatus}
+    assert {s for s, in_1x in rows if in_1x == "yes"} == STATUSES_1X
