@@ -55,6 +55,7 @@ PROMISES = """\
 | Poison event | after `EWMS_PILOT_MAX_DELIVERIES` tries it goes to `EWMS_PILOT_QUEUE_DEADLETTER` (data unchanged, headers `ewms_pilot_error`, `ewms_pilot_error_type`, `ewms_pilot_deliveries`); only a failure on a *first* delivery trips stop-on-error |
 | Publish failure | retried with backoff within `EWMS_PILOT_PUBLISH_RETRIES` / `EWMS_PILOT_PUBLISH_DEADLINE`; then the event is nacked, never acked |
 | Broker outage | reconnect with backoff up to `EWMS_PILOT_RECONNECT_DEADLINE`, then drain and exit 5 |
+| Task longer than the broker's hold on its event | runs once: **NATS** — every held event is renewed with an in-progress ack every `ack_wait`/3 (`ack_wait` read from the consumer: JetStream's 30 s for oms-mqclient's), however long the task; **local queue** — the subscription's lease (30 s) is renewed every 5 s; **RabbitMQ** — no lease to renew: the broker's `consumer_timeout` (30 min by default) closes the channel of an event unacked longer and requeues it, so the result is published and the event done again (a duplicate, never a loss): raise `consumer_timeout` for longer tasks |
 """
 
 OBSERVATIONS = """\
@@ -106,7 +107,7 @@ UNTESTED = """\
 CASE_ORDER = [
     "SIGKILL mid-run", "SIGKILL of pilot", "SIGTERM, 3 s", "second SIGTERM", "SIGTERM, podman", "SIGTERM, process",
     "poison", "RabbitMQ stop_app", "NATS server restart", "incoming NATS gone", "outgoing broker",
-    "9 s task", "fuzz", "hostile",
+    "9 s task", "40 s task", "fuzz", "hostile",
 ]
 
 #: diagnosis of a failure, shown while it fails: (test name, text in the row's case) -> why
