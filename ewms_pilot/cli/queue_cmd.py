@@ -251,8 +251,7 @@ def _silence_stdout() -> None:
 async def _count(args: argparse.Namespace) -> int:
     cfg = _broker_config(args)
     if cfg.broker_type != LOCAL:
-        print(f"count is not supported for {cfg.broker_type}", file=sys.stderr)
-        return ExitCode.CONFIG
+        raise ConfigError("--broker-type", cfg.broker_type, "local (count works on local queues only)")
     from ..queues.local import local_counts
 
     counts = await local_counts(cfg)
