@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .cli.logs import install_scrubber
 from .config.loader import load_config
+from .config.redact import scrub
 from .pilot.scheduler import Pilot
 from .pilot.shutdown import StopCause
 
@@ -57,7 +59,8 @@ async def consume_and_reply(**kwargs: Any) -> None:
     if unknown:
         raise TypeError(f"consume_and_reply() got unexpected keyword(s): {', '.join(sorted(unknown))}")
     overrides = {KWARG_TO_ENV[k]: v for k, v in kwargs.items() if v is not None}
+    install_scrubber()  # the caller's log handlers, too, must never show a token
     cfg = load_config(os.environ, overrides)
     request = await Pilot(cfg).run()
     if request.cause != StopCause.QUEUE_EMPTY:
-        raise PilotStoppedError(request.reason, int(request.exit_code))
+        raise PilotStoppedError(scrub(request.reason), int(request.exit_code))

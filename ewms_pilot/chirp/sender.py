@@ -11,6 +11,7 @@ import math
 import time
 
 from ..config.model import ChirpDest
+from ..config.redact import scrub
 from . import encoding
 from .connection import (
     ChirpConnection,
@@ -40,8 +41,8 @@ class ChirpSender:
 
     def add(self, values: dict[ChirpAttr, Value]) -> None:
         """Replace the pending value of each attribute (only the latest one matters)."""
-        if not self.unavailable:
-            self._backlog.update(values)
+        if not self.unavailable:  # the one way in: values quote errors, errors may quote addresses
+            self._backlog.update({a: scrub(v) if isinstance(v, str) else v for a, v in values.items()})
 
     def seconds_until_due(self) -> float | None:
         """None when nothing is pending, else how long the rate limit still holds the backlog."""
