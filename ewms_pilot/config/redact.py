@@ -79,9 +79,25 @@ def _userinfo(entry: str) -> tuple[str, str | None, str]:
     return scheme, userinfo, rest
 
 
-def _secret_of(userinfo: str) -> str:
-    """The password in `user:password`, or the whole userinfo (a NATS token)."""
-    return userinfo.split(":", 1)[1] if ":" in userinfo else userinfo
+# in these URLs a userinfo without `:` is a user name (RabbitMQ); anywhere else it may be
+# a token (`nats://TOKEN@host`), so it is masked
+_USER_NAME_SCHEMES = ("amqp://", "amqps://")
+
+
+def _masked_userinfo(scheme: str, userinfo: str) -> str:
+    if ":" in userinfo:
+        user, password = userinfo.split(":", 1)
+        return f"{user}:{MASK}" if password else userinfo
+    if not userinfo or scheme.lower() in _USER_NAME_SCHEMES:
+        return userinfo
+    return MASK
+
+
+def _secret_of(scheme: str, userinfo: str) -> str:
+    """The password in `user:password`, or a bare userinfo that is a token."""
+    if ":" in userinfo:
+        return userinfo.split(":", 1)[1]
+    return "" if scheme.lower() in _USER_NAME_SCHEMES else userinfo
 
 
 def redact_url(address: str) -> str:
@@ -92,12 +108,7 @@ def redact_url(address: str) -> str:
         if userinfo is None:
             shown.append(entry)
             continue
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-            userinfo = f"{user}:{MASK}" if password else userinfo
-        elif userinfo:
-            userinfo = MASK
-        shown.append(f"{scheme}{userinfo}@{rest}")
+        shown.append(f"{scheme}{_masked_userinfo(scheme, userinfo)}@{rest}")
     return ",".join(shown)
 
 
@@ -105,9 +116,9 @@ def address_secrets(address: str) -> list[str]:
     """Every password or token in a broker address (as given, and percent-decoded)."""
     found: list[str] = []
     for entry in _entries(address):
-        _, userinfo, _ = _userinfo(entry)
+        scheme, userinfo, _ = _userinfo(entry)
         if userinfo:
-            secret = _secret_of(userinfo)
+            secret = _secret_of(scheme, userinfo)
             found += [secret, urllib.parse.unquote(secret)]
     return [s for s in found if s]
 
@@ -175,13 +186,7 @@ _BARE_USERINFO = re.compile(
 
 
 def _mask_url(m: re.Match[str]) -> str:
-    userinfo = m["userinfo"]
-    if ":" in userinfo:
-        user, password = userinfo.split(":", 1)
-        userinfo = f"{user}:{MASK}" if password else userinfo
-    elif userinfo:
-        userinfo = MASK
-    return f"{m['scheme']}{userinfo}@"
+    return f"{m['scheme']}{_masked_userinfo(m['scheme'], m['userinfo'])}@"
 
 
 def _mask_bare(m: re.Match[str]) -> str:
