@@ -53,10 +53,11 @@ def test_registered_settings_are_masked_in_any_form() -> None:
             "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": f"amqp://u:{password}@h",
             "EWMS_PILOT_QUEUE_OUTGOING_BROKER_SECRET": f"sec{core}",  # (f) misnamed, still a secret
             "EWMS_PILOT_PREFETCH": f"pf{core}",  # not a secret: left alone
+            "EWMS_PILOT_TASK_ENV_JSON": f'{{"API_KEY": "key{core}", "MODE": "m{core}"}}',
         }
     )
-    text = f"a {password!r} b Pw%2C{core}%20x c sec{core} d pf{core}"
-    assert scrub(text) == f"a '***' b *** c *** d pf{core}"
+    text = f"a {password!r} b Pw%2C{core}%20x c sec{core} d pf{core} e --env API_KEY=key{core} m{core}"
+    assert scrub(text) == f"a '***' b *** c *** d pf{core} e --env API_KEY=*** m{core}"
 
 
 def test_names_that_hold_secrets() -> None:

@@ -173,6 +173,17 @@ def register_settings(settings: Mapping[str, object]) -> None:
             register_secret(value)
         elif name.upper().endswith("_ADDRESS"):
             register_address(value)
+        elif name.upper().endswith("_ENV_JSON"):  # a task's `{"API_KEY": ...}`
+            register_settings({f"EWMS:{k}": v for k, v in _json_object(value).items()})
+
+
+def _json_object(text: str) -> dict[str, object]:
+    """`text` as a JSON object, or {} (the loader reports what is wrong with it)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # ---------------------------------------------------------------- free text
