@@ -22,7 +22,7 @@ from .model import (
     PilotConfig,
     TaskMode,
 )
-from .redact import MASK, looks_secret, redact_url, register_settings
+from .redact import MASK, looks_secret, register_settings, scrub
 from .variables import BY_NAME, PREFIXES, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return redact_url(raw)
+        return scrub(raw)
     return raw
 
 
