@@ -21,7 +21,7 @@ from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
 from ..pilot.scheduler import Pilot
 from ..pilot.shutdown import StopCause, StopRequest
-from .logs import configure_logging
+from .logs import configure_logging, install_scrubber, say
 from .options import OneLineParser, progress_interval
 
 LOGGER = logging.getLogger("ewms_pilot")
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # usage error (one line, exit 2), --help, --version
         return e.code if isinstance(e.code, int) else int(ExitCode.CONFIG)
+    install_scrubber()  # warnings while the config loads go to logging's last-resort handler
     command = args.command or "run"
     if command == "queue":
         from .queue_cmd import run_queue_command
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
     configure_logging(cfg.log_level, cfg.log_level_third_party)
     progress = not getattr(args, "no_progress", False)
@@ -101,11 +102,12 @@ def _config_command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
     from ..config.banner import effective_config_lines
+    from ..config.redact import scrub
 
-    print("\n".join(effective_config_lines(cfg)))
+    print(scrub("\n".join(effective_config_lines(cfg))))
     return 0
 
 
@@ -135,7 +137,7 @@ async def run_pilot(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if request.cause != StopCause.QUEUE_EMPTY:
-        print(f"ewms-pilot: {request.reason}", file=sys.stderr)
+        say(f"ewms-pilot: {request.reason}")
     return request.exit_code
 
 

@@ -24,12 +24,12 @@ from typing import Any
 from ..config import jsontext
 from ..config.addresses import normalize_address
 from ..config.model import BrokerConfig
-from ..config.redact import redact_url
+from ..config.redact import redact_url, register_address, register_secret
 from ..config.types import QUEUE_NAME
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
-from ..queues.base import DECODE_ERROR_HEADER
 from ..queues.factory import LOCAL, open_publisher, open_subscription
+from .logs import install_scrubber, say
 from .options import OneLineParser, env_name, positive_count, queue_timeout
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
@@ -167,6 +167,8 @@ def _broker_config(args: argparse.Namespace) -> BrokerConfig:
         raise ConfigError(
             args.auth_token_env, "<unset>", "the auth token (named by --auth-token-env)"
         )
+    register_secret(token or "")
+    register_address(args.broker_address)
     try:
         address = normalize_address(args.broker_type, args.broker_address)
     except ValueError as e:
@@ -218,26 +220,26 @@ async def _get(args: argparse.Namespace) -> int:
             delivery = await sub.get(args.timeout)
             if delivery is None:
                 break
-            if DECODE_ERROR_HEADER in delivery.headers:
-                await sub.nack(delivery)
+            if delivery.decode_error is not None:
+                await sub.release(delivery)
                 raise BrokerError(
                     f"event {delivery.msg_id} is not in oms-mqclient's format "
-                    f"({delivery.headers[DECODE_ERROR_HEADER]}); left in the queue"
+                    f"({delivery.decode_error}); left in the queue"
                 )
             try:  # printed first, acked after: a failed write leaves the event queued
                 await asyncio.to_thread(_emit, _json_line(delivery.data))
             except BrokenPipeError:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 _silence_stdout()
                 return ExitCode.OK
             except BaseException:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 raise
             await sub.ack(delivery)
             taken += 1
     finally:
         await sub.close()
-    print(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'", file=sys.stderr)
+    say(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'")
     return ExitCode.OK
 
 
@@ -269,16 +271,17 @@ _COMMANDS = {"put": _put, "get": _get, "count": _count}
 def run_queue_command(args: argparse.Namespace) -> int:
     """Run the parsed `queue` subcommand; returns the process exit code (errors are one line)."""
     where = f"ewms-pilot queue {args.queue_command}"
+    install_scrubber()
     try:
         return asyncio.run(_COMMANDS[args.queue_command](args))
     except (ConfigError, InputError) as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.CONFIG
     except BrokerError as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.BROKER
     except KeyboardInterrupt:
-        print(f"{where}: interrupted", file=sys.stderr)
+        say(f"{where}: interrupted")
         return ExitCode.EVICTED
 
 

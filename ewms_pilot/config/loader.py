@@ -20,7 +20,7 @@ from .checks import check_loaded
 from .datadir import SCRATCH_VAR, scratch_dir
 from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig, TaskMode
 from .names import check_unknown_names, suggest, unknown_names
-from .redact import MASK, redact_url
+from .redact import MASK, looks_secret, register_settings, scrub
 from .variables import BY_NAME, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ _GROUPS: Mapping[str, type[ContainerConfig] | type[BrokerConfig]] = {
 
 def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     """The value as an error may show it: secrets masked, URL passwords masked."""
-    if (var is not None and var.secret) or "TOKEN" in name.upper():
+    if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return redact_url(raw)
+        return scrub(raw)
     return raw
 
 
@@ -241,6 +241,8 @@ def load_config(
     wins over `environ`; the 1.x-compatible API passes its keyword arguments this way.
     Raises `ConfigError` for the first problem found.
     """
+    register_settings(environ)  # first: even the error about a setting must not show a secret
+    register_settings(overrides or {})
     given = _gather_text(environ, overrides or {})
     v = _Values(given, environ)
     check_unknown_names(environ, given, strict=v["EWMS_PILOT_STRICT_CONFIG"])
