@@ -282,7 +282,7 @@ def load_config(
     timeout_incoming = v.get("EWMS_PILOT_TIMEOUT_QUEUE_INCOMING", float)
     timeout_first = v.opt("EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE", float)
 
-    return PilotConfig(
+    cfg = PilotConfig(
         task=task,
         incoming=incoming,
         outgoing=outgoing,
@@ -322,6 +322,10 @@ def load_config(
         htchirp_dest=v.get("EWMS_PILOT_HTCHIRP_DEST", ChirpDest),
         htchirp_ratelimit_interval=v.get("EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL", float),
     )
+    from ..runtimes.spec import validate_for_runtime  # local: runtimes import the config model
+
+    validate_for_runtime(cfg)  # binds and env values the runtime could not carry: exit 2 now
+    return cfg
 
 
 def config_as_environ(cfg: PilotConfig) -> dict[str, str]:
