@@ -371,7 +371,4 @@ def _names_variable(variable: str) -> Iterator[None]:
 
 
 async def _give_back(sub: Subscription, delivery: Delivery) -> None:
-    try:
-        await sub.nack(delivery)
-    except BrokerError as e:
-        LOGGER.warning(f"nack of late event {delivery.msg_id} failed; the broker redelivers it: {e}")
+    await sub.release(delivery)  # LEFT (logged by the subscription): the broker redelivers it
