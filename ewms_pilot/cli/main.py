@@ -21,7 +21,7 @@ from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
 from ..pilot.scheduler import Pilot
 from ..pilot.shutdown import StopCause, StopRequest
-from .logs import configure_logging
+from .logs import configure_logging, install_scrubber, say
 
 LOGGER = logging.getLogger("ewms_pilot")
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
+    install_scrubber()  # warnings while the config loads go to logging's last-resort handler
     command = args.command or "run"
     if command == "queue":
         from .queue_cmd import run_queue_command
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
     configure_logging(cfg.log_level, cfg.log_level_third_party)
     progress = not getattr(args, "no_progress", False)
@@ -97,11 +98,11 @@ def _config_command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
-    from ..config.redact import effective_config_lines
+    from ..config.redact import effective_config_lines, scrub
 
-    print("\n".join(effective_config_lines(cfg)))
+    print(scrub("\n".join(effective_config_lines(cfg))))
     return 0
 
 
@@ -131,7 +132,7 @@ async def run_pilot(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if request.cause != StopCause.QUEUE_EMPTY:
-        print(f"ewms-pilot: {request.reason}", file=sys.stderr)
+        say(f"ewms-pilot: {request.reason}")
     return request.exit_code
 
 

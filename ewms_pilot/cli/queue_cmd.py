@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config.model import BrokerConfig
+from ..config.redact import register_address, register_secret
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
 from ..queues.factory import LOCAL, open_publisher, open_subscription
+from .logs import install_scrubber, say
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
 DEFAULT_TOKEN_ENV = "EWMS_PILOT_QUEUE_AUTH_TOKEN"
@@ -161,6 +163,8 @@ def _broker_config(args: argparse.Namespace) -> BrokerConfig:
         raise ConfigError(
             args.auth_token_env, "<unset>", "the auth token (named by --auth-token-env)"
         )
+    register_secret(token or "")
+    register_address(args.broker_address)
     return BrokerConfig(
         queue=args.queue,
         broker_type=args.broker_type,
@@ -227,7 +231,7 @@ async def _get(args: argparse.Namespace) -> int:
             taken += 1
     finally:
         await sub.close()
-    print(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'", file=sys.stderr)
+    say(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'")
     return ExitCode.OK
 
 
@@ -241,7 +245,7 @@ def _silence_stdout() -> None:
 async def _count(args: argparse.Namespace) -> int:
     cfg = _broker_config(args)
     if cfg.broker_type != LOCAL:
-        print(f"count is not supported for {cfg.broker_type}", file=sys.stderr)
+        say(f"count is not supported for {cfg.broker_type}")
         return ExitCode.CONFIG
     from ..queues.local import local_counts
 
@@ -260,16 +264,17 @@ _COMMANDS = {"put": _put, "get": _get, "count": _count}
 def run_queue_command(args: argparse.Namespace) -> int:
     """Run the parsed `queue` subcommand; returns the process exit code (errors are one line)."""
     where = f"ewms-pilot queue {args.queue_command}"
+    install_scrubber()
     try:
         return asyncio.run(_COMMANDS[args.queue_command](args))
     except (ConfigError, InputError) as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.CONFIG
     except BrokerError as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.BROKER
     except KeyboardInterrupt:
-        print(f"{where}: interrupted", file=sys.stderr)
+        say(f"{where}: interrupted")
         return ExitCode.EVICTED
 
 

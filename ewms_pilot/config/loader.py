@@ -22,7 +22,7 @@ from .model import (
     PilotConfig,
     TaskMode,
 )
-from .redact import MASK, redact_url
+from .redact import MASK, looks_secret, register_settings, scrub
 from .variables import BY_NAME, PREFIXES, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
@@ -36,10 +36,10 @@ _TYPO_CUTOFF_FULL = 0.9  # comparing whole names (typo in the prefix itself)
 
 def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     """The value as an error may show it: secrets masked, URL passwords masked."""
-    if (var is not None and var.secret) or "TOKEN" in name.upper():
+    if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return redact_url(raw)
+        return scrub(raw)
     return raw
 
 
@@ -225,6 +225,8 @@ def load_config(
     wins over `environ`; the 1.x-compatible API passes its keyword arguments this way.
     Raises `ConfigError` for the first problem found.
     """
+    register_settings(environ)  # first: even the error about a setting must not show a secret
+    register_settings(overrides or {})
     _check_unknown_names(environ)
     v = _Values(_gather_text(environ, overrides or {}))
 
