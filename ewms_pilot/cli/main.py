@@ -21,7 +21,7 @@ from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
 from ..pilot.scheduler import Pilot
 from ..pilot.shutdown import StopCause, StopRequest
-from .logs import configure_logging, install_scrubber, say
+from .logs import configure_logging, install_scrubber, say, scrub_uncaught
 
 LOGGER = logging.getLogger("ewms_pilot")
 
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
     install_scrubber()  # warnings while the config loads go to logging's last-resort handler
+    scrub_uncaught()
     command = args.command or "run"
     if command == "queue":
         from .queue_cmd import run_queue_command

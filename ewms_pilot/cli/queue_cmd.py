@@ -26,7 +26,7 @@ from ..config.redact import register_address, register_secret
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
 from ..queues.factory import LOCAL, open_publisher, open_subscription
-from .logs import install_scrubber, say
+from .logs import install_scrubber, say, scrub_uncaught
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
 DEFAULT_TOKEN_ENV = "EWMS_PILOT_QUEUE_AUTH_TOKEN"
@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ewms_pilot.cli.queue_cmd put|get|count ...` (same surface as `ewms-pilot queue`)."""
     parser = argparse.ArgumentParser(prog="ewms-pilot queue", description=__doc__)
     _add_commands(parser)
+    scrub_uncaught()
     return run_queue_command(parser.parse_args(argv))
 
 
