@@ -18,10 +18,6 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .model import PilotConfig
 
 MASK = "***"
 # shorter registered values are masked only where their place is known (URL userinfo,
@@ -215,38 +211,3 @@ def scrub(text: str) -> str:
         text = _URL_USERINFO.sub(_mask_url, text)
         text = _BARE_USERINFO.sub(_mask_bare, text)
     return text
-
-
-def _shown(name: str, text: str, secret: bool) -> str:
-    """What the banner prints for one value: masked, and always on one line."""
-    if secret:
-        return MASK if text else ""
-    if name.endswith("_ADDRESS"):
-        text = redact_url(text)
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def effective_config_lines(source: PilotConfig | Mapping[str, str]) -> list[str]:
-    """`NAME=value` for every variable, in table order, secrets as `***` (set) or empty.
-
-    From a `PilotConfig`: the values the pilot runs with (defaults filled in).
-    From an environ mapping: the raw text each variable was given, or
-    `<default> (default)` when unset - usable even when the config is invalid.
-    """
-    from .model import PilotConfig
-    from .variables import VARIABLES
-
-    lines: list[str] = []
-    for var in VARIABLES:
-        if isinstance(source, PilotConfig):
-            text = var.type.render(var.get(source))
-            lines.append(f"{var.name}={_shown(var.name, text, var.secret)}")
-            continue
-        given = next((n for n in var.names if n in source), None)
-        if given is None:
-            lines.append(f"{var.name}={var.default} (default)")
-        else:
-            shown = _shown(var.name, source[given], var.secret)
-            via = f" (from {given})" if given != var.name else ""
-            lines.append(f"{var.name}={shown}{via}")
-    return lines
