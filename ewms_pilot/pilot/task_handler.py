@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
 from ..errors import BrokerError
-from ..queues.base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from ..queues import codec
+from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
@@ -29,7 +30,6 @@ from ..tasks.errors import (
     TaskFailure,
     TaskTimeoutError,
     describe_failure,
-    extract_error_line,
     read_tail,
 )
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
@@ -277,9 +277,9 @@ class TaskHandler:
     ) -> Any:
         """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
-        if DECODE_ERROR_HEADER in delivery.headers:
+        if delivery.decode_error is not None:
             raise InvalidDataForInfileException(
-                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.headers[DECODE_ERROR_HEADER]}"
+                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.decode_error}"
             )
         record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
@@ -297,13 +297,13 @@ class TaskHandler:
             on_line=watcher,
         )
         record.exit_code = outcome.exit_code
+        apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise TaskTimeoutError.after(cfg.task.timeout or 0, extract_error_line(tail))
+            raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            line = extract_error_line(tail, apptainer=self.env.runtime.name == "apptainer")
-            raise ContainerRunError.from_exit(outcome.exit_code, line)
+            raise ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
@@ -366,14 +366,12 @@ class TaskHandler:
                 "EWMS_PILOT_QUEUE_DEADLETTER is set: dropping it"
             )
             return await self._ack(delivery, log)
-        headers = dict(delivery.headers)
-        headers.update(
-            {
-                "ewms_pilot_error": failure.reason,
-                "ewms_pilot_error_type": type(failure).__name__,
-                "ewms_pilot_deliveries": delivery.delivery_count,
-                "ewms_pilot_id": self.env.pilot_id,
-            }
+        headers = codec.dead_letter_headers(
+            delivery,
+            attempts=delivery.attempts + 1,
+            error=failure.reason,
+            error_type=type(failure).__name__,
+            pilot_id=self.env.pilot_id,
         )
         try:
             await publish_with_retry(
@@ -397,16 +395,11 @@ class TaskHandler:
         return await self._settle(delivery, log, ack=False)
 
     async def _settle(self, delivery: Delivery, log: TaskLog, *, ack: bool) -> bool:
-        """Ack or nack; a failure is logged, not raised: the broker redelivers unsettled events."""
-        try:
-            await (self.sub.ack if ack else self.sub.nack)(delivery)
-            return True
-        except BrokerError as e:
-            what = "ack failed, the broker will redeliver (duplicate result possible)" if ack else (
-                "nack failed, the broker will redeliver after its timeout"
-            )
-            log.warning(f"{what}: {e}")
-            return False
+        """Ack or release; True only when the broker took it (else it is redelivered)."""
+        settlement = await (self.sub.ack if ack else self.sub.release)(delivery)
+        if settlement is Settlement.LEFT and ack:
+            log.warning("ack not taken: the broker will redeliver the event (duplicate result possible)")
+        return settlement in (Settlement.ACKED, Settlement.RELEASED)
 
     async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
         for name, path in (("stdout", tdir.stdout), ("stderr", tdir.stderr)):

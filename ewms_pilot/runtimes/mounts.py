@@ -57,6 +57,8 @@ def path_problem(path: Path, forbidden_chars: str = "", *, must_exist: bool = Tr
     """
     if not path.is_absolute():
         return MountProblem("host path is relative", "an absolute path")
+    if "\0" in str(path):
+        return MountProblem("it contains a NUL byte", "a path without NUL bytes")
     real = PurePosixPath(os.path.realpath(path))
     for candidate in dict.fromkeys((PurePosixPath(path), real)):
         via = "" if candidate == PurePosixPath(path) else f"it resolves to {real}: "

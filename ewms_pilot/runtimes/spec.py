@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses as dc
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..config.model import ContainerConfig, ContainerPlatform, PilotConfig
@@ -159,27 +159,34 @@ class SpecBuilder:
         )
 
 
-def _raise_data_dir_problem(cfg: PilotConfig, problem: MountProblem | None) -> None:
+def _same_name(name: str) -> str:
+    return name
+
+
+def _raise_data_dir_problem(
+    cfg: PilotConfig, problem: MountProblem | None, name_of: Callable[[str], str] = _same_name
+) -> None:
     if problem is not None:
         raise ConfigError(
-            DATA_DIR_VAR,
+            name_of(DATA_DIR_VAR),
             str(cfg.data_dir_parent),
             f"{problem.expected} for {cfg.data_dir}, which is bound into every task ({problem.reason})",
         )
 
 
-def validate_for_runtime(cfg: PilotConfig) -> None:
+def validate_for_runtime(cfg: PilotConfig, name_of: Callable[[str], str] = _same_name) -> None:
     """Refuse at load what no container of `cfg` could be given: ConfigError (exit 2), nothing consumed.
 
     The binds (data dir, external directories: policy and mount syntax) and
-    every env value (what the runtime's env file can carry).
+    every env value (what the runtime's env file can carry). `name_of`: a
+    variable's name as the user gave it (config/checks.py).
     """
     from . import get_runtime  # local: the runtimes package imports the config model
 
     runtime = get_runtime(cfg)
     if cfg.container_platform is not ContainerPlatform.PROCESS:
         chars = runtime.mount_forbidden_chars
-        _raise_data_dir_problem(cfg, path_problem(cfg.data_dir, chars, must_exist=False))
+        _raise_data_dir_problem(cfg, path_problem(cfg.data_dir, chars, must_exist=False), name_of)
         external_mounts(cfg.external_directories, chars)
     for variable, container in (
         ("EWMS_PILOT_TASK_ENV_JSON", cfg.task),
@@ -189,5 +196,7 @@ def validate_for_runtime(cfg: PilotConfig) -> None:
         for key, value in (container.env if container else {}).items():
             problem = runtime.env_value_problem(value)
             if problem is not None:
-                raise ConfigError(variable, f"{{{key!r}: ...}}", f"values a task can be given: {key} {problem}")
+                raise ConfigError(
+                    name_of(variable), f"{{{key!r}: ...}}", f"values a task can be given: {key} {problem}"
+                )
 
