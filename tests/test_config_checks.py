@@ -284,10 +284,12 @@ def test_single_item_python_list() -> None:
     assert load_config({**MINIMAL, "EWMS_PILOT_OKAY_ERRORS": "['TimeoutError']"}).okay_errors == {"TimeoutError"}
 
 
-@pytest.mark.parametrize("text", ["['/cvmfs', '/data/a b']", '["/cvmfs", "/data/a b"]'])
-def test_external_directories_list_forms(text: str) -> None:
-    cfg = load_config({**MINIMAL, "EWMS_PILOT_EXTERNAL_DIRECTORIES": text})
-    assert cfg.external_directories == (Path("/cvmfs"), Path("/data/a b"))
+@pytest.mark.parametrize("text", ["['{0}/cvmfs', '{0}/a b']", '["{0}/cvmfs", "{0}/a b"]'])
+def test_external_directories_list_forms(text: str, tmp_path: Path) -> None:
+    for name in ("cvmfs", "a b"):  # they must exist: a missing one is refused (docs/sandbox.md)
+        (tmp_path / name).mkdir()
+    cfg = load_config({**MINIMAL, "EWMS_PILOT_EXTERNAL_DIRECTORIES": text.format(tmp_path)})
+    assert cfg.external_directories == (tmp_path / "cvmfs", tmp_path / "a b")
 
 
 def test_fail_patterns_python_list() -> None:

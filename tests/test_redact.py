@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
+import textwrap
 import uuid
 
 import pytest
@@ -83,3 +86,26 @@ def test_log_filter_masks_third_party_messages_and_tracebacks() -> None:
     out = stream.getvalue()
     assert "guest:***@host" in out and "nats://***@h" in out and "RuntimeError" in out
     assert "hunter2" not in out and "tokXYZ" not in out
+
+
+def test_uncaught_tracebacks_of_the_command_line_are_scrubbed() -> None:
+    """A crash (main thread or a broker thread) prints the interpreter's traceback: masked too."""
+    canary = f"Cnry{uuid.uuid4().hex}"
+    code = textwrap.dedent(
+        f"""
+        import threading
+        from ewms_pilot.cli.logs import scrub_uncaught
+        from ewms_pilot.config.redact import register_secret
+        register_secret({canary!r})
+        scrub_uncaught()
+        def boom():
+            raise ConnectionError("thread lost amqp://u:{canary}@h")
+        t = threading.Thread(target=boom, name="broker-x"); t.start(); t.join()
+        raise RuntimeError("main lost {canary}")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "Exception in thread broker-x" in res.stderr and "ConnectionError: thread lost" in res.stderr
+    assert "RuntimeError: main lost ***" in res.stderr
+    assert canary not in res.stderr

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
+from types import TracebackType
 
 from ..config.redact import scrub
 
@@ -54,6 +57,30 @@ def install_scrubber() -> None:
     for handler in handlers:
         if not any(isinstance(f, ScrubSecrets) for f in handler.filters):
             handler.addFilter(ScrubSecrets())
+
+
+def _print_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str = ""
+) -> None:
+    text = "".join(traceback.format_exception(exc_type, exc, tb))
+    sys.stderr.write(scrub(where + text))
+    sys.stderr.flush()
+
+
+def _print_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:  # what the default hook ignores
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _print_uncaught(args.exc_type, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")
+
+
+def scrub_uncaught() -> None:
+    """The interpreter's own traceback print-outs (main thread, other threads) are scrubbed too.
+
+    Only the command line installs this: a library must not take over its caller's hooks.
+    """
+    sys.excepthook = _print_uncaught
+    threading.excepthook = _print_uncaught_in_thread
 
 
 def say(text: str) -> None:

@@ -21,7 +21,7 @@ from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
 from ..pilot.scheduler import Pilot
 from ..pilot.shutdown import StopCause, StopRequest
-from .logs import configure_logging, install_scrubber, say
+from .logs import configure_logging, install_scrubber, say, scrub_uncaught
 from .options import OneLineParser, progress_interval
 
 LOGGER = logging.getLogger("ewms_pilot")
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # usage error (one line, exit 2), --help, --version
         return e.code if isinstance(e.code, int) else int(ExitCode.CONFIG)
     install_scrubber()  # warnings while the config loads go to logging's last-resort handler
+    scrub_uncaught()
     command = args.command or "run"
     if command == "queue":
         from .queue_cmd import run_queue_command

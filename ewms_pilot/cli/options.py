@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from ..config.redact import scrub
 from ..config.types import ENV_NAME, MAX_SECONDS
 from ..exitcodes import ExitCode
 
@@ -24,7 +25,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         one_line = message.replace("\r", "\\r").replace("\n", "\\n")
-        self.exit(int(ExitCode.CONFIG), f"{self.prog}: error: {one_line} (see --help)\n")
+        # scrubbed: a value may be an address given to the wrong option
+        self.exit(int(ExitCode.CONFIG), scrub(f"{self.prog}: error: {one_line} (see --help)\n"))
 
 
 def _number(text: str) -> float:

@@ -29,7 +29,7 @@ from ..config.types import QUEUE_NAME
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
 from ..queues.factory import LOCAL, open_publisher, open_subscription
-from .logs import install_scrubber, say
+from .logs import install_scrubber, say, scrub_uncaught
 from .options import OneLineParser, env_name, positive_count, queue_timeout
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
@@ -293,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage error (one line, exit 2) or --help
         return e.code if isinstance(e.code, int) else int(ExitCode.CONFIG)
+    scrub_uncaught()
     return run_queue_command(args)
 
 
