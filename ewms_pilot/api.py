@@ -20,8 +20,9 @@ import inspect
 import os
 from collections.abc import Sequence
 
+from .cli.logs import install_scrubber
 from .config.loader import load_config
-from .config.redact import redact_url
+from .config.redact import scrub
 from .pilot.runner import run_with_signals
 from .pilot.scheduler import Pilot
 from .pilot.shutdown import StopCause
@@ -66,10 +67,7 @@ class InitContainerError(ContainerRunError, RuntimeError):
             shown = failure.detail or failure.reason
             what = f"init-container failed (exit code {code}): {shown}"
         super().__init__(failure.reason, exit_code=code, detail=failure.detail)
-        self.args = (redact_url(what),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self.args = (scrub(what),)
 
 
 class TasksFailedError(ContainerRunError, RuntimeError):
@@ -92,10 +90,7 @@ class TasksFailedError(ContainerRunError, RuntimeError):
             if f.detail
         ]
         super().__init__(head, detail="\n".join(blocks))
-        self.args = (redact_url("\n".join([head, *blocks])),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self.args = (scrub("\n".join([head, *blocks])),)
 
 
 async def consume_and_reply(
@@ -153,6 +148,7 @@ async def consume_and_reply(
         for name, default in _DEFAULTS.items()
         if not isinstance(given[name], FromEnv)
     }
+    install_scrubber()  # the caller's log handlers, too, must never show a token
     pilot = Pilot(load_config(os.environ, overrides))
     request = await run_with_signals(pilot)
     raise_for_outcome(request.cause, request.reason, int(request.exit_code), pilot.failures)
@@ -169,7 +165,7 @@ def raise_for_outcome(
     if tasks and cause in (StopCause.QUEUE_EMPTY, StopCause.TASK_ERRORS):
         raise TasksFailedError(tasks)
     if cause != StopCause.QUEUE_EMPTY:
-        raise PilotStoppedError(redact_url(reason), exit_code)
+        raise PilotStoppedError(scrub(reason), exit_code)
 
 
 #: parameter -> its default (`FromEnv`), in 1.x's order

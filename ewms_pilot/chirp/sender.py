@@ -11,6 +11,7 @@ import math
 import time
 
 from ..config.model import ChirpDest
+from ..config.redact import scrub
 from . import encoding
 from .connection import (
     ChirpConnection,
@@ -48,6 +49,8 @@ class ChirpSender:
         if self.unavailable:
             return
         for attr, value in values.items():
+            if isinstance(value, str):  # the one way in: values quote errors, errors may quote addresses
+                value = scrub(value)
             if self._sent.get(attr) == value:
                 self._backlog.pop(attr, None)
             else:
