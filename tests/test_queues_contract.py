@@ -228,3 +228,25 @@ async def test_settling_on_a_replaced_rabbitmq_connection_is_left(rabbitmq_addre
     finally:
         await sub.close()
         await proxy.stop()
+
+
+async def test_two_subscriptions_on_one_queue_never_share_an_event(broker: Broker) -> None:
+    import asyncio
+
+    events = list(range(20))
+    await broker.put(*events)
+
+    async def drain(s: Subscription) -> list[int]:
+        got = []
+        while (d := await s.get(EMPTY)) is not None:
+            got.append(d.data)
+            assert await s.ack(d) is Settlement.ACKED
+        return got
+
+    subs = [await broker.sub(prefetch=3), await broker.sub(prefetch=3)]
+    try:
+        a, b = await asyncio.gather(*(drain(s) for s in subs))
+    finally:
+        for s in subs:
+            await s.close()
+    assert sorted(a + b) == events  # each exactly once

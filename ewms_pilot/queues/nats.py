@@ -139,10 +139,13 @@ class NatsSubscription(MQClientSubscription):
         every = self.ack_wait / 3
         while True:
             await asyncio.sleep(every)
+            raw = self._conn.raw
+            if raw is None or not raw._nats_client.is_connected:
+                continue  # nats-py is reconnecting: renew on the next round (ack_wait leaves two more)
             for delivery in self.held():
                 _, msg = delivery.raw
                 try:
-                    await self._reply(self._conn.raw, msg, IN_PROGRESS, confirm=False)
+                    await self._reply(raw, msg, IN_PROGRESS, confirm=False)
                 except Exception as e:  # the next round tries again; a lost connection redelivers anyway
                     LOGGER.warning(f"{where(self._conn.cfg)}: renewing event {delivery.msg_id} failed: {e!r}")
 
