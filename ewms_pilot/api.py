@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from .config.loader import load_config
+from .pilot.runner import run_with_signals
 from .pilot.scheduler import Pilot
 from .pilot.shutdown import StopCause
 
@@ -58,6 +59,6 @@ async def consume_and_reply(**kwargs: Any) -> None:
         raise TypeError(f"consume_and_reply() got unexpected keyword(s): {', '.join(sorted(unknown))}")
     overrides = {KWARG_TO_ENV[k]: v for k, v in kwargs.items() if v is not None}
     cfg = load_config(os.environ, overrides)
-    request = await Pilot(cfg).run()
+    request = await run_with_signals(Pilot(cfg))
     if request.cause != StopCause.QUEUE_EMPTY:
         raise PilotStoppedError(request.reason, int(request.exit_code))
