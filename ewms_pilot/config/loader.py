@@ -312,6 +312,7 @@ def load_config(
         task_fail_patterns=v.get("EWMS_PILOT_TASK_FAIL_PATTERNS", tuple),
         shutdown_grace=v.get("EWMS_PILOT_SHUTDOWN_GRACE", float),
         max_deliveries=v.get("EWMS_PILOT_MAX_DELIVERIES", int),
+        max_redeliveries=v.get("EWMS_PILOT_MAX_REDELIVERIES", int),
         queue_deadletter=deadletter,
         publish_retries=v.get("EWMS_PILOT_PUBLISH_RETRIES", int),
         publish_deadline=v.get("EWMS_PILOT_PUBLISH_DEADLINE", float),

@@ -135,6 +135,26 @@ class TaskCancelledError(TaskFailure):
         super().__init__(reason)
 
 
+class ResultTooLargeError(TaskFailure):
+    """The task's result can never be published: the outgoing broker refuses it for good.
+
+    Not worth a retry of the publish; the event counts an attempt and is
+    dead-lettered with this reason at the limit.
+    """
+
+    def __init__(self, reason: str, *, size: int | None = None, limit: int | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(reason)
+
+
+class TooManyRedeliveriesError(TaskFailure):
+    """The broker delivered the event more often than EWMS_PILOT_MAX_REDELIVERIES: it is not run again.
+
+    (Pilots that took it kept dying or being evicted before any task ended.)
+    """
+
+
 def describe_failure(task_id: str, failure: TaskFailure) -> str:
     """The one-line log message for a failed task: its id, the failure type and reason.
 

@@ -1,0 +1,309 @@
+"""A stop at every point of an event's path ends it settled, or recorded as left for redelivery.
+
+Issue 10 item 5: the real scheduler and task handler, the in-memory broker (a
+real queue implementation with the local queue's semantics) and real task
+processes. A gate in a publisher or the subscription holds the event at one
+point while the pilot is told to stop (an eviction with grace 0); then the
+journal, the exit summary's counts and the queues must all tell the same,
+true story: nothing lost, nothing recorded that did not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses as dc
+import json
+import shlex
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ewms_pilot.config.loader import load_config
+from ewms_pilot.config.model import PilotConfig
+from ewms_pilot.pilot import scheduler
+from ewms_pilot.pilot.journal import journal_path
+from ewms_pilot.pilot.scheduler import Pilot
+from ewms_pilot.pilot.shutdown import StopCause, StopRequest
+from ewms_pilot.queues import codec
+from ewms_pilot.queues.base import Delivery, Publisher, Settlement, Subscription
+from ewms_pilot.queues.factory import open_publisher, open_subscription
+from ewms_pilot.queues.memory import MemoryPublisher, MemorySubscription
+
+ECHO = "import sys; d=open(sys.argv[1]).read(); open(sys.argv[2],'w').write('out:'+d)"
+SLEEP_THEN_ECHO = "import sys,time; time.sleep(30); open(sys.argv[2],'w').write('late')"
+FAIL = "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"
+
+
+class Gate:
+    """Holds a call at one point until `open_()`; `reached` says a call got there."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def hold(self) -> None:
+        self.reached.set()
+        await self.opened.wait()
+
+    def open_(self) -> None:
+        self.opened.set()
+
+
+class GatedPublisher(Publisher):
+    """A real memory publisher whose `send` waits at the gate first."""
+
+    def __init__(self, inner: Publisher, gate: Gate) -> None:
+        self.inner, self.gate = inner, gate
+        self.max_message_bytes = inner.max_message_bytes
+
+    async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
+        await self.gate.hold()
+        await self.inner.send(data, headers)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class GatedAckSubscription(Subscription):
+    """A real memory subscription whose `ack` waits at the gate first."""
+
+    def __init__(self, inner: Subscription, gate: Gate) -> None:
+        self.inner, self.gate = inner, gate
+
+    async def get(self, timeout: float) -> Delivery | None:
+        return await self.inner.get(timeout)
+
+    async def ack(self, delivery: Delivery) -> Settlement:
+        await self.gate.hold()
+        return await self.inner.ack(delivery)
+
+    async def release(self, delivery: Delivery) -> Settlement:
+        return await self.inner.release(delivery)
+
+    async def requeue(self, delivery: Delivery, error: str, error_type: str) -> Settlement:
+        return await self.inner.requeue(delivery, error, error_type)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dc.dataclass
+class Queues:
+    broker: str
+    incoming: str
+    outgoing: str
+    deadletter: str
+
+
+@pytest.fixture
+def queues() -> Queues:
+    tag = uuid.uuid4().hex[:8]
+    return Queues(f"mem-{tag}", f"in-{tag}", f"out-{tag}", f"dlq-{tag}")
+
+
+def _config(q: Queues, tmp: Path, code: str, **extra: str) -> PilotConfig:
+    env = {
+        "EWMS_PILOT_QUEUE_INCOMING": q.incoming,
+        "EWMS_PILOT_QUEUE_OUTGOING": q.outgoing,
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "127.0.0.1",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "127.0.0.1",
+        "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp),
+        "EWMS_PILOT_CONTAINER_PLATFORM": "process",
+        "EWMS_PILOT_TASK_ARGS": shlex.join([sys.executable, "-c", code, "{{INFILE}}", "{{OUTFILE}}"]),
+        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
+        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "0.5",
+        "EWMS_PILOT_SHUTDOWN_GRACE": "0",
+        **extra,
+    }
+    cfg = load_config(env)
+    return dc.replace(
+        cfg,
+        incoming=dc.replace(cfg.incoming, broker_type="memory", address=q.broker),
+        outgoing=dc.replace(cfg.outgoing, broker_type="memory", address=q.broker),
+    )
+
+
+async def _put(cfg: PilotConfig, *items: Any, headers: dict[str, Any] | None = None) -> None:
+    pub = await open_publisher(dc.replace(cfg.incoming))
+    for item in items:
+        await pub.send(item, headers)
+    await pub.close()
+
+
+async def _take(cfg: PilotConfig, queue: str) -> list[Delivery]:
+    """Everything in `queue` (acked: the queue is empty afterwards)."""
+    sub = await open_subscription(dc.replace(cfg.incoming, queue=queue), 100)
+    out = []
+    while (d := await sub.get(0.05)) is not None:
+        out.append(d)
+        await sub.ack(d)
+    await sub.close()
+    return out
+
+
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Gate]]:
+    """Gates the scheduler's connections get, by role: 'publish', 'deadletter', 'ack'."""
+    gates: dict[str, Gate] = {}
+
+    async def _pub(cfg: Any) -> Publisher:
+        inner = await MemoryPublisher.open(cfg)
+        role = "deadletter" if cfg.queue.startswith("dlq-") else "publish"
+        return GatedPublisher(inner, gates[role]) if role in gates else inner
+
+    async def _sub(cfg: Any, prefetch: int) -> Subscription:
+        inner = await MemorySubscription.open(cfg, prefetch)
+        return GatedAckSubscription(inner, gates["ack"]) if "ack" in gates else inner
+
+    monkeypatch.setattr(scheduler, "open_publisher", _pub)
+    monkeypatch.setattr(scheduler, "open_subscription", _sub)
+    yield gates
+
+
+async def _run_and_stop_at(pilot: Pilot, gate: Gate | None, *, open_gate: bool, after: float = 0.0) -> StopRequest:
+    """Run the pilot; once the gate is reached (or `after` s), evict it (grace 0)."""
+    run = asyncio.ensure_future(pilot.run())
+    if gate is not None:
+        await asyncio.wait_for(gate.reached.wait(), 30)
+    else:
+        await asyncio.sleep(after)
+    pilot.request_stop(StopRequest(StopCause.SIGNAL, "test eviction", grace=0))
+    if open_gate and gate is not None:
+        await asyncio.sleep(0.3)  # the stop is being processed while the call is still held
+        gate.open_()
+    return await asyncio.wait_for(run, 60)
+
+
+def _journal(tmp: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in journal_path(tmp).read_text().splitlines()]
+
+
+def _one_record(tmp: Path, pilot: Pilot) -> dict[str, Any]:
+    [record] = _journal(tmp)
+    t = pilot.tally
+    assert (t.received, t.finished, t.running) == (1, 1, 0)
+    assert t.settlements[Settlement(record["settlement"])] == 1
+    return record
+
+
+def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) -> None:
+    cfg = _config(queues, tmp_path, SLEEP_THEN_ECHO)
+
+    async def main() -> tuple[Pilot, StopRequest, list[Delivery], list[Delivery]]:
+        await _put(cfg, "e1")
+        pilot = Pilot(cfg)
+        req = await _run_and_stop_at(pilot, None, open_gate=False, after=1.5)
+        return pilot, req, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+
+    pilot, req, left, out = asyncio.run(main())
+    record = _one_record(tmp_path, pilot)
+    assert req.cause == StopCause.SIGNAL
+    assert (record["result"], record["settlement"], record["published"], record["acked"]) == (
+        "cancelled", "released", False, False
+    )
+    # back unchanged: an eviction is not an attempt
+    assert [(d.data, d.attempts) for d in left] == [("e1", 0)] and out == []
+    assert pilot.tally.failed == 0 and pilot.failures == []
+
+
+def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
+    """The stop comes while the event is being staged (the handler's first step)."""
+    cfg = _config(queues, tmp_path, ECHO)
+
+    async def main() -> tuple[Pilot, list[Delivery]]:
+        await _put(cfg, "e1")
+        pilot = Pilot(cfg)
+        original = pilot._start
+
+        def start_then_stop(handler: Any, delivery: Delivery) -> None:
+            original(handler, delivery)
+            pilot.request_stop(StopRequest(StopCause.SIGNAL, "test eviction", grace=0))
+
+        pilot._start = start_then_stop  # type: ignore[method-assign]
+        await asyncio.wait_for(pilot.run(), 60)
+        return pilot, await _take(cfg, queues.incoming)
+
+    pilot, left = asyncio.run(main())
+    record = _one_record(tmp_path, pilot)
+    assert (record["result"], record["settlement"]) == ("cancelled", "released")
+    assert [(d.data, d.attempts) for d in left] == [("e1", 0)]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["publish-finishes", "publish-hangs"])
+def test_cancel_during_publish(queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool) -> None:
+    cfg = _config(queues, tmp_path, ECHO)
+    gated["publish"] = Gate()
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        await _put(cfg, "e1")
+        pilot = Pilot(cfg)
+        await _run_and_stop_at(pilot, gated["publish"], open_gate=finishes)
+        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+
+    pilot, left, out = asyncio.run(main())
+    record = _one_record(tmp_path, pilot)
+    if finishes:  # the publish+ack unit is not cut by the stop: done once, recorded as done
+        assert (record["result"], record["settlement"], record["published"], record["acked"]) == (
+            "succeeded", "acked", True, True
+        )
+        assert [d.data for d in out] == ["out:e1"] and left == []
+    else:  # given up at the end of the clean-up time: unsettled, back in the queue, said so
+        assert (record["settlement"], record["published"], record["acked"]) == ("left-for-redelivery", False, False)
+        assert out == [] and [d.data for d in left] == ["e1"]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["ack-finishes", "ack-hangs"])
+def test_cancel_between_publish_and_ack(
+    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
+) -> None:
+    cfg = _config(queues, tmp_path, ECHO)
+    gated["ack"] = Gate()
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        await _put(cfg, "e1")
+        pilot = Pilot(cfg)
+        await _run_and_stop_at(pilot, gated["ack"], open_gate=finishes)
+        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+
+    pilot, left, out = asyncio.run(main())
+    record = _one_record(tmp_path, pilot)
+    assert record["published"] is True and [d.data for d in out] == ["out:e1"]
+    if finishes:
+        assert (record["settlement"], record["acked"]) == ("acked", True) and left == []
+    else:  # published, never acked: a duplicate later, never a loss; and not recorded as acked
+        assert (record["settlement"], record["acked"]) == ("left-for-redelivery", False)
+        assert [d.data for d in left] == ["e1"]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["dlq-finishes", "dlq-hangs"])
+def test_cancel_during_dead_lettering(
+    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
+) -> None:
+    cfg = _config(queues, tmp_path, FAIL, EWMS_PILOT_QUEUE_DEADLETTER=queues.deadletter)
+    gated["deadletter"] = Gate()
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        # two failed attempts already (MAX_DELIVERIES 3): this failure is the last one
+        await _put(cfg, "e1", headers={codec.ATTEMPTS: 2})
+        pilot = Pilot(cfg)
+        await _run_and_stop_at(pilot, gated["deadletter"], open_gate=finishes)
+        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.deadletter)
+
+    pilot, left, dead = asyncio.run(main())
+    record = _one_record(tmp_path, pilot)
+    assert (record["result"], record["error_type"], record["attempts"]) == ("failed", "ContainerRunError", 2)
+    if finishes:
+        assert (record["settlement"], record["dead_lettered"]) == ("dead-lettered", True)
+        assert pilot.tally.dead_lettered == 1 and left == []
+        [copy] = dead
+        assert copy.data == "e1" and copy.attempts == 3
+    else:
+        assert (record["settlement"], record["dead_lettered"]) == ("left-for-redelivery", False)
+        assert pilot.tally.dead_lettered == 0 and dead == []
+        assert [(d.data, d.attempts) for d in left] == [("e1", 2)]
