@@ -11,31 +11,21 @@ true story: nothing lost, nothing recorded that did not happen.
 from __future__ import annotations
 
 import asyncio
-import dataclasses as dc
-import json
-import shlex
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from memory_pilot import ECHO, FAIL, Queues, journal, memory_config, new_queues, put, take
 
-from ewms_pilot.config.loader import load_config
-from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.pilot import scheduler
-from ewms_pilot.pilot.journal import journal_path
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
 from ewms_pilot.queues import codec
 from ewms_pilot.queues.base import Delivery, Publisher, Settlement, Subscription
-from ewms_pilot.queues.factory import open_publisher, open_subscription
 from ewms_pilot.queues.memory import MemoryPublisher, MemorySubscription
 
-ECHO = "import sys; d=open(sys.argv[1]).read(); open(sys.argv[2],'w').write('out:'+d)"
 SLEEP_THEN_ECHO = "import sys,time; time.sleep(30); open(sys.argv[2],'w').write('late')"
-FAIL = "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"
 
 
 class Gate:
@@ -91,60 +81,9 @@ class GatedAckSubscription(Subscription):
         await self.inner.close()
 
 
-@dc.dataclass
-class Queues:
-    broker: str
-    incoming: str
-    outgoing: str
-    deadletter: str
-
-
 @pytest.fixture
 def queues() -> Queues:
-    tag = uuid.uuid4().hex[:8]
-    return Queues(f"mem-{tag}", f"in-{tag}", f"out-{tag}", f"dlq-{tag}")
-
-
-def _config(q: Queues, tmp: Path, code: str, **extra: str) -> PilotConfig:
-    env = {
-        "EWMS_PILOT_QUEUE_INCOMING": q.incoming,
-        "EWMS_PILOT_QUEUE_OUTGOING": q.outgoing,
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "127.0.0.1",
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "127.0.0.1",
-        "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp),
-        "EWMS_PILOT_CONTAINER_PLATFORM": "process",
-        "EWMS_PILOT_TASK_ARGS": shlex.join([sys.executable, "-c", code, "{{INFILE}}", "{{OUTFILE}}"]),
-        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
-        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "0.5",
-        "EWMS_PILOT_SHUTDOWN_GRACE": "0",
-        **extra,
-    }
-    cfg = load_config(env)
-    return dc.replace(
-        cfg,
-        incoming=dc.replace(cfg.incoming, broker_type="memory", address=q.broker),
-        outgoing=dc.replace(cfg.outgoing, broker_type="memory", address=q.broker),
-    )
-
-
-async def _put(cfg: PilotConfig, *items: Any, headers: dict[str, Any] | None = None) -> None:
-    pub = await open_publisher(dc.replace(cfg.incoming))
-    for item in items:
-        await pub.send(item, headers)
-    await pub.close()
-
-
-async def _take(cfg: PilotConfig, queue: str) -> list[Delivery]:
-    """Everything in `queue` (acked: the queue is empty afterwards)."""
-    sub = await open_subscription(dc.replace(cfg.incoming, queue=queue), 100)
-    out = []
-    while (d := await sub.get(0.05)) is not None:
-        out.append(d)
-        await sub.ack(d)
-    await sub.close()
-    return out
+    return new_queues()
 
 
 @pytest.fixture
@@ -180,12 +119,8 @@ async def _run_and_stop_at(pilot: Pilot, gate: Gate | None, *, open_gate: bool, 
     return await asyncio.wait_for(run, 60)
 
 
-def _journal(tmp: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in journal_path(tmp).read_text().splitlines()]
-
-
 def _one_record(tmp: Path, pilot: Pilot) -> dict[str, Any]:
-    [record] = _journal(tmp)
+    [record] = journal(tmp)
     t = pilot.tally
     assert (t.received, t.finished, t.running) == (1, 1, 0)
     assert t.settlements[Settlement(record["settlement"])] == 1
@@ -193,13 +128,13 @@ def _one_record(tmp: Path, pilot: Pilot) -> dict[str, Any]:
 
 
 def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) -> None:
-    cfg = _config(queues, tmp_path, SLEEP_THEN_ECHO)
+    cfg = memory_config(queues, tmp_path, SLEEP_THEN_ECHO)
 
     async def main() -> tuple[Pilot, StopRequest, list[Delivery], list[Delivery]]:
-        await _put(cfg, "e1")
+        await put(cfg, "e1")
         pilot = Pilot(cfg)
         req = await _run_and_stop_at(pilot, None, open_gate=False, after=1.5)
-        return pilot, req, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+        return pilot, req, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, req, left, out = asyncio.run(main())
     record = _one_record(tmp_path, pilot)
@@ -214,10 +149,10 @@ def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) ->
 
 def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
     """The stop comes while the event is being staged (the handler's first step)."""
-    cfg = _config(queues, tmp_path, ECHO)
+    cfg = memory_config(queues, tmp_path, ECHO)
 
     async def main() -> tuple[Pilot, list[Delivery]]:
-        await _put(cfg, "e1")
+        await put(cfg, "e1")
         pilot = Pilot(cfg)
         original = pilot._start
 
@@ -227,7 +162,7 @@ def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
 
         pilot._start = start_then_stop  # type: ignore[method-assign]
         await asyncio.wait_for(pilot.run(), 60)
-        return pilot, await _take(cfg, queues.incoming)
+        return pilot, await take(cfg, queues.incoming)
 
     pilot, left = asyncio.run(main())
     record = _one_record(tmp_path, pilot)
@@ -237,14 +172,14 @@ def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("finishes", [True, False], ids=["publish-finishes", "publish-hangs"])
 def test_cancel_during_publish(queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool) -> None:
-    cfg = _config(queues, tmp_path, ECHO)
+    cfg = memory_config(queues, tmp_path, ECHO)
     gated["publish"] = Gate()
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
-        await _put(cfg, "e1")
+        await put(cfg, "e1")
         pilot = Pilot(cfg)
         await _run_and_stop_at(pilot, gated["publish"], open_gate=finishes)
-        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, left, out = asyncio.run(main())
     record = _one_record(tmp_path, pilot)
@@ -262,14 +197,14 @@ def test_cancel_during_publish(queues: Queues, tmp_path: Path, gated: dict[str, 
 def test_cancel_between_publish_and_ack(
     queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
 ) -> None:
-    cfg = _config(queues, tmp_path, ECHO)
+    cfg = memory_config(queues, tmp_path, ECHO)
     gated["ack"] = Gate()
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
-        await _put(cfg, "e1")
+        await put(cfg, "e1")
         pilot = Pilot(cfg)
         await _run_and_stop_at(pilot, gated["ack"], open_gate=finishes)
-        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.outgoing)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, left, out = asyncio.run(main())
     record = _one_record(tmp_path, pilot)
@@ -285,15 +220,15 @@ def test_cancel_between_publish_and_ack(
 def test_cancel_during_dead_lettering(
     queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
 ) -> None:
-    cfg = _config(queues, tmp_path, FAIL, EWMS_PILOT_QUEUE_DEADLETTER=queues.deadletter)
+    cfg = memory_config(queues, tmp_path, FAIL, EWMS_PILOT_QUEUE_DEADLETTER=queues.deadletter)
     gated["deadletter"] = Gate()
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
         # two failed attempts already (MAX_DELIVERIES 3): this failure is the last one
-        await _put(cfg, "e1", headers={codec.ATTEMPTS: 2})
+        await put(cfg, "e1", headers={codec.ATTEMPTS: 2})
         pilot = Pilot(cfg)
         await _run_and_stop_at(pilot, gated["deadletter"], open_gate=finishes)
-        return pilot, await _take(cfg, queues.incoming), await _take(cfg, queues.deadletter)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.deadletter)
 
     pilot, left, dead = asyncio.run(main())
     record = _one_record(tmp_path, pilot)
