@@ -26,3 +26,10 @@ class BrokerError(PilotError):
 
 class BrokerUnavailableError(BrokerError):
     """The broker cannot be reached at all (connect refused, DNS, auth)."""
+
+
+class ResultRejectedError(BrokerError):
+    """The broker refused this message for good (too large, rejected): retrying cannot help.
+
+    The event whose result it was failed (it counts as an attempt); the pilot never retries it.
+    """

@@ -24,7 +24,6 @@ from typing import Any
 from ..config.model import BrokerConfig
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
-from ..queues.base import DECODE_ERROR_HEADER
 from ..queues.factory import LOCAL, open_publisher, open_subscription
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
@@ -209,20 +208,20 @@ async def _get(args: argparse.Namespace) -> int:
             delivery = await sub.get(args.timeout)
             if delivery is None:
                 break
-            if DECODE_ERROR_HEADER in delivery.headers:
-                await sub.nack(delivery)
+            if delivery.decode_error is not None:
+                await sub.release(delivery)
                 raise BrokerError(
                     f"event {delivery.msg_id} is not in oms-mqclient's format "
-                    f"({delivery.headers[DECODE_ERROR_HEADER]}); left in the queue"
+                    f"({delivery.decode_error}); left in the queue"
                 )
             try:  # printed first, acked after: a failed write leaves the event queued
                 await asyncio.to_thread(_emit, _json_line(delivery.data))
             except BrokenPipeError:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 _silence_stdout()
                 return ExitCode.OK
             except BaseException:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 raise
             await sub.ack(delivery)
             taken += 1

@@ -12,7 +12,6 @@ The attempt policy lives here and nowhere else (docs/reliability.md):
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Any
 
@@ -24,10 +23,6 @@ from ..tasks.errors import TaskFailure
 from .publish import publish_with_retry
 
 LOGGER = logging.getLogger("ewms_pilot.task")
-
-#: header of a dead-lettered copy of an undecodable payload: the payload itself, base64
-RAW_PAYLOAD_HEADER = f"{codec.PREFIX}raw_payload_b64"
-RAW_PAYLOAD_KEEP = 1024 * 1024  # bytes of an undecodable payload kept in that header
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -94,18 +89,10 @@ class Settler:
                 return settlement
             log.error(f"{why}: no EWMS_PILOT_QUEUE_DEADLETTER is set: dropped it ({failure.reason})")
             return Settlement.DROPPED
-        headers = dict(delivery.headers)
-        headers.update(
-            {
-                codec.ATTEMPTS: attempts,
-                codec.ERROR: failure.reason,
-                codec.ERROR_TYPE: type(failure).__name__,
-                codec.DELIVERIES: delivery.delivery_count,
-                codec.PILOT_ID: self.pilot_id,
-            }
+        headers = codec.dead_letter_headers(
+            delivery, attempts=attempts, error=failure.reason, error_type=type(failure).__name__,
+            pilot_id=self.pilot_id,
         )
-        if delivery.raw_payload is not None:
-            headers[RAW_PAYLOAD_HEADER] = base64.b64encode(delivery.raw_payload[:RAW_PAYLOAD_KEEP]).decode()
         try:
             await publish_with_retry(
                 self.deadletter, delivery.data, headers=headers,
