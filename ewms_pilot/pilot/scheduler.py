@@ -27,6 +27,7 @@ from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
 from ..tasks.errors import TaskFailure
 from ..warm.pool import WarmPool
+from .health import BrokerHealth
 from .init_step import InitFailedError, run_init_container, run_once_container
 from .journal import Journal, journal_path
 from .outcome import Outcome, Result
@@ -68,7 +69,7 @@ class Pilot:
         self._running: set[asyncio.Task[Outcome]] = set()
         self._critical = Critical()
         self._last_activity = time.monotonic()
-        self._publish_failing_since: float | None = None
+        self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
         self.journal = Journal(journal_path(cfg.data_dir_parent))
 
     # -- control ------------------------------------------------------------
@@ -122,7 +123,7 @@ class Pilot:
                     LOGGER.info(f"outgoing broker takes results up to {pub.max_message_bytes} bytes")
                 env = TaskEnvironment.build(self.cfg, self.runtime, image, self.pilot_id)
                 handler = TaskHandler(
-                    env, Settler(self.cfg, self.pilot_id, sub, pub, dlq), self._critical,
+                    env, Settler(self.cfg, self.pilot_id, sub, pub, dlq, self.health), self._critical,
                     journal=self.journal, on_progress=self.chirp.set_task_progress, warm_pool=pool,
                 )
                 await self._consume(sub, handler)
@@ -159,8 +160,8 @@ class Pilot:
         self._set_state(PilotState.AWAITING_FIRST)
         self._last_activity = time.monotonic()
         got_first = False
-        broken_since: float | None = None
         while self.stop_request is None:
+            self._check_brokers()
             if self.tally.running >= self.cfg.max_concurrent_tasks:
                 await self._wait_for_slot()
                 continue
@@ -172,16 +173,15 @@ class Pilot:
                 break
             slice_ = min(POLL_SLICE, max(wait_limit - idle, 0.05))
             try:
-                delivery = await self._get(sub, slice_, broken_since)
-                broken_since = None
+                delivery = await self._get(sub, slice_)
+                self.health.ok("incoming")
             except BrokerError as e:
-                broken_since = broken_since or time.monotonic()
-                down = time.monotonic() - broken_since
+                self.health.failed("incoming", e)
+                down = self.health.down_for("incoming") or 0.0
                 left = self.cfg.reconnect_deadline - down
-                if left <= 0:
-                    raise BrokerError(f"incoming broker unreachable for {down:.0f}s: {e}") from e
-                LOGGER.warning(f"incoming broker connection lost, reconnecting ({down:.0f}s so far): {e}")
-                await self._pause(min(2 + down / 4, 15, left))  # wake up at the deadline, not after it
+                if left > 0:
+                    LOGGER.warning(f"incoming broker connection lost, reconnecting ({down:.0f}s so far): {e}")
+                    await self._pause(min(2 + down / 4, 15, left))  # wake up at the deadline, not after it
                 self._last_activity = time.monotonic()  # an outage is not an empty queue
                 continue
             if delivery is None:
@@ -196,13 +196,20 @@ class Pilot:
         if self._running:
             self._set_state(PilotState.PENDING_REMAINING)
 
-    async def _get(self, sub: Subscription, slice_: float, broken_since: float | None) -> Delivery | None:
+    def _check_brokers(self) -> None:
+        """Raise `BrokerError` once a broker has been failing for longer than the reconnect deadline."""
+        worst = self.health.worst()
+        if worst is not None and worst[1] >= self.cfg.reconnect_deadline:
+            which, down, error = worst
+            raise BrokerError(f"{which} broker unreachable for {down:.0f}s: {error}")
+
+    async def _get(self, sub: Subscription, slice_: float) -> Delivery | None:
         """One `get`; during an outage it may not outlast the reconnect deadline (a reconnect can hang)."""
-        if broken_since is None:
+        down = self.health.down_for("incoming")
+        if down is None:
             return await sub.get(slice_)
-        left = self.cfg.reconnect_deadline - (time.monotonic() - broken_since)
         try:
-            return await asyncio.wait_for(sub.get(slice_), max(left, 0.05))
+            return await asyncio.wait_for(sub.get(slice_), max(self.cfg.reconnect_deadline - down, 0.05))
         except TimeoutError:
             raise BrokerError("reconnecting did not finish in time") from None
 
@@ -226,8 +233,6 @@ class Pilot:
             return
         outcome = task.result()
         self.tally.add(outcome)
-        if outcome.published:
-            self._publish_failing_since = None
         if outcome.failure is not None and outcome.result is not Result.CANCELLED:
             self.failures.append((outcome.task_id, outcome.failure))
             self._on_failure(outcome)
@@ -239,14 +244,7 @@ class Pilot:
         self.chirp.set_error(failure.reason, None)
         if isinstance(failure, PublishFailedError):
             # the task was fine, the outgoing broker is not: not this node's fault, so no
-            # stop-on-error; but an outage longer than the reconnect deadline ends the pilot
-            now = time.monotonic()
-            self._publish_failing_since = self._publish_failing_since or now
-            down = now - self._publish_failing_since
-            if down > self.cfg.reconnect_deadline:
-                self.request_stop(
-                    StopRequest(StopCause.BROKER, f"outgoing broker unusable for {down:.0f}s: {failure.reason}")
-                )
+            # stop-on-error (an outage past the reconnect deadline ends the pilot: `_check_brokers`)
             return
         if not self.cfg.stop_listening_on_task_error:
             return
@@ -279,8 +277,8 @@ class Pilot:
 
     async def _wait_for_slot(self) -> None:
         stop = asyncio.ensure_future(self.shutdown.stopping.wait())
-        try:
-            await asyncio.wait({stop, *self._running}, return_when=asyncio.FIRST_COMPLETED)
+        try:  # wakes up every slice too, so a broker outage is noticed while every slot is busy
+            await asyncio.wait({stop, *self._running}, timeout=POLL_SLICE, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
 
@@ -312,14 +310,21 @@ class Pilot:
             LOGGER.warning(f"stopping {len(self._running)} unfinished task(s); their events go back to the broker")
             for task in list(self._running):
                 task.cancel()
+            if sd.hurried and self.health.down:  # a dead broker will not take what is in flight
+                self._abandon_critical()
             await asyncio.wait(set(self._running), timeout=sd.cleanup_budget(CANCEL_WAIT))
-        await self._critical.wait(sd.cleanup_budget(CRITICAL_WAIT))
+        if not (sd.hurried and self.health.down):
+            await self._critical.wait(sd.cleanup_budget(CRITICAL_WAIT))
+        if self._critical.pending:
+            self._abandon_critical()
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=FINAL_STEP_MIN)
+
+    def _abandon_critical(self) -> None:
         if self._critical.pending:
             # out of time: what is still publishing/settling is given up; unsettled events are
             # redelivered by the broker, and each handler records its event as left for redelivery
             LOGGER.warning(f"giving up {self._critical.abandon()} unsettled event(s): the broker redelivers them")
-            if self._running:
-                await asyncio.wait(set(self._running), timeout=FINAL_STEP_MIN)
 
     async def _teardown(self) -> None:
         """Run the teardown container once (after success, failure or eviction alike), within the deadline."""
@@ -359,11 +364,15 @@ class Pilot:
         if not live:
             return
         budget = max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN)
+        if self.health.down and self.shutdown.deadline is not None:
+            budget = FINAL_STEP_MIN  # a broker that is down does not answer a close either
         results = await asyncio.gather(
             *(asyncio.wait_for(c.close(), budget) for c in live), return_exceptions=True
         )
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, TimeoutError):
+                LOGGER.warning(f"closing a broker connection took over {budget:.1f}s: left to the process exit")
+            elif isinstance(result, BaseException):
                 LOGGER.warning(f"closing a broker connection failed: {result!r}")
 
     async def _finish(self, request: StopRequest) -> None:

@@ -20,6 +20,7 @@ from ..errors import BrokerError
 from ..queues import codec
 from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..tasks.errors import TaskFailure
+from .health import BrokerHealth
 from .publish import publish_with_retry
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -37,7 +38,9 @@ class Settler:
         subscription: Subscription,
         publisher: Publisher,
         deadletter: Publisher | None,
+        health: BrokerHealth,
     ) -> None:
+        self.health = health
         self.cfg = cfg
         self.pilot_id = pilot_id
         self.sub = subscription
@@ -55,7 +58,8 @@ class Settler:
     async def publish(self, result: Any, log: Log) -> None:
         """Publish a result; `ResultRejectedError` (permanent) or `BrokerError` (transient)."""
         await publish_with_retry(
-            self.pub, result, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log
+            self.pub, result, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log,
+            health=self.health,
         )
 
     async def ack(self, delivery: Delivery, log: Log) -> Settlement:
@@ -97,6 +101,7 @@ class Settler:
             await publish_with_retry(
                 self.deadletter, delivery.data, headers=headers,
                 retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log,
+                health=self.health, which="incoming",  # the dead-letter queue is on the incoming broker
             )
         except BrokerError as e:  # ResultRejectedError included: the copy could not be parked
             log.error(f"{why}: dead-lettering failed ({e}); giving the event back unchanged")

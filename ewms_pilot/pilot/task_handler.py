@@ -260,8 +260,8 @@ class TaskHandler:
         facts = RunFacts(new_task_id(), time.time())
         log = TaskLog(LOGGER, {"task": facts.task_id})
         log.info(
-            f"event {delivery.msg_id} (attempt {delivery.attempts + 1} of {self.env.cfg.max_deliveries}, "
-            f"delivery #{delivery.delivery_count or '?'})"
+            f"event {delivery.msg_id} (delivery #{delivery.delivery_count or '?'}, "
+            f"attempt {delivery.attempts + 1} of {self.env.cfg.max_deliveries})"
         )
         tdir: TaskDir | None = None
         value: Any = None
