@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from ..config.model import ContainerConfig, PilotConfig
 from ..runtimes.base import CONTAINER_DATA_HUB, Mount, RunSpec, Runtime
 from ..tasks.args import split_args, substitute, task_env
-from ..tasks.errors import extract_error_line, read_tail
+from ..tasks.errors import ContainerRunError, TaskFailure, TaskTimeoutError, read_tail
 from ..tasks.process import run_to_completion
 from .ownership import owner_labels
 
@@ -17,7 +17,15 @@ LOGGER = logging.getLogger("ewms_pilot.init")
 
 
 class InitFailedError(Exception):
-    """The init (or teardown) container failed, timed out or could not start."""
+    """The init (or teardown) container failed, timed out or could not start.
+
+    `failure` says how the container itself failed (None: it never ran to an end);
+    the Python API raises it to 1.x callers as a `ContainerRunError`.
+    """
+
+    def __init__(self, message: str, failure: TaskFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 async def run_once_container(
@@ -69,12 +77,15 @@ async def run_once_container(
         await asyncio.gather(run, return_exceptions=True)
         raise InitFailedError(f"{role} container stopped: the pilot is stopping")
     outcome = run.result()
+    apptainer = runtime.name == "apptainer"
     if outcome.timed_out:
-        raise InitFailedError(f"{role} container timed out after {container.timeout}s")
+        tail = await asyncio.to_thread(read_tail, outputs / "stderrfile")
+        failure: TaskFailure = TaskTimeoutError.after(container.timeout or 0, tail, apptainer=apptainer)
+        raise InitFailedError(f"{role} container timed out after {container.timeout}s", failure)
     if outcome.exit_code != 0:
         tail = await asyncio.to_thread(read_tail, outputs / "stderrfile")
-        line = extract_error_line(tail, apptainer=runtime.name == "apptainer")
-        raise InitFailedError(f"{role} container exited with code {outcome.exit_code}: {line}")
+        failure = ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+        raise InitFailedError(f"{role} container {failure.reason}", failure)
     LOGGER.info(f"{role} container done in {outcome.duration:.1f}s")
 
 

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..config.redact import scrub
+
 LOGGER = logging.getLogger("ewms_pilot")
 
 JOURNAL_NAME = "ewms-pilot-tasks.jsonl"
@@ -35,9 +37,9 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record; first end a line another pilot left unterminated."""
-        line = (json.dumps(record, default=str) + "\n").encode()
+        line = (scrub(json.dumps(record, default=str)) + "\n").encode()  # errors may quote addresses
         with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":

@@ -130,6 +130,8 @@ class Pilot:
         except ConfigError as e:
             self._fatal(StopCause.CONFIG, f"configuration error: {e}", e)
         except InitFailedError as e:
+            if e.failure is not None:
+                self.failures.append(("init", e.failure))
             self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e)
         except (BrokerUnavailableError, BrokerError) as e:
             self._fatal(StopCause.BROKER, str(e), e)
@@ -241,7 +243,7 @@ class Pilot:
     def _on_failure(self, outcome: Outcome) -> None:
         failure = outcome.failure
         assert failure is not None
-        self.chirp.set_error(failure.reason, None)
+        self.chirp.set_error(failure)
         if isinstance(failure, PublishFailedError):
             # the task was fine, the outgoing broker is not: not this node's fault, so no
             # stop-on-error (an outage past the reconnect deadline ends the pilot: `_check_brokers`)

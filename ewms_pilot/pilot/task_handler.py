@@ -35,7 +35,6 @@ from ..tasks.errors import (
     TaskTimeoutError,
     TooManyRedeliveriesError,
     describe_failure,
-    extract_error_line,
     read_tail,
 )
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
@@ -432,13 +431,13 @@ class TaskHandler:
             on_line=watcher,
         )
         record.exit_code = outcome.exit_code
+        apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise TaskTimeoutError.after(cfg.task.timeout or 0, extract_error_line(tail))
+            raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            line = extract_error_line(tail, apptainer=self.env.runtime.name == "apptainer")
-            raise ContainerRunError.from_exit(outcome.exit_code, line)
+            raise ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
