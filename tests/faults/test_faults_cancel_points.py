@@ -120,14 +120,25 @@ async def _run_and_stop_at(pilot: Pilot, gate: Gate | None, *, open_gate: bool, 
 
 
 def _one_record(tmp: Path, pilot: Pilot) -> dict[str, Any]:
-    [record] = journal(tmp)
+    [rec] = journal(tmp)
     t = pilot.tally
     assert (t.received, t.finished, t.running) == (1, 1, 0)
-    assert t.settlements[Settlement(record["settlement"])] == 1
-    return record
+    assert t.settlements[Settlement(rec["settlement"])] == 1
+    return rec
 
 
-def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) -> None:
+def _row(record: Any, point: str, rec: dict[str, Any], outputs: int, kept: int) -> None:
+    """One row: `kept` = copies of the event still in a queue (incoming or dead-letter)."""
+    record.add(
+        case="eviction (grace 0) at each point of an event's path, in-memory broker", broker="memory",
+        point=point, events=1, outputs=outputs, duplicates=max(0, outputs - 1),
+        lost=int(outputs == 0 and kept == 0),
+        detail=f"journal: {rec['result']}, {rec['settlement']}, published {rec['published']}; "
+        f"{outputs} result(s), {kept} copy(ies) left in a queue",
+    )
+
+
+def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path, record: Any) -> None:
     cfg = memory_config(queues, tmp_path, SLEEP_THEN_ECHO)
 
     async def main() -> tuple[Pilot, StopRequest, list[Delivery], list[Delivery]]:
@@ -137,9 +148,10 @@ def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) ->
         return pilot, req, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, req, left, out = asyncio.run(main())
-    record = _one_record(tmp_path, pilot)
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "task running", rec, len(out), len(left))
     assert req.cause == StopCause.SIGNAL
-    assert (record["result"], record["settlement"], record["published"], record["acked"]) == (
+    assert (rec["result"], rec["settlement"], rec["published"], rec["acked"]) == (
         "cancelled", "released", False, False
     )
     # back unchanged: an eviction is not an attempt
@@ -147,7 +159,7 @@ def test_cancel_during_run_releases_the_event(queues: Queues, tmp_path: Path) ->
     assert pilot.tally.failed == 0 and pilot.failures == []
 
 
-def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
+def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path, record: Any) -> None:
     """The stop comes while the event is being staged (the handler's first step)."""
     cfg = memory_config(queues, tmp_path, ECHO)
 
@@ -165,13 +177,16 @@ def test_cancel_before_the_task_starts(queues: Queues, tmp_path: Path) -> None:
         return pilot, await take(cfg, queues.incoming)
 
     pilot, left = asyncio.run(main())
-    record = _one_record(tmp_path, pilot)
-    assert (record["result"], record["settlement"]) == ("cancelled", "released")
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "before the task starts", rec, 0, len(left))
+    assert (rec["result"], rec["settlement"]) == ("cancelled", "released")
     assert [(d.data, d.attempts) for d in left] == [("e1", 0)]
 
 
 @pytest.mark.parametrize("finishes", [True, False], ids=["publish-finishes", "publish-hangs"])
-def test_cancel_during_publish(queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool) -> None:
+def test_cancel_during_publish(
+    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool, record: Any
+) -> None:
     cfg = memory_config(queues, tmp_path, ECHO)
     gated["publish"] = Gate()
 
@@ -182,20 +197,21 @@ def test_cancel_during_publish(queues: Queues, tmp_path: Path, gated: dict[str, 
         return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, left, out = asyncio.run(main())
-    record = _one_record(tmp_path, pilot)
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "publish " + ("finishes" if finishes else "hangs"), rec, len(out), len(left))
     if finishes:  # the publish+ack unit is not cut by the stop: done once, recorded as done
-        assert (record["result"], record["settlement"], record["published"], record["acked"]) == (
+        assert (rec["result"], rec["settlement"], rec["published"], rec["acked"]) == (
             "succeeded", "acked", True, True
         )
         assert [d.data for d in out] == ["out:e1"] and left == []
     else:  # given up at the end of the clean-up time: unsettled, back in the queue, said so
-        assert (record["settlement"], record["published"], record["acked"]) == ("left-for-redelivery", False, False)
+        assert (rec["settlement"], rec["published"], rec["acked"]) == ("left-for-redelivery", False, False)
         assert out == [] and [d.data for d in left] == ["e1"]
 
 
 @pytest.mark.parametrize("finishes", [True, False], ids=["ack-finishes", "ack-hangs"])
 def test_cancel_between_publish_and_ack(
-    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
+    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool, record: Any
 ) -> None:
     cfg = memory_config(queues, tmp_path, ECHO)
     gated["ack"] = Gate()
@@ -207,18 +223,19 @@ def test_cancel_between_publish_and_ack(
         return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
     pilot, left, out = asyncio.run(main())
-    record = _one_record(tmp_path, pilot)
-    assert record["published"] is True and [d.data for d in out] == ["out:e1"]
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "between publish and ack, ack " + ("finishes" if finishes else "hangs"), rec, len(out), len(left))
+    assert rec["published"] is True and [d.data for d in out] == ["out:e1"]
     if finishes:
-        assert (record["settlement"], record["acked"]) == ("acked", True) and left == []
+        assert (rec["settlement"], rec["acked"]) == ("acked", True) and left == []
     else:  # published, never acked: a duplicate later, never a loss; and not recorded as acked
-        assert (record["settlement"], record["acked"]) == ("left-for-redelivery", False)
+        assert (rec["settlement"], rec["acked"]) == ("left-for-redelivery", False)
         assert [d.data for d in left] == ["e1"]
 
 
 @pytest.mark.parametrize("finishes", [True, False], ids=["dlq-finishes", "dlq-hangs"])
 def test_cancel_during_dead_lettering(
-    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool
+    queues: Queues, tmp_path: Path, gated: dict[str, Gate], finishes: bool, record: Any
 ) -> None:
     cfg = memory_config(queues, tmp_path, FAIL, EWMS_PILOT_QUEUE_DEADLETTER=queues.deadletter)
     gated["deadletter"] = Gate()
@@ -231,14 +248,15 @@ def test_cancel_during_dead_lettering(
         return pilot, await take(cfg, queues.incoming), await take(cfg, queues.deadletter)
 
     pilot, left, dead = asyncio.run(main())
-    record = _one_record(tmp_path, pilot)
-    assert (record["result"], record["error_type"], record["attempts"]) == ("failed", "ContainerRunError", 2)
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "dead-lettering " + ("finishes" if finishes else "hangs"), rec, 0, len(left) + len(dead))
+    assert (rec["result"], rec["error_type"], rec["attempts"]) == ("failed", "ContainerRunError", 2)
     if finishes:
-        assert (record["settlement"], record["dead_lettered"]) == ("dead-lettered", True)
+        assert (rec["settlement"], rec["dead_lettered"]) == ("dead-lettered", True)
         assert pilot.tally.dead_lettered == 1 and left == []
         [copy] = dead
         assert copy.data == "e1" and copy.attempts == 3
     else:
-        assert (record["settlement"], record["dead_lettered"]) == ("left-for-redelivery", False)
+        assert (rec["settlement"], rec["dead_lettered"]) == ("left-for-redelivery", False)
         assert pilot.tally.dead_lettered == 0 and dead == []
         assert [(d.data, d.attempts) for d in left] == [("e1", 2)]

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mq_helpers import drain, publish
 from pilot_proc import base_env, start_pilot, wait_pilot
@@ -44,7 +45,9 @@ MARK_THEN = (
 )
 
 
-def test_sigterm_during_a_stop_on_error_drain(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_sigterm_during_a_stop_on_error_drain(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     """A failure stops the pilot and waits for the other task; a SIGTERM then bounds that wait."""
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["slow", "bad"]))
     marks = tmp_path / "marks"
@@ -59,13 +62,18 @@ def test_sigterm_during_a_stop_on_error_drain(rabbitmq_address: str, queue_name:
     proc.send_signal(signal.SIGTERM)
     run = wait_pilot(proc, 60)
     took = time.monotonic() - t0
+    left = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1))
+    record.add(case="SIGTERM during a stop-on-error drain (grace 0.5 s, a 60 s task)", broker="rabbitmq",
+               point="drain", events=2, outputs=0, duplicates=0, lost=2 - len(left),
+               detail=f"exit {run.returncode} {took:.1f}s after SIGTERM (promise: 6 within {0.5 + SLACK:g}s)")
     assert run.returncode == 6, run.stderr[-3000:]
     assert took <= 0.5 + SLACK, f"exit {took:.1f}s after SIGTERM\n{run.stderr[-3000:]}"
-    left = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1))
     assert sorted(left) == ["bad", "slow"]  # "slow" released, "bad" requeued: neither lost
 
 
-def test_sigterm_during_the_teardown(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_sigterm_during_the_teardown(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a"]))
     started = tmp_path / "teardown-started"
     teardown = shlex.join([PY, "-c", "import sys,time,pathlib; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)",
@@ -79,6 +87,11 @@ def test_sigterm_during_the_teardown(rabbitmq_address: str, queue_name: str, tmp
     proc.send_signal(signal.SIGTERM)
     run = wait_pilot(proc, 60)
     took = time.monotonic() - t0
+    outputs = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=1))
+    record.add(case="SIGTERM during a 60 s teardown container (grace 2 s)", broker="rabbitmq",
+               point="teardown", events=1, outputs=len(outputs), duplicates=max(0, len(outputs) - 1),
+               lost=1 - len(outputs),
+               detail=f"exit {run.returncode} {took:.1f}s after SIGTERM (promise: 6 within {2 + SLACK:g}s)")
     assert run.returncode == 6, run.stderr[-3000:]
     assert took <= 2 + SLACK, f"exit {took:.1f}s after SIGTERM\n{run.stderr[-3000:]}"
 
@@ -92,7 +105,9 @@ while True:
 """
 
 
-def test_idle_warm_worker_ignoring_eof_and_sigterm(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_idle_warm_worker_ignoring_eof_and_sigterm(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     script, up = tmp_path / "worker.py", tmp_path / "up"
     script.write_text(IGNORING_WORKER)
     env = base_env(
@@ -107,11 +122,16 @@ def test_idle_warm_worker_ignoring_eof_and_sigterm(rabbitmq_address: str, queue_
     proc.send_signal(signal.SIGTERM)
     run = wait_pilot(proc, 60)
     took = time.monotonic() - t0
+    record.add(case="SIGTERM, idle warm worker ignoring EOF and SIGTERM (grace 1 s)", broker="rabbitmq",
+               point="warm close", events=0, outputs=0, duplicates=0, lost=0,
+               detail=f"exit {run.returncode} {took:.1f}s after SIGTERM (promise: 6 within {1 + SLACK:g}s)")
     assert run.returncode == 6, run.stderr[-3000:]
     assert took <= 1 + SLACK, f"exit {took:.1f}s after SIGTERM\n{run.stderr[-3000:]}"
 
 
-def test_second_signal_hurries_and_sighup_is_an_eviction(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_second_signal_hurries_and_sighup_is_an_eviction(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     """grace 30 s, a 60 s task: SIGHUP (drains: not rc 129), then SIGINT 1 s later ends it now."""
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["slow"]))
     marks = tmp_path / "marks"
@@ -126,12 +146,19 @@ def test_second_signal_hurries_and_sighup_is_an_eviction(rabbitmq_address: str, 
     proc.send_signal(signal.SIGINT)
     run = wait_pilot(proc, 60)
     took = time.monotonic() - t0
+    left = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1))
+    record.add(case="SIGHUP, then SIGINT 1 s later (grace 30 s, a 60 s task)", broker="rabbitmq",
+               point="drain", events=1, outputs=0, duplicates=0, lost=1 - len(left),
+               detail=f"alive after SIGHUP; exit {run.returncode} {took:.1f}s after it "
+               f"(promise: 6 within 1 + {SLACK:g}s of the first signal)")
     assert run.returncode == 6, run.stderr[-3000:]
     assert took <= 1 + SLACK, f"exit {took:.1f}s after the first signal\n{run.stderr[-3000:]}"
-    assert asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1)) == ["slow"]
+    assert left == ["slow"]
 
 
-def test_sighup_drains_and_runs_the_teardown(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_sighup_drains_and_runs_the_teardown(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a"]))
     marks, done = tmp_path / "marks", tmp_path / "teardown.done"
     marks.mkdir()
@@ -143,7 +170,11 @@ def test_sighup_drains_and_runs_the_teardown(rabbitmq_address: str, queue_name: 
     _wait_for(marks / "a", proc)
     proc.send_signal(signal.SIGHUP)
     run = wait_pilot(proc, 60)
+    outputs = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=1))
+    record.add(case="SIGHUP with a 2 s task running (grace 10 s) and a teardown", broker="rabbitmq",
+               point="task running", events=1, outputs=len(outputs), duplicates=max(0, len(outputs) - 1),
+               lost=1 - len(outputs), detail=f"exit {run.returncode}; teardown ran: {done.exists()}")
     assert run.returncode == 6, run.stderr[-3000:]
     assert done.exists(), run.stderr[-3000:]  # the teardown ran
     # the running task was drained: finished within the grace and its result published
-    assert asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=1)) == ["r"]
+    assert outputs == ["r"]

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
@@ -40,7 +41,9 @@ def _journal(tmp: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (tmp / "ewms-pilot-tasks.jsonl").read_text().splitlines()]
 
 
-def test_prefetched_events_keep_all_their_attempts(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_prefetched_events_keep_all_their_attempts(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     """PREFETCH=5, `bad,g1..g4`, every task fails: pilot 1 runs `bad` and stops (exit 3); the four it
     held unrun are not charged for it. Pilot 2 (no stop-on-error) runs each event until its third
     real failure, and only then drops it: every event ran exactly 3 times."""
@@ -50,18 +53,27 @@ def test_prefetched_events_keep_all_their_attempts(rabbitmq_address: str, queue_
     env = _env("rabbitmq", rabbitmq_address, queue_name, tmp_path, RECORD_THEN_FAIL, str(runs),
                EWMS_PILOT_PREFETCH="5")
     first = run_pilot(env)
-    assert first.returncode == 3, first.stderr[-3000:]
-    assert runs.read_text().split() == ["bad"]
+    first_runs = runs.read_text().split() if runs.exists() else []
     second = run_pilot({**env, "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"})
+    tries = Counter(runs.read_text().split())
+    record.add(
+        case="PREFETCH 5, bad + 4 good, every task fails: 2 pilots (the 2nd without stop-on-error)",
+        broker="rabbitmq", point="-", events=len(events), outputs=0, duplicates=0,
+        lost=sum(1 for e in events if tries[e] < 3),  # dropped before its 3 attempts
+        detail=f"exit codes {[first.returncode, second.returncode]}; runs per event {dict(sorted(tries.items()))} "
+        "(MAX_DELIVERIES 3: each dropped after its 3rd failure, none charged for a prefetch)",
+    )
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert first_runs == ["bad"]
     assert second.returncode == 0, second.stderr[-3000:]
-    assert Counter(runs.read_text().split()) == {e: 3 for e in events}
+    assert tries == {e: 3 for e in events}
     dropped = [r for r in _journal(tmp_path) if r["settlement"] == "dropped"]
     assert sorted(r["attempts"] for r in dropped) == [2] * 5  # two earlier failures each
     assert "dropped 5" in second.stdout and "dead-lettered 0" in second.stdout
     assert asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1)) == []
 
 
-def test_evictions_are_not_attempts(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_evictions_are_not_attempts(rabbitmq_address: str, queue_name: str, tmp_path: Path, record: Any) -> None:
     """Two pilots evicted (SIGTERM, grace 0) while running the event, then one real failure: requeued."""
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["e"]))
     started = tmp_path / "started"
@@ -79,13 +91,20 @@ def test_evictions_are_not_attempts(rabbitmq_address: str, queue_name: str, tmp_
         started.unlink()
     runs = tmp_path / "runs"
     third = run_pilot(_env("rabbitmq", rabbitmq_address, queue_name, tmp_path, RECORD_THEN_FAIL, str(runs)))
-    assert third.returncode == 3, third.stderr[-3000:]  # a first attempt failed: stop-on-error trips
     records = _journal(tmp_path)
+    left = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1))
+    record.add(
+        case="2 evictions (SIGTERM, grace 0) mid-task, then 1 real failure",
+        broker="rabbitmq", point="-", events=1, outputs=0, duplicates=0, lost=1 - len(left),
+        detail=f"3rd pilot exit {third.returncode}; journal "
+        + ", ".join(f"{r['result']}/{r['settlement']}/attempts {r['attempts']}" for r in records),
+    )
+    assert third.returncode == 3, third.stderr[-3000:]  # a first attempt failed: stop-on-error trips
     assert [(r["result"], r["settlement"], r["attempts"]) for r in records] == [
         ("cancelled", "released", 0), ("cancelled", "released", 0), ("failed", "requeued", 0)
     ]
     assert "dropp" not in third.stderr
-    assert asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "i", timeout=1)) == ["e"]
+    assert left == ["e"]
 
 
 # a result NATS can never take (max_payload 1 MB): 4 MB of base64 noise, which zstd cannot shrink
@@ -107,7 +126,9 @@ async def _take_with_headers(address: str, queue: str) -> list[tuple[object, dic
     return got
 
 
-def test_a_result_too_large_for_nats_is_dead_lettered(nats_address: str, queue_name: str, tmp_path: Path) -> None:
+def test_a_result_too_large_for_nats_is_dead_lettered(
+    nats_address: str, queue_name: str, tmp_path: Path, record: Any
+) -> None:
     """Outgoing NATS, a 4 MB result: a failure of the event (ResultTooLargeError with size and
     limit), counted as an attempt, dead-lettered with its reason: two runs, not a loop."""
     asyncio.run(publish("nats", nats_address, queue_name + "i", ["big"]))
@@ -116,9 +137,17 @@ def test_a_result_too_large_for_nats_is_dead_lettered(nats_address: str, queue_n
                EWMS_PILOT_MAX_DELIVERIES="2", EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false",
                EWMS_PILOT_QUEUE_DEADLETTER=queue_name + "d", EWMS_PILOT_RECONNECT_DEADLINE="20")
     run = run_pilot(env, timeout=90)
+    n_runs = len(runs.read_text().split())
+    dead = asyncio.run(_take_with_headers(nats_address, queue_name + "d"))
+    record.add(
+        case="4 MB result, outgoing NATS (max_payload 1 MB), MAX_DELIVERIES 2 + DLQ",
+        broker="nats", point="publish", events=1, outputs=0, duplicates=0, lost=1 - len(dead),
+        detail=f"exit {run.returncode}; {n_runs} runs; dead-lettered "
+        + "; ".join(f"{h.get('ewms_pilot_error_type')}: {h.get('ewms_pilot_error')}"[:200] for _, h in dead),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert runs.read_text().split() == ["run", "run"]
-    [(data, headers)] = asyncio.run(_take_with_headers(nats_address, queue_name + "d"))
+    assert n_runs == 2
+    [(data, headers)] = dead
     assert data == "big" and headers["ewms_pilot_error_type"] == "ResultTooLargeError"
     assert headers["ewms_pilot_attempts"] == 2
     reason = str(headers["ewms_pilot_error"])
