@@ -405,7 +405,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE0,
         default="5",
         section="reliability",
-        help="Retries of a failed publish before the event is nacked",
+        help="Retries of a failed publish before the event is released (given back, no attempt counted)",
         field="publish_retries",
     ),
     EnvVar(

@@ -42,7 +42,7 @@ LOGGER = logging.getLogger("ewms_pilot")
 
 POLL_SLICE = 1.0  # s: longest a single broker `get` may wait before the loop looks around
 CRITICAL_WAIT = 30.0  # s: bound on finishing in-flight publish/settle at an end without a deadline
-CANCEL_WAIT = 3.0  # s after the deadline for stopped tasks to stop and give their events back
+ABANDON_RESERVE = 1.0  # s of the clean-up time left when what is still publishing/settling is given up
 TEARDOWN_STOP = 1.0  # s between SIGTERM and SIGKILL for a teardown cut short by the deadline
 TEARDOWN_RESERVE = 2.0  # s of the clean-up time kept for stopping the teardown and what follows
 FINAL_STEP_MIN = 0.5  # s every last step (closing connections, chirp flush) gets, even when late
@@ -314,13 +314,14 @@ class Pilot:
                 task.cancel()
             if sd.hurried and self.health.down:  # a dead broker will not take what is in flight
                 self._abandon_critical()
-            await asyncio.wait(set(self._running), timeout=sd.cleanup_budget(CANCEL_WAIT))
+            # stopping a container takes its stop grace and the runtime's stop/rm; an event still
+            # being published or settled gets the same time, less a reserve to give it up in
+            await asyncio.wait(set(self._running), timeout=max(sd.cleanup_budget(CRITICAL_WAIT) - ABANDON_RESERVE, 0))
         if not (sd.hurried and self.health.down):
-            await self._critical.wait(sd.cleanup_budget(CRITICAL_WAIT))
-        if self._critical.pending:
-            self._abandon_critical()
-            if self._running:
-                await asyncio.wait(set(self._running), timeout=FINAL_STEP_MIN)
+            await self._critical.wait(max(sd.cleanup_budget(CRITICAL_WAIT) - ABANDON_RESERVE, 0))
+        self._abandon_critical()
+        if self._running:  # containers still stopping (the stop cannot be skipped): the rest of the time
+            await asyncio.wait(set(self._running), timeout=max(sd.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN))
 
     def _abandon_critical(self) -> None:
         if self._critical.pending:

@@ -122,6 +122,6 @@ class Settler:
             log.warning(f"{verb} failed, the broker will redeliver the event: {e}")
             return Settlement.LEFT
         if settlement == Settlement.LEFT:
-            log.warning(f"{verb} not done (connection replaced or lease lost): the broker will redeliver the event")
+            log.warning(f"{verb} failed (connection replaced or lease lost): the broker will redeliver the event")
         return settlement
 
