@@ -69,9 +69,6 @@ class InitContainerError(ContainerRunError, RuntimeError):
         super().__init__(failure.reason, exit_code=code, detail=failure.detail)
         self.args = (scrub(what),)
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class TasksFailedError(ContainerRunError, RuntimeError):
     """Tasks failed during the run (1.x raised one exception naming them all).
@@ -94,9 +91,6 @@ class TasksFailedError(ContainerRunError, RuntimeError):
         ]
         super().__init__(head, detail="\n".join(blocks))
         self.args = (scrub("\n".join([head, *blocks])),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 async def consume_and_reply(

@@ -251,6 +251,68 @@ def test_a_failed_task_is_chirped_with_its_own_traceback_and_without_per_task_no
 
 
 
+def write_tms_env_file(path: Path, values: dict[str, object]) -> Path:
+    """An env file as the EWMS TMS writes one: every value `str()`'d and exported."""
+    path.write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in values.items()))
+    return path
+
+
+def test_a_job_environment_as_tms_writes_it(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "slow", "b"]))
+    task = (
+        "import sys, time; d=open(sys.argv[1]).read()\n"
+        "if d == 'slow':\n"
+        "    print('reading', sys.argv[1], file=sys.stderr, flush=True); time.sleep(60)\n"
+        "open(sys.argv[2],'w').write(d+d)"
+    )
+    (tmp_path / "chirp").mkdir()
+    with ChirpServer(tmp_path / "chirp") as server:
+        env_file = write_tms_env_file(tmp_path / "pilot.env", {
+            "EWMS_PILOT_CONTAINER_PLATFORM": "process",
+            "EWMS_PILOT_TASK_ARGS": _argv(task, "{{INFILE}}", "{{OUTFILE}}"),
+            "EWMS_PILOT_TASK_TIMEOUT": 2,
+            "EWMS_PILOT_MAX_CONCURRENT_TASKS": 1,
+            "EWMS_PILOT_QUEUE_INCOMING": qin, "EWMS_PILOT_QUEUE_OUTGOING": qout,
+            "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
+            "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
+            "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": rabbitmq_address,
+            "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": rabbitmq_address,
+            "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": 2,
+            "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": tmp_path,
+            "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": True,
+            "EWMS_PILOT_OKAY_ERRORS": ["TimeoutError"],  # str(list): "['TimeoutError']"
+            "EWMS_PILOT_EXTERNAL_DIRECTORIES": [],
+            "EWMS_PILOT_MAX_DELIVERIES": 1,
+            "EWMS_PILOT_HTCHIRP": True,
+            "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
+            "EWMS_PILOT_TIMEOUT_INCOMING": 1,  # stale: no version reads it (upstream's CI sets it)
+        })  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EWMS_PILOT_")}
+        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+        # the job's wrapper sources the file, then starts the pilot
+        res = subprocess.run(
+            ["bash", "-c", 'source "$1" && exec "$2" -m ewms_pilot', "job", env_file, PY],
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        lines = server.ulog_lines
+    # the timeout is an "okay" error under its 1.x name: the pilot carried on and ended cleanly
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert "EWMS_PILOT_TIMEOUT_INCOMING" in res.stderr  # warned about, not refused
+    assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=1, expect=2))) == ["aa", "bb"]
+
+    read = tms_read(lines)
+    last = dict(read)
+    assert (last["HTChirpEWMSPilotTasksTotal"], last["HTChirpEWMSPilotTasksSuccess"]) == ("3", "2")
+    assert last["HTChirpEWMSPilotTasksFailed"] == "1"
+    assert last["HTChirpEWMSPilotError"] == (
+        "TaskTimeoutError: timed out after 2 s; last stderr line: reading <task dir>/task-io/infile-<id>.in"
+    )
+    statuses = [v for a, v in read if a == "HTChirpEWMSPilotStatus"]
+    assert statuses[-1] == "Done" and statuses.count("Done") == 1
+
+
 def test_the_status_table_in_the_docs_is_what_the_pilot_reports() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
     rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (yes|new) \|$", text, re.MULTILINE)

@@ -678,7 +678,7 @@ FULL = {
     "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": "/scratch",
     "EWMS_PILOT_INFILE_EXT": ".json",
     "EWMS_PILOT_OUTFILE_EXT": ".pkl",
-    "EWMS_PILOT_EXTERNAL_DIRECTORIES": "/cvmfs/icecube.opensciencegrid.org,/data/ana",
+    "EWMS_PILOT_EXTERNAL_DIRECTORIES": "/usr/share,/etc",
     "EWMS_PILOT_KEEP_ALL_TASK_FILES": "yes",
     "EWMS_PILOT_DUMP_TASK_OUTPUT": "1",
     "EWMS_PILOT_CONTAINER_PLATFORM": "apptainer",
@@ -752,8 +752,8 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.data_dir == Path("/scratch/ewms-pilot-data")
     assert (cfg.infile_ext, cfg.outfile_ext) == (".json", ".pkl")
     assert cfg.external_directories == (
-        Path("/cvmfs/icecube.opensciencegrid.org"),
-        Path("/data/ana"),
+        Path("/usr/share"),
+        Path("/etc"),
     )
     assert cfg.keep_all_task_files and cfg.dump_task_output and cfg.container_debug
     assert cfg.container_platform is ContainerPlatform.APPTAINER

@@ -2,8 +2,8 @@
 
 They look at the filesystem but change nothing. Each raises `ConfigError`
 naming the variable as the user gave it (`name_of` maps a current variable
-name to that spelling). The `sandbox` mount policy (external directories,
-characters a container engine cannot mount) belongs in `check_loaded` too.
+name to that spelling). The mount policy and what a runtime can carry
+(external directories, data dir, env values) is `runtimes.spec.validate_for_runtime`.
 """
 
 from __future__ import annotations
@@ -27,4 +27,7 @@ def check_data_dir(cfg: PilotConfig, name_of: Callable[[str], str]) -> None:
 
 def check_loaded(cfg: PilotConfig, name_of: Callable[[str], str]) -> None:
     """Every check of the loaded config against the machine, in order."""
+    from ..runtimes.spec import validate_for_runtime  # local: runtimes import the config model
+
     check_data_dir(cfg, name_of)
+    validate_for_runtime(cfg, name_of)  # binds and env values the runtime cannot carry

@@ -148,7 +148,7 @@ def _broker_vars(direction: str) -> list[EnvVar]:
             type=NAME,
             default="",
             section=section,
-            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]`, "
+            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://|amqps://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]` (amqps: TLS, server certificate checked against the system CAs or `SSL_CERT_FILE`), "
             "nats `[nats://][TOKEN@]HOST[:PORT]`, local: the SQLite file; URL passwords are masked in logs",
             field=f"{direction}.address",
             default_doc="required",

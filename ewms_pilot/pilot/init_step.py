@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import PurePosixPath
 
 from ..config.model import ContainerConfig, PilotConfig
-from ..runtimes.base import CONTAINER_DATA_HUB, Mount, RunSpec, Runtime
-from ..tasks.args import split_args, substitute, task_env
+from ..runtimes.base import Runtime
+from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import ContainerRunError, TaskFailure, TaskTimeoutError, read_tail
 from ..tasks.process import run_to_completion
-from .ownership import owner_labels
 
 LOGGER = logging.getLogger("ewms_pilot.init")
 
@@ -42,20 +40,8 @@ async def run_once_container(
     image = await runtime.prepare_image(container.image)
     outputs = cfg.data_dir / role / "outputs"
     await asyncio.to_thread(outputs.mkdir, parents=True, exist_ok=True)
-    hub_mount = Mount(cfg.data_hub_dir, CONTAINER_DATA_HUB)
-    hub = runtime.task_path(cfg.data_hub_dir, hub_mount)
-    mounts = (hub_mount,) + tuple(
-        Mount(d, PurePosixPath(d.as_posix()), readonly=True) for d in cfg.external_directories
-    )
-    spec = RunSpec(
-        image=image,
-        argv=tuple(substitute(split_args(container.args), infile="", outfile="", data_hub=hub)),
-        env=task_env(container.env, infile="", outfile="", data_hub=hub),
-        mounts=() if runtime.uses_host_paths else mounts,
-        name=f"ewms-pilot-{pilot_id}-{role}",
-        labels={**owner_labels(pilot_id), "ewms-pilot.task": role},
-        workdir=None,
-    )
+    specs = await asyncio.to_thread(SpecBuilder.for_pilot, cfg, runtime, pilot_id)
+    spec = specs.once(image, container, role, outputs)
     LOGGER.info(f"running {role} container ({container.image or 'host process'})")
     run = asyncio.ensure_future(
         run_to_completion(

@@ -26,6 +26,7 @@ from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
 from ..tasks.errors import TaskFailure
+from ..tasks.taskdir import prepare_data_dir
 from ..warm.pool import WarmPool
 from .health import BrokerHealth
 from .init_step import InitFailedError, run_init_container, run_once_container
@@ -101,7 +102,7 @@ class Pilot:
         dlq: Publisher | None = None
         pool: WarmPool | None = None
         try:
-            await asyncio.to_thread(self.cfg.data_hub_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(prepare_data_dir, self.cfg.data_dir, self.cfg.data_hub_dir)
             image = await self.runtime.prepare_image(self.cfg.task.image)
             await sweep_orphans(self.runtime)
             if self.cfg.init is not None:

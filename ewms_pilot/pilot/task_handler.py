@@ -17,14 +17,14 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
-from ..runtimes.base import CONTAINER_DATA_HUB, CONTAINER_TASK_IO, Mount, RunSpec, Runtime
-from ..tasks.args import split_args, substitute, task_env
+from ..runtimes.base import RunSpec, Runtime
+from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
     FailurePatternError,
@@ -44,7 +44,6 @@ from ..tasks.taskdir import TaskDir, new_task_id
 from ..warm.pool import WarmPool
 from .journal import Journal
 from .outcome import Outcome, Result
-from .ownership import owner_labels
 from .settle import Settler
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -149,8 +148,8 @@ class TaskEnvironment:
     cfg: PilotConfig
     runtime: Runtime
     image: str  # prepared image reference
-    argv_template: tuple[str, ...]
     pilot_id: str
+    specs: SpecBuilder
     fail_patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
@@ -159,22 +158,10 @@ class TaskEnvironment:
             cfg=cfg,
             runtime=runtime,
             image=image,
-            argv_template=tuple(split_args(cfg.task.args)),
             pilot_id=pilot_id,
+            specs=SpecBuilder.for_pilot(cfg, runtime, pilot_id),
             fail_patterns=tuple(re.compile(p) for p in cfg.task_fail_patterns),
         )
-
-    def mounts_for(self, task_io: Path | None) -> tuple[Mount, ...]:
-        """Task-io, data hub and external directories, as the container sees them."""
-        mounts = []
-        if task_io is not None:
-            mounts.append(Mount(task_io, CONTAINER_TASK_IO))
-        mounts.append(Mount(self.cfg.data_hub_dir, CONTAINER_DATA_HUB))
-        mounts += [
-            Mount(d, PurePosixPath(d.as_posix()), readonly=True)
-            for d in self.cfg.external_directories
-        ]
-        return tuple(mounts)
 
 
 class ProgressWatcher:
@@ -237,21 +224,7 @@ class TaskHandler:
         self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
     def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
-        rt, cfg = self.env.runtime, self.env.cfg
-        mounts = self.env.mounts_for(tdir.task_io)
-        io_mount, hub_mount = mounts[0], mounts[1]
-        infile = rt.task_path(tdir.infile, io_mount)
-        outfile = rt.task_path(tdir.outfile, io_mount)
-        hub = rt.task_path(cfg.data_hub_dir, hub_mount)
-        return RunSpec(
-            image=self.env.image,
-            argv=tuple(substitute(self.env.argv_template, infile=infile, outfile=outfile, data_hub=hub)),
-            env=task_env(cfg.task.env, infile=infile, outfile=outfile, data_hub=hub),
-            mounts=() if rt.uses_host_paths else mounts,
-            name=f"ewms-pilot-{self.env.pilot_id}-{task_id}",
-            labels={**owner_labels(self.env.pilot_id), "ewms-pilot.task": task_id},
-            workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
-        )
+        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir)
 
 
     async def run(self, delivery: Delivery) -> Outcome:

@@ -297,10 +297,11 @@ def extract_detail(stderr_text: str, *, apptainer: bool = False) -> str:
     At most `MAX_DETAIL_CHARS`: a longer text keeps its start and its end.
     """
     lines = _clean_lines(stderr_text, apptainer)
-    headers = [i for i, ln in enumerate(lines) if _TRACEBACK_HEADER.match(ln)]
-    top_level = [i for i in headers if not lines[i][0].isspace()]  # not inside an exception group
+    headers = [(i, m.group("lead")) for i, ln in enumerate(lines) if (m := _TRACEBACK_HEADER.match(ln))]
+    # a header inside an exception group is led by "|"; the group's own header by "  + "
+    top_level = [i for i, lead in headers if "|" not in lead]
     if top_level or headers:
-        start = (top_level or headers)[-1]
+        start = (top_level or [i for i, _ in headers])[-1]
     else:
         start = max(0, len(lines) - DETAIL_TAIL_LINES)
     text = "\n".join(lines[start:])
