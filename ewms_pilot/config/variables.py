@@ -106,7 +106,7 @@ def _container_vars(which: str, section: str, what: str, extra_image_help: str) 
             type=ENV_JSON,
             default="{}",
             section=section,
-            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}}',
+            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}} (docker/podman: no line breaks in values)',
             field=f"{which}.env",
         ),
     ]
@@ -267,7 +267,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=ABS_PATH_LIST,
         default="",
         section="files",
-        help="Absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list)",
+        help="Existing absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list); /, /proc, /sys, /dev, /run, /boot and links into them are refused",
         field="external_directories",
         default_doc="none",
     ),

@@ -58,6 +58,7 @@ PROMISES = """\
 | Result the broker refuses for good | (larger than the outgoing broker takes: NATS tells its `max_payload` at connect) a failure of the event, `ResultTooLargeError` with the size and the limit, counted as an attempt and dead-lettered with its reason at the limit: never re-run in a loop |
 | Publish failure (transient) | retried with backoff within `EWMS_PILOT_PUBLISH_RETRIES` / `EWMS_PILOT_PUBLISH_DEADLINE`; then the event is released, never acked |
 | Broker outage | reconnect with backoff up to `EWMS_PILOT_RECONNECT_DEADLINE`, noticed at the deadline even while every slot is busy (every `get` and every publish try counts); then exit 5 without waiting for tasks whose events can no longer be settled (the broker redelivers them) |
+| Task longer than the broker's hold on its event | runs once: **NATS** — every held event is renewed with an in-progress ack every `ack_wait`/3 (`ack_wait` read from the consumer: JetStream's 30 s for oms-mqclient's), however long the task; **local queue** — the subscription's lease (30 s) is renewed every 5 s; **RabbitMQ** — no lease to renew: the broker's `consumer_timeout` (30 min by default) closes the channel of an event unacked longer and requeues it, so the result is published and the event done again (a duplicate, never a loss): raise `consumer_timeout` for longer tasks |
 """
 
 OBSERVATIONS = """\
@@ -110,7 +111,7 @@ CASE_ORDER = [
     "SIGKILL mid-run", "SIGKILL of pilot", "SIGTERM, 3 s", "second SIGTERM", "SIGTERM, podman", "SIGTERM, process",
     "SIGTERM during", "SIGTERM, idle warm", "SIGHUP", "eviction (grace 0) at each point",
     "poison", "PREFETCH 5", "2 evictions", "4 MB result", "RabbitMQ stop_app", "NATS server restart", "incoming NATS gone", "outgoing broker",
-    "9 s task", "fuzz", "hostile",
+    "9 s task", "40 s task", "fuzz", "hostile",
 ]
 
 #: diagnosis of a failure, shown while it fails: (test name, text in the row's case) -> why
