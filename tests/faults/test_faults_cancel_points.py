@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from memory_pilot import ECHO, FAIL, Queues, journal, memory_config, new_queues, put, take
 
+from ewms_pilot.errors import BrokerError
 from ewms_pilot.pilot import scheduler
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
@@ -260,3 +261,86 @@ def test_cancel_during_dead_lettering(
         assert (rec["settlement"], rec["dead_lettered"]) == ("left-for-redelivery", False)
         assert pilot.tally.dead_lettered == 0 and dead == []
         assert [(d.data, d.attempts) for d in left] == [("e1", 2)]
+
+
+class LeaseLostSubscription(GatedAckSubscription):
+    """A real memory subscription that loses its hold on the event just before the ack (as a
+    replaced connection or a lost local lease does): the ack then cannot be done."""
+
+    lost = False
+
+    async def ack(self, delivery: Delivery) -> Settlement:
+        if not self.lost:  # once: the event goes back to the queue under the pilot's feet
+            self.lost = True
+            await self.inner.release(delivery)
+        return await self.inner.ack(delivery)
+
+
+class RefusingPublisher(Publisher):
+    """A dead-letter queue that cannot be published to (a real error path of every broker)."""
+
+    async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
+        raise BrokerError("dead-letter queue unreachable (test)")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_ack_that_cannot_be_done_is_not_recorded_as_acked(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: Any
+) -> None:
+    """Issue 10 item 5a: the journal said `acked: true` and the log "event acked" anyway."""
+    cfg = memory_config(queues, tmp_path, ECHO)
+
+    async def _sub(c: Any, prefetch: int) -> Subscription:
+        return LeaseLostSubscription(await MemorySubscription.open(c, prefetch), Gate())
+
+    monkeypatch.setattr(scheduler, "open_subscription", _sub)
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        await put(cfg, "e1")
+        pilot = Pilot(cfg)
+        await asyncio.wait_for(pilot.run(), 60)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
+
+    pilot, left, out = asyncio.run(main())
+    first, second = journal(tmp_path)  # the lost event came back and was done again
+    _row(record, "ack after the hold was lost", first, len(out), len(left))
+    assert (first["result"], first["settlement"], first["published"], first["acked"]) == (
+        "succeeded", "left-for-redelivery", True, False
+    )
+    assert (second["settlement"], second["acked"]) == ("acked", True)
+    assert pilot.tally.settlements[Settlement.LEFT] == 1 and pilot.tally.settlements[Settlement.ACKED] == 1
+    assert [d.data for d in out] == ["out:e1", "out:e1"] and left == []  # a duplicate, never a loss
+
+
+def test_a_failed_dead_lettering_is_not_counted(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: Any
+) -> None:
+    """Issue 10 item 5b: a failed dead-letter publish was recorded and counted as dead-lettered."""
+    cfg = memory_config(queues, tmp_path, FAIL, EWMS_PILOT_QUEUE_DEADLETTER=queues.deadletter,
+                        EWMS_PILOT_PUBLISH_RETRIES="0", EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false")
+
+    async def _pub(c: Any) -> Publisher:
+        return RefusingPublisher() if c.queue == queues.deadletter else await MemoryPublisher.open(c)
+
+    monkeypatch.setattr(scheduler, "open_publisher", _pub)
+
+    async def main() -> tuple[Pilot, list[Delivery]]:
+        await put(cfg, "e1", headers={codec.ATTEMPTS: 2})  # this failure is its last attempt
+        pilot = Pilot(cfg)
+        original = pilot._start
+
+        def once(handler: Any, delivery: Delivery) -> None:  # run it once, then stop taking events
+            original(handler, delivery)
+            pilot.request_stop(StopRequest(StopCause.QUEUE_EMPTY, "test: one event"))
+
+        pilot._start = once  # type: ignore[method-assign]
+        await asyncio.wait_for(pilot.run(), 60)
+        return pilot, await take(cfg, queues.incoming)
+
+    pilot, left = asyncio.run(main())
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "dead-lettering fails", rec, 0, len(left))
+    assert (rec["settlement"], rec["dead_lettered"]) == ("released", False)
+    assert pilot.tally.dead_lettered == 0 and [(d.data, d.attempts) for d in left] == [("e1", 2)]
