@@ -155,6 +155,20 @@ def test_queue_put_input_and_file_names(
 
 
 @FUZZ
+@given(
+    broker_type=TEXT,
+    address=TEXT.filter(lambda t: not t.startswith(("/", "~")) and ".." not in t),
+)
+def test_queue_local_broker_options(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], broker_type: str, address: str
+) -> None:
+    # relative addresses only: a local queue is a file, and it must land in the scratch cwd
+    argv = ["queue", "count", "--broker-type", broker_type, "--broker-address", address, "--queue", "q"]
+    code = main(argv)
+    one_line_error_or_ok(code, capsys.readouterr().err)
+
+
+@FUZZ
 @given(broker_type=st.sampled_from(["rabbitmq", "nats", "pulsar"]), address=TEXT)
 def test_queue_broker_address(
     clean_env: Path, capsys: pytest.CaptureFixture[str], broker_type: str, address: str

@@ -110,7 +110,7 @@ def _container_vars(which: str, section: str, what: str, extra_image_help: str) 
             type=ENV_JSON,
             default="{}",
             section=section,
-            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}}',
+            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}} (docker/podman: no line breaks in values)',
             field=f"{which}.env",
         ),
     ]
@@ -152,7 +152,7 @@ def _broker_vars(direction: str) -> list[EnvVar]:
             type=NAME,
             default="",
             section=section,
-            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]`, "
+            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://|amqps://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]` (amqps: TLS, server certificate checked against the system CAs or `SSL_CERT_FILE`), "
             "nats `[nats://][TOKEN@]HOST[:PORT]`, local: the SQLite file; URL passwords are masked in logs",
             field=f"{direction}.address",
             default_doc="required",
@@ -318,7 +318,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=ABS_PATH_LIST,
         default="",
         section="files",
-        help="Absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list)",
+        help="Existing absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list); /, /proc, /sys, /dev, /run, /boot and links into them are refused",
         field="external_directories",
         default_doc="none",
     ),

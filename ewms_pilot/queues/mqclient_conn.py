@@ -30,6 +30,7 @@ from .broker_thread import BrokerThread
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
+Opener = Callable[[BrokerConfig, str, int], Coroutine[Any, Any, Any]]  # (cfg, "sub"|"pub", prefetch)
 
 RETRIES = 1  # oms-mqclient's own retry count per call; the pilot adds its own policy
 RETRY_DELAY = 0.5
@@ -60,12 +61,14 @@ class Connection:
         *,
         serialize: bool = True,
         pump_for: Callable[[Any], Callable[[], None] | None] | None = None,
+        opener: Opener | None = None,
     ) -> None:
         self.cfg = cfg
         self.kind = kind
         self.prefetch = prefetch
         self._serialize = serialize  # False for truly async clients (nats-py)
         self._pump_for = pump_for  # keepalive for blocking clients (pika)
+        self._opener = opener  # the adapter's own connect (RabbitMQ over TLS), else oms-mqclient's
         self.thread = self._new_thread()
         self.raw: Any = None
         self.generation = 0
@@ -105,6 +108,8 @@ class Connection:
             raise BrokerUnavailableError(f"{self.cfg.broker_type}: {e}") from e
 
         async def _open() -> Any:
+            if self._opener is not None:
+                return await self._opener(self.cfg, self.kind, self.prefetch)
             if self.kind == "sub":
                 return await client.create_sub_queue(
                     self.cfg.address, self.cfg.queue, self.prefetch, self.cfg.auth_token
@@ -149,13 +154,14 @@ class MQClientPublisher(Publisher):
     """Outgoing queue on an oms-mqclient broker; adapters override the broker-specific hooks."""
 
     serialize: ClassVar[bool] = True  # one call at a time on the connection's thread
+    open_raw: ClassVar[Opener | None] = None  # connect other than oms-mqclient's factory
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     @classmethod
     def connection(cls, cfg: BrokerConfig) -> Connection:
-        return Connection(cfg, "pub", serialize=cls.serialize)
+        return Connection(cfg, "pub", serialize=cls.serialize, opener=cls.open_raw)
 
     @classmethod
     async def open(cls, cfg: BrokerConfig) -> MQClientPublisher:
@@ -223,6 +229,7 @@ class MQClientSubscription(Subscription):
 
     publisher: ClassVar[type[MQClientPublisher]] = MQClientPublisher  # for requeued copies
     serialize: ClassVar[bool] = True
+    open_raw: ClassVar[Opener | None] = None  # connect other than oms-mqclient's factory
 
     def __init__(self, conn: Connection, prefetch: int) -> None:
         self._conn = conn
@@ -233,7 +240,9 @@ class MQClientSubscription(Subscription):
 
     @classmethod
     async def open(cls, cfg: BrokerConfig, prefetch: int) -> MQClientSubscription:
-        conn = Connection(cfg, "sub", prefetch, serialize=cls.serialize, pump_for=cls.pump_for)
+        conn = Connection(
+            cfg, "sub", prefetch, serialize=cls.serialize, pump_for=cls.pump_for, opener=cls.open_raw
+        )
         await conn.open()
         sub = cls(conn, prefetch)
         await sub.started()

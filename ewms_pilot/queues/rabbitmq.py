@@ -9,27 +9,62 @@ A long task: RabbitMQ has no lease to renew; its `consumer_timeout`
 (default 30 min) closes the channel of an event unacked for longer, and the
 event is redelivered (docs/reliability.md). Heartbeats keep flowing between
 calls (the connection thread's pump).
+
+TLS (`amqps://`): oms-mqclient 2.7 cannot ask pika for it, so `open_rabbitmq`
+builds oms-mqclient's own queue object and adds pika's TLS options before it
+connects; the server's certificate is verified against the system's CAs
+(`SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import pika
 from mqclient.broker_client_interface import Message
+from mqclient.broker_clients.rabbitmq import RabbitMQPub, RabbitMQSub
 
-from .mqclient_conn import SETTLE_TIMEOUT, MQClientPublisher, MQClientSubscription
+from ..config.model import BrokerConfig
+from .mqclient_conn import SETTLE_TIMEOUT, MQClientPublisher, MQClientSubscription, Opener
+
+TLS_SCHEME = "amqps://"
+TLS_PORT = 5671
+
+
+async def open_rabbitmq(cfg: BrokerConfig, kind: str, prefetch: int) -> Any:
+    """oms-mqclient's connected queue object, over TLS for an `amqps://` address."""
+    tls = cfg.address[: len(TLS_SCHEME)].lower() == TLS_SCHEME
+    address = cfg.address[len(TLS_SCHEME) :] if tls else cfg.address
+    queue: Any = (
+        RabbitMQSub(address, cfg.queue, cfg.auth_token, prefetch)
+        if kind == "sub"
+        else RabbitMQPub(address, cfg.queue, cfg.auth_token)
+    )
+    if tls:
+        params = queue.parameters
+        params.ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=params.host)
+        if urllib.parse.urlsplit("//" + address).port is None:
+            params.port = TLS_PORT
+    await queue.connect()
+    return queue
 
 
 class RabbitMQPublisher(MQClientPublisher):
     """Outgoing RabbitMQ queue; `send` returns once the broker confirmed the message."""
+
+    open_raw: ClassVar[Opener | None] = open_rabbitmq
 
 
 class RabbitMQSubscription(MQClientSubscription):
     """Incoming RabbitMQ quorum queue (the broker enforces prefetch too: `basic_qos`)."""
 
     publisher: ClassVar[type[MQClientPublisher]] = RabbitMQPublisher
+    open_raw: ClassVar[Opener | None] = open_rabbitmq
+
     @staticmethod
     def pump_for(raw: Any) -> Callable[[], None] | None:
         """Heartbeats for oms-mqclient's blocking pika connection while tasks run."""
