@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..resources.slot import Slot
+from ..tasks.io import DEFAULT_MAX_RESULT_BYTES
 
 
 class ContainerPlatform(str, enum.Enum):
@@ -99,7 +100,7 @@ class PilotConfig:
     task_memory: int | None = None  # bytes per task; None = no limit (`auto` resolved at load)
     task_gpus: int = 0
     task_log_max: int | None = 16 * 2**20  # bytes kept of each of a task's stdout/stderr; None = all
-    max_result_bytes: int = 64 * 2**20
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     stop_listening_on_task_error: bool = True
     okay_errors: frozenset[str] = frozenset()
     quarantine_time: float = 0.0
