@@ -23,6 +23,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${EWMS_POOL_CACHE:-/var/cache/ewms-pilot-test}"
 WORK="${EWMS_POOL_WORK:-/var/lib/ewms-pilot-pool/work}"
+SITE="${EWMS_POOL_SITE:-/var/lib/ewms-pilot-pool/site}" # read-only in jobs, like site data
 NAME="${EWMS_POOL_NAME:-ewms-htcondor-pool}"
 MIRROR="${EWMS_POOL_MIRROR:-http://deb.debian.org/debian}"
 CA_BUNDLE="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
@@ -72,8 +73,8 @@ TRUST_UID_DOMAIN = True
 SOFT_UID_DOMAIN = True
 SEC_DEFAULT_AUTHENTICATION_METHODS = FS
 # container-universe jobs see the cache read-only, as jobs at a site see /cvmfs
-# (the task sandbox the pilot runs its tasks from lives there)
-SINGULARITY_BIND_EXPR = "'"$CACHE:$CACHE:ro"'"
+# (the task sandbox the pilot runs its tasks from lives there), and a site data dir
+SINGULARITY_BIND_EXPR = "'"$CACHE:$CACHE:ro,$SITE:$SITE:ro"'"
 ALLOW_WRITE = *
 ALLOW_READ = *
 '
@@ -255,7 +256,7 @@ cmd_up() {
     fi
     if ! running; then
         podman rm -f "$NAME" >/dev/null 2>&1 || true
-        mkdir -p "$WORK" && chmod 1777 "$WORK"
+        mkdir -p "$WORK" "$SITE" && chmod 1777 "$WORK" && chmod 0755 "$SITE"
         grep -qw "$(hostname)" "$ROOTFS/etc/hosts" 2>/dev/null ||
             echo "127.0.0.1 $(hostname)" >>"$ROOTFS/etc/hosts"
         # stale daemon state of a previous run (pids, addresses, jobs of another pool)
@@ -266,6 +267,7 @@ cmd_up() {
             --label "org.ewms-pilot.pool=$want_label" \
             -v "$REPO:/opt/ewms-pilot-src:ro" \
             -v "$WORK:$WORK" \
+            -v "$SITE:$SITE" \
             -v "$CACHE:$CACHE" \
             --rootfs "$ROOTFS" condor_master -f >/dev/null ||
             die "podman run of the pool container failed"

@@ -7,7 +7,6 @@ machine without a working pool is a red run, never a skip.
 
 from __future__ import annotations
 
-import dataclasses as dc
 import shutil
 import subprocess
 import uuid
@@ -15,13 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from poolkit import WORK, PoolError, pool_script
-
-
-@dc.dataclass(frozen=True)
-class Pool:
-    task_sandbox: str  # the test image as an apptainer sandbox (the shape of a CVMFS image)
-    pilot_sandbox: str  # the apptainer-flavour pilot image as a sandbox
+from poolkit import WORK, Pool, PoolError, pool_script
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ and outside the container), so the test reads the job's files directly.
 
 from __future__ import annotations
 
+import dataclasses as dc
 import json
 import os
 import shlex
@@ -27,7 +28,18 @@ from jobfiles import write_job_dir  # noqa: E402
 POOL_SCRIPT = REPO / "scripts" / "htcondor-pool.sh"
 POOL_NAME = os.environ.get("EWMS_POOL_NAME", "ewms-htcondor-pool")
 WORK = Path(os.environ.get("EWMS_POOL_WORK", "/var/lib/ewms-pilot-pool/work"))
+#: bound read-only into container-universe jobs (site data, like /cvmfs); written by tests
+SITE = Path(os.environ.get("EWMS_POOL_SITE", "/var/lib/ewms-pilot-pool/site"))
+JOB_HELD = 5  # JobStatus
 SUBMITTER_UID = 1500  # the pool's ordinary user `ewms` (scripts/htcondor-pool.sh)
+
+
+@dc.dataclass(frozen=True)
+class Pool:
+    """The running pool's images (the `pool` fixture)."""
+
+    task_sandbox: str  # the test image as an apptainer sandbox (the shape of a CVMFS image)
+    pilot_sandbox: str  # the apptainer-flavour pilot image as a sandbox
 
 
 class PoolError(Exception):
@@ -119,7 +131,12 @@ def wait_left_queue(cluster: int, n_jobs: int, timeout: float) -> list[dict[str,
     """Wait until all `n_jobs` of `cluster` are in the history; their history ads."""
 
     def done() -> list[dict[str, Any]] | None:
-        if job_ads(cluster, ["ProcId"]):
+        queued = job_ads(cluster, ["ProcId", "JobStatus", "HoldReason"])
+        if held := [ad for ad in queued if ad.get("JobStatus") == JOB_HELD]:
+            raise PoolError(
+                f"job {cluster}.{held[0]['ProcId']} was held: {held[0].get('HoldReason')}"
+            )
+        if queued:
             return None
         ads = history_ads(cluster)
         return ads if len(ads) >= n_jobs else None
