@@ -1,6 +1,14 @@
-"""ewms-pilot: an event-driven task pilot for HTCondor (see README)."""
+"""ewms-pilot: an event-driven task pilot for HTCondor (see README).
+
+The 1.x names (`consume_and_reply`, `ContainerRunError`) are imported on first
+use, not here: `import ewms_pilot.worker` (what a task container runs) must
+load nothing but the standard library — no scheduler, broker clients or htchirp.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 try:
     from importlib.metadata import version as _version
@@ -9,6 +17,23 @@ try:
 except Exception:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-from .api import consume_and_reply
+#: public name -> the module that defines it
+_LAZY = {
+    "consume_and_reply": "ewms_pilot.api",
+    "ContainerRunError": "ewms_pilot.tasks.errors",
+}
 
-__all__ = ["__version__", "consume_and_reply"]
+__all__ = ["ContainerRunError", "__version__", "consume_and_reply"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ewms_pilot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 class PilotError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Its text is scrubbed when it is made (`config.redact.scrub`): an error often
+    quotes a broker client's message, which may quote the address with its password.
+    """
+
+    def __init__(self, *args: object) -> None:
+        from .config.redact import scrub
+
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(PilotError):
@@ -17,7 +26,7 @@ class ConfigError(PilotError):
         self.variable = variable
         self.value = value
         self.expected = expected
-        super().__init__(f"{variable}={value!r}: expected {expected}")
+        super().__init__(f"{variable}={value!r}: expected {expected}")  # scrubbed there
 
 
 class BrokerError(PilotError):
@@ -26,3 +35,10 @@ class BrokerError(PilotError):
 
 class BrokerUnavailableError(BrokerError):
     """The broker cannot be reached at all (connect refused, DNS, auth)."""
+
+
+class ResultRejectedError(BrokerError):
+    """The broker refused this message for good (too large, rejected): retrying cannot help.
+
+    The event whose result it was failed (it counts as an attempt); the pilot never retries it.
+    """

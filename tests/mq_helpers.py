@@ -6,6 +6,7 @@ they check is exactly what a real EWMS workflow would see on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -53,3 +54,61 @@ async def drain(
             if expect is not None and len(got) >= expect:
                 break
     return got
+
+
+async def publish_raw(broker_type: str, address: str, queue: str, payloads: list[bytes]) -> None:
+    """Put bytes that are NOT (necessarily) oms-mqclient messages straight into a queue."""
+    if broker_type in ("local", "memory"):
+        from ewms_pilot.config.model import BrokerConfig
+
+        cfg = BrokerConfig(queue=queue, broker_type=broker_type, address=address)
+        if broker_type == "memory":
+            from ewms_pilot.queues.memory import memory_queue
+
+            for p in payloads:
+                memory_queue(cfg).publish(p)
+            return
+        from ewms_pilot.queues.local_store import LocalStore, check_address
+
+        def _local() -> None:
+            store = LocalStore(check_address(address), queue, durable=True)
+            try:
+                for p in payloads:
+                    store.publish(p)
+            finally:
+                store.close()
+
+        await asyncio.to_thread(_local)
+    elif broker_type == "rabbitmq":
+        await asyncio.to_thread(_rabbitmq_raw, address, queue, payloads)
+    elif broker_type == "nats":
+        await _nats_raw(address, queue, payloads)
+    else:
+        raise ValueError(broker_type)
+
+
+def _rabbitmq_raw(address: str, queue: str, payloads: list[bytes]) -> None:
+    import pika
+
+    host, _, port = address.partition(":")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host=host, port=int(port or 5672)))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})  # as oms-mqclient
+        for p in payloads:
+            ch.basic_publish("", queue, p, pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+
+
+async def _nats_raw(address: str, queue: str, payloads: list[bytes]) -> None:
+    import nats
+
+    nc = await nats.connect(address, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream(timeout=10)
+        await js.add_stream(name=f"{queue}-stream", subjects=[f"{queue}-subject"])  # oms-mqclient's names
+        for p in payloads:
+            await js.publish(f"{queue}-subject", p)
+    finally:
+        await nc.close()

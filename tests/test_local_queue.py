@@ -25,8 +25,7 @@ from mqclient.broker_client_interface import Message
 from ewms_pilot.config.model import BrokerConfig
 from ewms_pilot.errors import BrokerUnavailableError, ConfigError
 from ewms_pilot.liveness import ProcessIdentity, current, is_surely_dead
-from ewms_pilot.queues import open_publisher, open_subscription
-from ewms_pilot.queues.base import DECODE_ERROR_HEADER
+from ewms_pilot.queues import Settlement, open_publisher, open_subscription
 from ewms_pilot.queues.local import LocalSubscription, local_counts
 
 
@@ -106,7 +105,7 @@ async def test_nack_redelivers_at_once_with_growing_delivery_count(db: Path) -> 
         assert d is not None
         assert time.monotonic() - start < 1  # immediately ready again, no redelivery delay
         assert (d.data, d.delivery_count) == ("first", expected_count)
-        await sub.nack(d)
+        await sub.release(d)
     d = await sub.get(1)
     assert d is not None and d.data == "first"
     await sub.ack(d)
@@ -145,7 +144,7 @@ async def test_prefetch_limits_unacked_deliveries(db: Path) -> None:
     c = await sub.get(1)
     assert c is not None and c.data == 2
     assert await sub.get(0.2) is None
-    await sub.nack(b)
+    await sub.release(b)
     d = await sub.get(1)
     assert d is not None and (d.data, d.delivery_count) == (1, 2)
     await sub.close()
@@ -194,7 +193,7 @@ async def test_cancelled_get_never_strands_an_event(db: Path) -> None:
             assert await local_counts(cfg) == {"ready": 1, "in_flight": 0, "dead": 0}
         else:
             assert d is not None
-            await sub.nack(d)
+            await sub.release(d)
     assert sub.in_flight == 0
     d = await sub.get(1)
     assert d is not None and d.data == "x"
@@ -226,7 +225,8 @@ async def test_foreign_payload_is_handed_over_with_decode_error(db: Path) -> Non
     sub = await open_subscription(_cfg(db), prefetch=2)
     first, second = await sub.get(1), await sub.get(1)
     assert first is not None and first.data == "ok"
-    assert second is not None and second.data is None and DECODE_ERROR_HEADER in second.headers
+    assert second is not None and second.data is None and second.decode_error is not None
+    assert second.raw_payload == b"garbage"
     await sub.close()
 
 
@@ -265,7 +265,8 @@ async def test_expired_lease_returns_event_and_stale_ack_is_skipped(db: Path) ->
     assert await other.get(0.1) is None  # lease still valid
     d_other = await other.get(5)
     assert d_other is not None and (d_other.data, d_other.delivery_count) == ("e", 2)
-    await slow.ack(d_slow)  # too late: skipped, the event belongs to `other` now
+    # too late: not done, and said so; the event belongs to `other` now
+    assert await slow.ack(d_slow) is Settlement.LEFT
     assert await local_counts(cfg) == {"ready": 0, "in_flight": 1, "dead": 0}
     await other.ack(d_other)
     assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}

@@ -18,7 +18,7 @@ import pytest
 
 from ewms_pilot.runtimes import PodmanRuntime, RuntimeUnavailableError
 from ewms_pilot.runtimes.base import CONTAINER_TASK_IO, OWNER_LABEL, Mount, RunSpec
-from ewms_pilot.runtimes.mounts import build_mounts
+from ewms_pilot.runtimes.mounts import external_mounts
 from ewms_pilot.tasks.process import ProcessOutcome, run_to_completion
 
 pytestmark = pytest.mark.podman
@@ -95,21 +95,24 @@ async def test_task_writes_to_bind_mount_and_sees_env(
     io_dir = tmp_path / "io"
     io_dir.mkdir()
     (io_dir / "in.txt").write_text("21")
-    value = "a b \"c\" 'd' $(id) `id` ${HOME}\nline2, x=y"
+    value = " a b \"c\" 'd' $(id) `id` ${HOME}, x=y # not a comment "
     code = (
         "import os;"
         f"n = int(open('{CONTAINER_TASK_IO}/in.txt').read());"
         f"open('{CONTAINER_TASK_IO}/out.txt', 'w').write(str(n * 2));"
         "print(repr(os.environ['TRICKY']))"
     )
+    env_file = tmp_path / "task.env"
     spec = make_spec(
-        image, name, code, env={"TRICKY": value}, mounts=(Mount(io_dir, CONTAINER_TASK_IO),)
+        image, name, code, env={"TRICKY": value}, mounts=(Mount(io_dir, CONTAINER_TASK_IO),),
+        env_file=env_file,
     )
     outcome = await run(tmp_path, spec)
     assert outcome.exit_code == 0, (tmp_path / "stderr").read_text()
     assert (io_dir / "out.txt").read_text() == "42"
-    assert (tmp_path / "stdout").read_text() == repr(value) + "\n"
+    assert (tmp_path / "stdout").read_text() == repr(value) + "\n"  # through the env file, as is
     assert containers_named(name) == []  # --rm
+    assert not env_file.exists()  # removed once the client exited
 
 
 async def test_read_only_external_directory_cannot_be_written(
@@ -118,7 +121,7 @@ async def test_read_only_external_directory_cannot_be_written(
     ext = tmp_path / "external"
     ext.mkdir()
     (ext / "data.txt").write_text("site data")
-    mounts = build_mounts(data_hub=None, task_io=None, external_directories=[ext])
+    mounts = external_mounts([ext], PodmanRuntime.mount_forbidden_chars)
     code = (
         f"print(open('{ext}/data.txt').read());"
         f"open('{ext}/new.txt', 'w').write('x')"  # must fail

@@ -222,7 +222,7 @@ def test_auth_token_env_must_exist_when_named(local: list[str]) -> None:
 def test_count_not_supported_for_remote_brokers() -> None:
     for broker in ("rabbitmq", "nats"):
         err = _error_line(queue_cli("count", *_where(broker, "127.0.0.1", "q")), 2)
-        assert err == f"count is not supported for {broker}"
+        assert err == f"ewms-pilot queue count: error: --broker-type={broker!r}: expected local (count works on local queues only)"
 
 
 # --------------------------------------------------------------------------- real brokers

@@ -41,7 +41,8 @@ def real_stderr(code: str) -> str:
 
 def test_names_cover_leaf_and_bases_for_okay_errors() -> None:
     err = TaskTimeoutError.after(5.0)
-    assert err.names() == {"TaskTimeoutError", "ContainerRunError", "TaskFailure"}
+    # TimeoutError: what 1.x users wrote in OKAY_ERRORS to keep a pilot going after a timeout
+    assert err.names() == {"TaskTimeoutError", "ContainerRunError", "TaskFailure", "TimeoutError"}
     assert FailurePatternError.names() == {
         "FailurePatternError",
         "ContainerRunError",
@@ -240,3 +241,70 @@ def test_tail_of_one_huge_line_and_of_small_or_missing_files(tmp_path: Path) -> 
     assert read_tail(small) == "héllo\nwörld\n"
     assert read_tail(tmp_path / "never-written") == ""
     assert read_tail(tmp_path) == ""  # a directory: still no exception
+
+
+# --- reasons aggregate across pilots; detail keeps the task's own text ----------------
+
+
+def test_identical_failures_on_different_pilots_have_the_same_reason() -> None:
+    """TMS counts identical HTChirpEWMSPilotError strings: task ids, task dirs, temp names, times differ per pilot."""
+
+    def stderr(scratch: str, task_id: str, when: str) -> str:
+        return (
+            f"{when} INFO starting\n"
+            f"{when} ERROR cannot open {scratch}/ewms-pilot-data/{task_id}/task-io/infile-{task_id}.json "
+            f"(cache {scratch}/tmp/tmpk3j_x9aq/table.fits)\n"
+        )
+
+    one = ContainerRunError.from_exit(1, stderr("/var/lib/condor/execute/dir_4711", "1a2b3c4d5e6f", "2026-12-01 08:00:01,123"))
+    two = ContainerRunError.from_exit(1, stderr("/var/lib/condor/execute/dir_99", "0f9e8d7c6b5a", "2026-12-02T17:45:09"))
+    assert one.reason == two.reason == (
+        "exited with code 1: <time> ERROR cannot open <task dir>/task-io/infile-<id>.json "
+        "(cache /var/lib/condor/execute/dir_<n>/tmp/tmp<x>/table.fits)"
+    )
+    assert "1a2b3c4d5e6f" not in one.reason and "dir_4711" not in one.reason and "08:00" not in one.reason
+    # the detail is the task's own text, for whoever debugs it
+    assert "1a2b3c4d5e6f" in one.detail and "0f9e8d7c6b5a" in two.detail
+
+
+def test_detail_is_the_last_traceback_else_the_stderr_tail() -> None:
+    chained = real_stderr(
+        """
+        import sys
+        try:
+            {}["missing"]
+        except KeyError:
+            raise OSError(107, "Transport endpoint is not connected")
+        """
+    )
+    err = ContainerRunError.from_exit(1, "some progress output\n" + chained)
+    assert err.detail.startswith("Traceback (most recent call last):")
+    assert "KeyError" not in err.detail  # the earlier traceback of the chain is not the last one
+    assert err.detail.endswith("OSError: [Errno 107] Transport endpoint is not connected")
+
+    group = real_stderr(
+        """
+        def a(): raise ValueError("a")
+        def b(): raise TypeError("b")
+        errors = []
+        for f in (a, b):
+            try:
+                f()
+            except Exception as e:
+                errors.append(e)
+        raise ExceptionGroup("two failures", errors)
+        """
+    )
+    assert group.count("Traceback (most recent call last):") == 3  # the group's, and one per member
+    detail = ContainerRunError.from_exit(1, group).detail
+    assert detail.startswith("  + Exception Group Traceback (most recent call last):")
+    assert "ValueError: a" in detail and "TypeError: b" in detail
+
+    plain = "".join(f"step {i}\n" for i in range(100)) + "curl: (22) The requested URL returned error: 404\n"
+    tail = TaskTimeoutError.after(5, plain).detail.splitlines()
+    assert len(tail) == 20 and tail[-1].startswith("curl: (22)") and tail[0] == "step 81"
+
+    huge = "Traceback (most recent call last):\n" + "".join(f'  File "m{i}.py", line 1, in f\n' for i in range(5000)) + "ValueError: deep\n"
+    cut = ContainerRunError.from_exit(1, huge).detail
+    assert len(cut) < 17_000 and "characters cut]" in cut
+    assert cut.startswith("Traceback (most recent call last):") and cut.endswith("ValueError: deep")

@@ -25,8 +25,9 @@ from ewms_pilot.tasks.taskdir import TaskDir, new_task_id, normalize_ext
 
 
 @pytest.fixture
-def strict_umask() -> Iterator[None]:
-    old = os.umask(0o077)
+def lax_umask() -> Iterator[None]:
+    """A umask that lets others read: what the pilot's own modes must not depend on."""
+    old = os.umask(0o022)
     try:
         yield
     finally:
@@ -212,10 +213,10 @@ def test_infile_is_never_written_through_a_planted_link_or_fifo(tmp_path: Path) 
     assert not (tmp_path / "task" / "real-io" / "infile-c.txt").exists()
 
 
-def test_infile_readable_by_another_user_despite_umask(tmp_path: Path, strict_umask: None) -> None:
+def test_infile_is_owner_only_whatever_the_umask(tmp_path: Path, lax_umask: None) -> None:
     path = tmp_path / "infile.in"
     write_infile("x", path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 # --- outfile errors ------------------------------------------------------------------
@@ -362,7 +363,7 @@ def test_extension_normalization(given: str, want: str) -> None:
     assert normalize_ext(given) == want
 
 
-def test_taskdir_layout_and_permissions(tmp_path: Path, strict_umask: None) -> None:
+def test_taskdir_layout_and_permissions(tmp_path: Path, lax_umask: None) -> None:
     data_dir = tmp_path / "ewms-pilot-data"
     td = TaskDir.create(data_dir, "0123abcd4567", "json", ".OUT")
     assert td.root == data_dir / "0123abcd4567"
@@ -371,8 +372,9 @@ def test_taskdir_layout_and_permissions(tmp_path: Path, strict_umask: None) -> N
     assert td.stdout == td.root / "outputs" / "stdoutfile"
     assert td.stderr == td.root / "outputs" / "stderrfile"
     assert td.task_io.is_dir() and td.outputs.is_dir()
-    # a non-root user inside a container must be able to write the outfile
-    assert stat.S_IMODE(td.task_io.stat().st_mode) == 0o777
+    # the pilot's user only (a container writes as root or as that user: docs/sandbox.md)
+    for d in (td.root, td.task_io, td.outputs):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
     no_ext = TaskDir.layout(data_dir, "t2", "", "")
     assert no_ext.infile.name == "infile-t2" and no_ext.outfile.name == "outfile-t2"
 

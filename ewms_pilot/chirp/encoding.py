@@ -148,10 +148,15 @@ def job_attr_expr(name: str, value: str | int) -> str:
 
 
 def ulog_text(name: str, value: str | int) -> str:
-    """The job-event-log line `<name>: <literal>`, truncated so the starter keeps all of it."""
+    """The job-event-log line `<name>: "<text>"`, truncated so the starter keeps all of it.
+
+    Every value is a ClassAd *string* here, numbers too: the EWMS TMS reads each
+    line as `Attr: value` and passes the value to `classad.unquote`, which only
+    takes string literals (1.x wrote them that way).
+    """
 
     def line(v: str | int) -> str:
-        return f"{name}: {classad_literal(v)}"
+        return f"{name}: {classad_quote(str(v))}"
 
     if len(line(value).encode()) <= ULOG_TEXT_MAX:
         return line(value)

@@ -6,7 +6,8 @@ use, takes the items in order and does the blocking Chirp socket I/O
 (`sender.ChirpSender`). Status, error and end-reason changes are sent at once;
 task counts wait in the backlog until `ratelimit_interval` has passed since the
 last send (the thread wakes up for that itself), and ride along with any earlier
-immediate send. `close()` (sync, bounded by a timeout) or `aclose()` (async,
+immediate send. A value equal to the one last sent for its attribute is not
+sent again (HTCondor logs every `set_job_attr` as a change, even 11 -> 11). `close()` (sync, bounded by a timeout) or `aclose()` (async,
 polls without blocking the loop) flushes the backlog and stops the thread.
 
 Chirp being absent (not under HTCondor, connection refused, wrong cookie) is
@@ -24,6 +25,7 @@ import time
 import traceback
 
 from ..config.model import ChirpDest, PilotConfig
+from ..tasks.errors import TaskFailure
 from .sender import ChirpSender, Value
 from .status import ChirpAttr, PilotStatus
 
@@ -107,12 +109,18 @@ class ChirpReporter:
     def set_error(self, exc: BaseException | str, traceback_text: str | None = None) -> None:
         """The error that ends (or hurts) the pilot, with its traceback, sent now.
 
-        Without `traceback_text`, an exception's own traceback is used if it was raised.
+        A failed task (`TaskFailure`) is reported by type and `reason`, which carry
+        no per-task noise, so identical failures on many pilots read the same; its
+        traceback is the task's own (`detail`), not the pilot's. For any other
+        exception without `traceback_text`, its own traceback is used if it was raised.
         """
         if not self._active():
             return
         values: dict[ChirpAttr, Value] = {}
-        if isinstance(exc, BaseException):
+        if isinstance(exc, TaskFailure):
+            values[ChirpAttr.HTChirpEWMSPilotError] = f"{type(exc).__name__}: {exc.reason}"
+            traceback_text = traceback_text or exc.detail or None
+        elif isinstance(exc, BaseException):
             values[ChirpAttr.HTChirpEWMSPilotError] = f"{type(exc).__name__}: {exc}"
             if traceback_text is None and exc.__traceback__ is not None:
                 traceback_text = "".join(traceback.format_exception(exc))

@@ -11,6 +11,7 @@ import math
 import time
 
 from ..config.model import ChirpDest
+from ..config.redact import scrub
 from . import encoding
 from .connection import (
     ChirpConnection,
@@ -36,12 +37,24 @@ class ChirpSender:
         self._last_send = -math.inf  # monotonic time the last batch finished
         self._in_outage = False  # a batch was given up; warn again only after a success
         self._rejected: set[ChirpAttr] = set()  # attributes already warned about
+        self._sent: dict[ChirpAttr, Value] = {}  # the value the server last accepted, per attribute
         self.unavailable = False  # chirp never worked: drop everything from now on
 
     def add(self, values: dict[ChirpAttr, Value]) -> None:
-        """Replace the pending value of each attribute (only the latest one matters)."""
-        if not self.unavailable:
-            self._backlog.update(values)
+        """Replace the pending value of each attribute (only the latest one matters).
+
+        A value equal to the one the server last accepted is not pending: it is
+        not sent again.
+        """
+        if self.unavailable:
+            return
+        for attr, value in values.items():
+            if isinstance(value, str):  # the one way in: values quote errors, errors may quote addresses
+                value = scrub(value)
+            if self._sent.get(attr) == value:
+                self._backlog.pop(attr, None)
+            else:
+                self._backlog[attr] = value
 
     def seconds_until_due(self) -> float | None:
         """None when nothing is pending, else how long the rate limit still holds the backlog."""
@@ -70,6 +83,7 @@ class ChirpSender:
         for i, (attr, value) in enumerate(items):
             try:
                 self._send(attr, value)
+                self._sent[attr] = value
             except ChirpUnavailableError as e:
                 self.unavailable = True
                 LOGGER.warning(

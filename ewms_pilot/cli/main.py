@@ -21,13 +21,14 @@ from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
 from ..pilot.scheduler import Pilot
 from ..pilot.shutdown import StopCause, StopRequest
-from .logs import configure_logging
+from .logs import configure_logging, install_scrubber, say, scrub_uncaught
+from .options import OneLineParser, progress_interval
 
 LOGGER = logging.getLogger("ewms_pilot")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="ewms-pilot",
         description="Event-driven task pilot: consumes events, runs a task per event, publishes results. "
         "Configured with EWMS_PILOT_* environment variables (see `ewms-pilot config --list`).",
@@ -37,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pilot (the default)")
     run.add_argument("--no-progress", action="store_true", help="no status line")
     run.add_argument(
-        "--progress-interval", type=float, default=None, metavar="S",
-        help="seconds between status lines (default: 0.5 on a terminal, 30 otherwise)",
+        "--progress-interval", type=progress_interval, default=None, metavar="S",
+        help="seconds between status lines, at least 0.1 (default: 0.5 on a terminal, 30 otherwise)",
     )
     cfg = sub.add_parser("config", help="show the configuration variables or check the environment")
     group = cfg.add_mutually_exclusive_group(required=True)
@@ -52,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (one line, exit 2), --help, --version
+        return e.code if isinstance(e.code, int) else int(ExitCode.CONFIG)
+    install_scrubber()  # warnings while the config loads go to logging's last-resort handler
+    scrub_uncaught()
     command = args.command or "run"
     if command == "queue":
         from .queue_cmd import run_queue_command
@@ -63,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
     configure_logging(cfg.log_level, cfg.log_level_third_party)
     progress = not getattr(args, "no_progress", False)
@@ -97,11 +103,12 @@ def _config_command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(os.environ)
     except ConfigError as e:
-        print(f"ewms-pilot: configuration error: {e}", file=sys.stderr)
+        say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
-    from ..config.redact import effective_config_lines
+    from ..config.banner import effective_config_lines
+    from ..config.redact import scrub
 
-    print("\n".join(effective_config_lines(cfg)))
+    print(scrub("\n".join(effective_config_lines(cfg))))
     return 0
 
 
@@ -131,7 +138,7 @@ async def run_pilot(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if request.cause != StopCause.QUEUE_EMPTY:
-        print(f"ewms-pilot: {request.reason}", file=sys.stderr)
+        say(f"ewms-pilot: {request.reason}")
     return request.exit_code
 
 

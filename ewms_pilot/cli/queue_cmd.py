@@ -21,11 +21,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..config import jsontext
+from ..config.addresses import normalize_address
 from ..config.model import BrokerConfig
+from ..config.redact import redact_url, register_address, register_secret
+from ..config.types import QUEUE_NAME
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
-from ..queues.base import DECODE_ERROR_HEADER
 from ..queues.factory import LOCAL, open_publisher, open_subscription
+from .logs import install_scrubber, say, scrub_uncaught
+from .options import OneLineParser, env_name, positive_count, queue_timeout
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
 DEFAULT_TOKEN_ENV = "EWMS_PILOT_QUEUE_AUTH_TOKEN"
@@ -46,27 +51,24 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="broker URL/host, or for `local` the SQLite database file",
     )
-    p.add_argument("--queue", required=True, help="queue name")
+    p.add_argument("--queue", required=True, type=_queue_name, help="queue name")
     p.add_argument(
         "--auth-token-env",
+        type=env_name,
         default=DEFAULT_TOKEN_ENV,
         metavar="NAME",
         help=f"environment variable holding the auth token (default: {DEFAULT_TOKEN_ENV})",
     )
 
 
-def _positive_int(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {n})")
-    return n
-
-
-def _non_negative_float(text: str) -> float:
-    x = float(text)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
-    return x
+def _queue_name(text: str) -> str:
+    try:
+        name = QUEUE_NAME.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected {e}") from None
+    if not isinstance(name, str) or not name:
+        raise argparse.ArgumentTypeError("expected a queue name")
+    return name
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +91,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
         "until none arrived for --timeout seconds or --max were taken.",
     )
     _broker_args(get)
-    get.add_argument("--timeout", type=_non_negative_float, default=5.0, metavar="S")
-    get.add_argument("--max", type=_positive_int, default=None, metavar="N")
+    get.add_argument("--timeout", type=queue_timeout, default=5.0, metavar="S")
+    get.add_argument("--max", type=positive_count, default=None, metavar="N")
 
     count = cmds.add_parser(
         "count",
@@ -100,7 +102,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     count.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def add_queue_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_queue_parser(subparsers: argparse._SubParsersAction[OneLineParser]) -> None:
     """Register `queue` (with put/get/count) on the main `ewms-pilot` parser."""
     parser = subparsers.add_parser(
         "queue",
@@ -125,7 +127,9 @@ def _read_sources(files: Sequence[str]) -> list[tuple[str, bytes]]:
             with open(name, "rb") as f:
                 out.append((name, f.read()))
         except OSError as e:
-            raise InputError(f"cannot read {name}: {e.strerror or e}") from e
+            raise InputError(f"cannot read {name!r}: {e.strerror or e}") from e
+        except ValueError as e:  # a NUL in the name
+            raise InputError(f"cannot read {name!r}: {e}") from e
     return out
 
 
@@ -145,11 +149,12 @@ def parse_lines(sources: list[tuple[str, bytes]], as_json: bool) -> list[Any]:
             if not as_json:
                 events.append(text)
                 continue
+            if not text.strip():
+                raise InputError(f"{name}:{number}: not valid JSON (empty line)")
             try:
-                events.append(json.loads(text))
-            except json.JSONDecodeError as e:
-                why = "empty line" if not text.strip() else f"{e.msg} at column {e.colno}"
-                raise InputError(f"{name}:{number}: not valid JSON ({why})") from e
+                events.append(jsontext.loads(text))
+            except ValueError as e:
+                raise InputError(f"{name}:{number}: not valid JSON ({e})") from e
     return events
 
 
@@ -162,10 +167,16 @@ def _broker_config(args: argparse.Namespace) -> BrokerConfig:
         raise ConfigError(
             args.auth_token_env, "<unset>", "the auth token (named by --auth-token-env)"
         )
+    register_secret(token or "")
+    register_address(args.broker_address)
+    try:
+        address = normalize_address(args.broker_type, args.broker_address)
+    except ValueError as e:
+        raise ConfigError("--broker-address", redact_url(args.broker_address), str(e)) from None
     return BrokerConfig(
         queue=args.queue,
         broker_type=args.broker_type,
-        address=args.broker_address,
+        address=address,
         auth_token=token or "",
     )
 
@@ -209,26 +220,26 @@ async def _get(args: argparse.Namespace) -> int:
             delivery = await sub.get(args.timeout)
             if delivery is None:
                 break
-            if DECODE_ERROR_HEADER in delivery.headers:
-                await sub.nack(delivery)
+            if delivery.decode_error is not None:
+                await sub.release(delivery)
                 raise BrokerError(
                     f"event {delivery.msg_id} is not in oms-mqclient's format "
-                    f"({delivery.headers[DECODE_ERROR_HEADER]}); left in the queue"
+                    f"({delivery.decode_error}); left in the queue"
                 )
             try:  # printed first, acked after: a failed write leaves the event queued
                 await asyncio.to_thread(_emit, _json_line(delivery.data))
             except BrokenPipeError:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 _silence_stdout()
                 return ExitCode.OK
             except BaseException:
-                await sub.nack(delivery)
+                await sub.release(delivery)
                 raise
             await sub.ack(delivery)
             taken += 1
     finally:
         await sub.close()
-    print(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'", file=sys.stderr)
+    say(f"took {taken} event(s) from {cfg.broker_type} queue '{cfg.queue}'")
     return ExitCode.OK
 
 
@@ -242,8 +253,7 @@ def _silence_stdout() -> None:
 async def _count(args: argparse.Namespace) -> int:
     cfg = _broker_config(args)
     if cfg.broker_type != LOCAL:
-        print(f"count is not supported for {cfg.broker_type}", file=sys.stderr)
-        return ExitCode.CONFIG
+        raise ConfigError("--broker-type", cfg.broker_type, "local (count works on local queues only)")
     from ..queues.local import local_counts
 
     counts = await local_counts(cfg)
@@ -261,24 +271,30 @@ _COMMANDS = {"put": _put, "get": _get, "count": _count}
 def run_queue_command(args: argparse.Namespace) -> int:
     """Run the parsed `queue` subcommand; returns the process exit code (errors are one line)."""
     where = f"ewms-pilot queue {args.queue_command}"
+    install_scrubber()
     try:
         return asyncio.run(_COMMANDS[args.queue_command](args))
     except (ConfigError, InputError) as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.CONFIG
     except BrokerError as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        say(f"{where}: error: {e}")
         return ExitCode.BROKER
     except KeyboardInterrupt:
-        print(f"{where}: interrupted", file=sys.stderr)
+        say(f"{where}: interrupted")
         return ExitCode.EVICTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ewms_pilot.cli.queue_cmd put|get|count ...` (same surface as `ewms-pilot queue`)."""
-    parser = argparse.ArgumentParser(prog="ewms-pilot queue", description=__doc__)
+    parser = OneLineParser(prog="ewms-pilot queue", description=__doc__)
     _add_commands(parser)
-    return run_queue_command(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage error (one line, exit 2) or --help
+        return e.code if isinstance(e.code, int) else int(ExitCode.CONFIG)
+    scrub_uncaught()
+    return run_queue_command(args)
 
 
 if __name__ == "__main__":

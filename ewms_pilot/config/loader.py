@@ -1,90 +1,56 @@
 """Build the frozen `PilotConfig` from an environ mapping, or explain the first mistake.
 
 Only the mapping passed in is read (never `os.environ`), so the CLI, the 1.x
-`consume_and_reply(**kwargs)` API and tests all go through the same checks.
+`consume_and_reply(...)` API and tests all go through the same checks. Every
+value is parsed by its table entry and lands in the field the entry names;
+what is left here are the rules between settings. Nothing is created or
+connected: a config error means nothing was consumed.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from ..errors import ConfigError
 from ..tasks.args import PLACEHOLDERS, split_args
-from .model import (
-    BrokerConfig,
-    ChirpDest,
-    ContainerConfig,
-    ContainerPlatform,
-    PilotConfig,
-    TaskMode,
-)
-from .redact import MASK, redact_url
-from .variables import BY_NAME, PREFIXES, VARIABLES, EnvVar
+from .addresses import normalize_address
+from .checks import check_loaded
+from .datadir import SCRATCH_VAR, scratch_dir
+from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig, TaskMode
+from .names import check_unknown_names, suggest, unknown_names
+from .redact import MASK, looks_secret, register_settings, scrub
+from .variables import BY_NAME, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-# how close an unknown name must be to a known one to be called a typo (difflib ratio)
-_TYPO_CUTOFF_SUFFIX = 0.8  # comparing the part after `EWMS_PILOT_`
-_TYPO_CUTOFF_FULL = 0.9  # comparing whole names (typo in the prefix itself)
+# nested configs of `PilotConfig`, by the first part of a table entry's `field`
+_GROUPS: Mapping[str, type[ContainerConfig] | type[BrokerConfig]] = {
+    "task": ContainerConfig,
+    "init": ContainerConfig,
+    "teardown": ContainerConfig,
+    "incoming": BrokerConfig,
+    "outgoing": BrokerConfig,
+}
 
 
 def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     """The value as an error may show it: secrets masked, URL passwords masked."""
-    if (var is not None and var.secret) or "TOKEN" in name.upper():
+    if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return redact_url(raw)
+        return scrub(raw)
     return raw
-
-
-def _suggest(key: str) -> str | None:
-    """The known variable `key` is probably a misspelling of, if any."""
-    upper = key.upper()
-    if upper in BY_NAME:  # wrong case only
-        return BY_NAME[upper].name
-    for prefix in PREFIXES:
-        if upper.startswith(prefix):
-            suffixes = {n[len(prefix) :]: n for n in BY_NAME if n.startswith(prefix)}
-            hits = difflib.get_close_matches(
-                upper[len(prefix) :], suffixes, n=1, cutoff=_TYPO_CUTOFF_SUFFIX
-            )
-            if hits:
-                return BY_NAME[suffixes[hits[0]]].name
-    hits = difflib.get_close_matches(upper, BY_NAME, n=1, cutoff=_TYPO_CUTOFF_FULL)
-    return BY_NAME[hits[0]].name if hits else None
-
-
-def _check_unknown_names(environ: Mapping[str, str]) -> None:
-    """A misspelled setting would silently fall back to its default: refuse it instead."""
-    for key in sorted(environ):
-        if key in BY_NAME or "EWMS" not in key.upper():
-            continue
-        suggestion = _suggest(key)
-        if suggestion is not None:
-            raise ConfigError(
-                key,
-                _shown(BY_NAME[suggestion], key, environ[key]),
-                f"a known variable name (did you mean {suggestion}?)",
-            )
-        if key.upper().startswith(PREFIXES):
-            LOGGER.warning("Ignoring unknown variable %s (see `ewms-pilot config --list`)", key)
 
 
 def _override_text(name: str, value: object) -> tuple[EnvVar, str]:
     """An override (env var name -> typed or text value) as the env text it stands for."""
     var = BY_NAME.get(name)
     if var is None:
-        suggestion = _suggest(name)
-        hint = f" (did you mean {suggestion}?)" if suggestion else ""
-        raise ConfigError(
-            name, _shown(None, name, value), f"a known EWMS_PILOT_* variable name{hint}"
-        )
+        known = suggest(name)
+        hint = f" (did you mean {known.name}?)" if known else ""
+        raise ConfigError(name, _shown(None, name, value), f"a known EWMS_PILOT_* variable name{hint}")
     if isinstance(value, str):
         return var, value
     try:
@@ -120,100 +86,150 @@ def _gather_text(
 
 
 class _Values:
-    """Parsed values by current name, with typed access for building `PilotConfig`."""
+    """Every variable parsed (table order: the first bad one is reported), by current name."""
 
-    def __init__(self, given: Mapping[str, tuple[str, str]]) -> None:
+    def __init__(self, given: Mapping[str, tuple[str, str]], environ: Mapping[str, str]) -> None:
         self.given = given
-        self._parsed: dict[str, object] = {}
-        for var in VARIABLES:  # table order: the first bad variable is the one reported
+        self.environ = environ
+        self.parsed: dict[str, Any] = {}
+        for var in VARIABLES:
             used, text = given.get(var.name, (var.name, var.default))
             if var.type.blank_is_default and not text.strip():
                 text = var.default
             try:
-                self._parsed[var.name] = var.type.parse(text)
+                self.parsed[var.name] = var.type.parse(text)
             except ValueError as e:
-                raise ConfigError(
-                    used, _shown(var, used, text), str(e) or var.type.expected
-                ) from None
+                raise ConfigError(used, _shown(var, used, text), str(e) or var.type.expected) from None
 
-    def get(self, name: str, typ: type[_T]) -> _T:
-        value = self._parsed[name]
-        if not isinstance(value, typ):  # a bug in the table, not a user mistake
-            raise TypeError(f"{name}: parsed {value!r}, not {typ.__name__}")
-        return value
-
-    def opt(self, name: str, typ: type[_T]) -> _T | None:
-        return None if self._parsed[name] is None else self.get(name, typ)
-
-    def used_name(self, name: str) -> str:
-        return self.given.get(name, (name, ""))[0]
+    def __getitem__(self, name: str) -> Any:
+        return self.parsed[name]
 
     def text(self, name: str) -> str:
         return self.given.get(name, (name, BY_NAME[name].default))[1]
 
     def fail(self, name: str, expected: str) -> ConfigError:
-        used = self.used_name(name)
+        """The error for variable `name`, naming a misspelled variable that stood for it."""
+        used = self.given.get(name, (name, ""))[0]
+        typos = [k for k in unknown_names(self.environ) if (v := suggest(k)) and v.name == name]
+        if typos:
+            expected += f"; {', '.join(typos)} is set: misspelled?"
         return ConfigError(used, _shown(BY_NAME[name], used, self.text(name)), expected)
 
 
-def _broker(v: _Values, direction: str) -> BrokerConfig:
+def _fields(v: _Values) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parsed values by the field their table entry names: top level, and per nested config."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+    for var in VARIABLES:
+        head, _, rest = var.field.partition(".")
+        if rest:
+            nested[head][rest] = v[var.name]
+        else:
+            top[head] = v[var.name]
+    return top, nested
+
+
+def _check_args(v: _Values, name: str) -> None:
+    """An `*_ARGS` value, checked now so a quoting mistake is a config error, not a task failure."""
+    try:
+        split_args(v[name])
+    except ValueError as e:
+        raise v.fail(name, f"arguments that split like a POSIX shell's ({e})") from None
+
+
+def _task(v: _Values, fields: dict[str, Any], platform: ContainerPlatform) -> ContainerConfig:
+    _check_args(v, "EWMS_PILOT_TASK_ARGS")
+    if platform is ContainerPlatform.PROCESS:
+        if not fields["args"].strip():
+            raise v.fail(
+                "EWMS_PILOT_TASK_ARGS",
+                "the task command (required when EWMS_PILOT_CONTAINER_PLATFORM=process)",
+            )
+        if fields["image"]:
+            LOGGER.warning("Ignoring EWMS_PILOT_TASK_IMAGE: platform is process")
+        fields["image"] = ""
+    elif not fields["image"]:
+        raise v.fail(
+            "EWMS_PILOT_TASK_IMAGE",
+            "the task's image (required unless EWMS_PILOT_CONTAINER_PLATFORM=process)",
+        )
+    per_event = [p for p, what in PLACEHOLDERS.items() if what != "data_hub" and p in fields["args"]]
+    if v["EWMS_PILOT_TASK_MODE"] is TaskMode.WARM and per_event:
+        raise v.fail(
+            "EWMS_PILOT_TASK_ARGS",
+            f"no per-event placeholder ({', '.join(per_event)}) with EWMS_PILOT_TASK_MODE=warm: "
+            "a warm worker gets each event's paths on its stdin (docs/warm-workers.md)",
+        )
+    return ContainerConfig(**fields)
+
+
+def _step(
+    v: _Values, which: str, fields: dict[str, Any], platform: ContainerPlatform
+) -> ContainerConfig | None:
+    """The init/teardown step, or None when it is not configured."""
+    base = f"EWMS_PILOT_{which.upper()}"
+    _check_args(v, f"{base}_ARGS")
+    if platform is ContainerPlatform.PROCESS:
+        if fields["image"]:
+            LOGGER.warning("Ignoring %s_IMAGE: platform is process (runs %s_ARGS)", base, base)
+        configured, fields["image"] = bool(fields["args"]), ""
+    else:
+        configured = bool(fields["image"])
+    if configured:
+        return ContainerConfig(**fields)
+    stray = [
+        n
+        for n in (f"{base}_ARGS", f"{base}_ENV_JSON", f"{base}_TIMEOUT")
+        if v.text(n).strip() not in ("", BY_NAME[n].default)
+    ]
+    if stray:
+        LOGGER.warning("Ignoring %s: no %s step is configured", ", ".join(stray), which)
+    return None
+
+
+def _broker(v: _Values, direction: str, fields: dict[str, Any]) -> BrokerConfig:
     base = f"EWMS_PILOT_QUEUE_{direction.upper()}"
-    queue = v.get(base, str)
-    broker_type = v.get(f"{base}_BROKER_TYPE", str)
-    address = v.get(f"{base}_BROKER_ADDRESS", str)
-    if not queue:
+    if not fields["queue"]:
         raise v.fail(base, f"the name of the {direction} queue (required)")
-    if not broker_type:
+    if not fields["broker_type"]:
         raise v.fail(f"{base}_BROKER_TYPE", "one of rabbitmq|nats|pulsar|local (required)")
-    if not address:
+    if not fields["address"]:
         raise v.fail(
             f"{base}_BROKER_ADDRESS",
             f"the {direction} broker's address (required; for local: a SQLite file path)",
         )
-    return BrokerConfig(
-        queue=queue,
-        broker_type=broker_type,
-        address=address,
-        auth_token=v.get(f"{base}_AUTH_TOKEN", str),
-    )
-
-
-def _args(v: _Values, name: str) -> str:
-    """An `*_ARGS` value, checked now so a quoting mistake is a config error, not a task failure."""
-    text = v.get(name, str)
     try:
-        split_args(text)
+        fields["address"] = normalize_address(fields["broker_type"], fields["address"])
     except ValueError as e:
-        raise v.fail(name, f"arguments that split like a POSIX shell's ({e})") from None
-    return text
+        raise v.fail(f"{base}_BROKER_ADDRESS", str(e)) from None
+    return BrokerConfig(**fields)
 
 
-def _container(v: _Values, which: str, platform: ContainerPlatform) -> ContainerConfig | None:
-    """The init/teardown step, or None when it is not configured."""
-    base = f"EWMS_PILOT_{which.upper()}"
-    image = v.get(f"{base}_IMAGE", str)
-    args = _args(v, f"{base}_ARGS")
-    if platform is ContainerPlatform.PROCESS:
-        if image:
-            LOGGER.warning("Ignoring %s_IMAGE: platform is process (runs %s_ARGS)", base, base)
-        configured, image = bool(args), ""
-    else:
-        configured = bool(image)
-    if not configured:
-        stray = [
-            n
-            for n in (f"{base}_ARGS", f"{base}_ENV_JSON", f"{base}_TIMEOUT")
-            if v.text(n).strip() not in ("", BY_NAME[n].default)
-        ]
-        if stray:
-            LOGGER.warning("Ignoring %s: no %s step is configured", ", ".join(stray), which)
-        return None
-    return ContainerConfig(
-        image=image,
-        args=args,
-        env=v.get(f"{base}_ENV_JSON", dict),
-        timeout=v.opt(f"{base}_TIMEOUT", float),
-    )
+def _data_dir(v: _Values, top: dict[str, Any]) -> None:
+    """Unset under HTCondor: the job's scratch dir (a job may write nowhere else)."""
+    name = "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST"
+    scratch = scratch_dir(v.environ)
+    if scratch is not None and not v.text(name).strip():
+        try:
+            top["data_dir_parent"] = BY_NAME[name].type.parse(scratch)
+        except ValueError as e:
+            raise ConfigError(SCRATCH_VAR, scratch, str(e)) from None
+
+
+def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> None:
+    if top["quarantine_time"] and not top["stop_listening_on_task_error"]:
+        raise v.fail(
+            "EWMS_PILOT_QUARANTINE_TIME",
+            "0 while EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR is false "
+            "(quarantine only follows stopping on a task error)",
+        )
+    if top["queue_deadletter"] and top["queue_deadletter"] == incoming.queue:
+        raise v.fail(
+            "EWMS_PILOT_QUEUE_DEADLETTER",
+            "a queue other than EWMS_PILOT_QUEUE_INCOMING (events would loop)",
+        )
+    if top["timeout_first_message"] is None:
+        top["timeout_first_message"] = top["timeout_incoming"]
 
 
 def load_config(
@@ -225,103 +241,31 @@ def load_config(
     wins over `environ`; the 1.x-compatible API passes its keyword arguments this way.
     Raises `ConfigError` for the first problem found.
     """
-    _check_unknown_names(environ)
-    v = _Values(_gather_text(environ, overrides or {}))
-
-    platform = v.get("EWMS_PILOT_CONTAINER_PLATFORM", ContainerPlatform)
-    task_image = v.get("EWMS_PILOT_TASK_IMAGE", str)
-    task_args = _args(v, "EWMS_PILOT_TASK_ARGS")
-    if platform is ContainerPlatform.PROCESS:
-        if not task_args.strip():
-            raise v.fail(
-                "EWMS_PILOT_TASK_ARGS",
-                "the task command (required when EWMS_PILOT_CONTAINER_PLATFORM=process)",
-            )
-        if task_image:
-            LOGGER.warning("Ignoring EWMS_PILOT_TASK_IMAGE: platform is process")
-        task_image = ""
-    elif not task_image:
-        raise v.fail(
-            "EWMS_PILOT_TASK_IMAGE",
-            "the task's image (required unless EWMS_PILOT_CONTAINER_PLATFORM=process)",
-        )
-    task_mode = v.get("EWMS_PILOT_TASK_MODE", TaskMode)
-    per_event = [p for p, what in PLACEHOLDERS.items() if what != "data_hub" and p in task_args]
-    if task_mode is TaskMode.WARM and per_event:
-        raise v.fail(
-            "EWMS_PILOT_TASK_ARGS",
-            f"no per-event placeholder ({', '.join(per_event)}) with EWMS_PILOT_TASK_MODE=warm: "
-            "a warm worker gets each event's paths on its stdin (docs/warm-workers.md)",
-        )
-    task = ContainerConfig(
-        image=task_image,
-        args=task_args,
-        env=v.get("EWMS_PILOT_TASK_ENV_JSON", dict),
-        timeout=v.opt("EWMS_PILOT_TASK_TIMEOUT", float),
+    register_settings(environ)  # first: even the error about a setting must not show a secret
+    register_settings(overrides or {})
+    given = _gather_text(environ, overrides or {})
+    v = _Values(given, environ)
+    check_unknown_names(environ, given, strict=v["EWMS_PILOT_STRICT_CONFIG"])
+    top, nested = _fields(v)
+    platform = top["container_platform"]
+    task = _task(v, nested["task"], platform)
+    init = _step(v, "init", nested["init"], platform)
+    teardown = _step(v, "teardown", nested["teardown"], platform)
+    incoming = _broker(v, "incoming", nested["incoming"])
+    outgoing = _broker(v, "outgoing", nested["outgoing"])
+    _cross_checks(v, top, incoming)
+    _data_dir(v, top)
+    cfg = PilotConfig(
+        task=task, init=init, teardown=teardown, incoming=incoming, outgoing=outgoing, **top
     )
-    init = _container(v, "init", platform)
-    teardown = _container(v, "teardown", platform)
-    incoming = _broker(v, "incoming")
-    outgoing = _broker(v, "outgoing")
 
-    quarantine = v.get("EWMS_PILOT_QUARANTINE_TIME", float)
-    stop_on_error = v.get("EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR", bool)
-    if quarantine and not stop_on_error:
-        raise v.fail(
-            "EWMS_PILOT_QUARANTINE_TIME",
-            "0 while EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR is false "
-            "(quarantine only follows stopping on a task error)",
-        )
-    deadletter = v.get("EWMS_PILOT_QUEUE_DEADLETTER", str)
-    if deadletter and deadletter == incoming.queue:
-        raise v.fail(
-            "EWMS_PILOT_QUEUE_DEADLETTER",
-            "a queue other than EWMS_PILOT_QUEUE_INCOMING (events would loop)",
-        )
+    def name_of(name: str) -> str:
+        if name == "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST" and name not in given:
+            return SCRATCH_VAR if scratch_dir(environ) else name
+        return given.get(name, (name, ""))[0]
 
-    timeout_incoming = v.get("EWMS_PILOT_TIMEOUT_QUEUE_INCOMING", float)
-    timeout_first = v.opt("EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE", float)
-
-    return PilotConfig(
-        task=task,
-        incoming=incoming,
-        outgoing=outgoing,
-        init=init,
-        teardown=teardown,
-        prefetch=v.get("EWMS_PILOT_PREFETCH", int),
-        timeout_first_message=timeout_incoming if timeout_first is None else timeout_first,
-        timeout_incoming=timeout_incoming,
-        infile_ext=v.get("EWMS_PILOT_INFILE_EXT", str),
-        outfile_ext=v.get("EWMS_PILOT_OUTFILE_EXT", str),
-        external_directories=v.get("EWMS_PILOT_EXTERNAL_DIRECTORIES", tuple),
-        data_dir_parent=v.get("EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST", Path),
-        keep_all_task_files=v.get("EWMS_PILOT_KEEP_ALL_TASK_FILES", bool),
-        dump_task_output=v.get("EWMS_PILOT_DUMP_TASK_OUTPUT", bool),
-        container_platform=platform,
-        container_debug=v.get("EWMS_PILOT_CONTAINER_DEBUG", bool),
-        docker_shm_size=v.opt("_EWMS_PILOT_DOCKER_SHM_SIZE", str),
-        apptainer_build_workdir=v.get("_EWMS_PILOT_APPTAINER_BUILD_WORKDIR", Path),
-        apptainer_image_directory_must_be_present=v.get(
-            "_EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT", bool
-        ),
-        task_mode=task_mode,
-        max_concurrent_tasks=v.get("EWMS_PILOT_MAX_CONCURRENT_TASKS", int),
-        stop_listening_on_task_error=stop_on_error,
-        okay_errors=v.get("EWMS_PILOT_OKAY_ERRORS", frozenset),
-        quarantine_time=quarantine,
-        task_fail_patterns=v.get("EWMS_PILOT_TASK_FAIL_PATTERNS", tuple),
-        shutdown_grace=v.get("EWMS_PILOT_SHUTDOWN_GRACE", float),
-        max_deliveries=v.get("EWMS_PILOT_MAX_DELIVERIES", int),
-        queue_deadletter=deadletter,
-        publish_retries=v.get("EWMS_PILOT_PUBLISH_RETRIES", int),
-        publish_deadline=v.get("EWMS_PILOT_PUBLISH_DEADLINE", float),
-        reconnect_deadline=v.get("EWMS_PILOT_RECONNECT_DEADLINE", float),
-        log_level=v.get("EWMS_PILOT_CL_LOG", str),
-        log_level_third_party=v.get("EWMS_PILOT_CL_LOG_THIRD_PARTY", str),
-        htchirp=v.get("EWMS_PILOT_HTCHIRP", bool),
-        htchirp_dest=v.get("EWMS_PILOT_HTCHIRP_DEST", ChirpDest),
-        htchirp_ratelimit_interval=v.get("EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL", float),
-    )
+    check_loaded(cfg, name_of)
+    return cfg
 
 
 def config_as_environ(cfg: PilotConfig) -> dict[str, str]:

@@ -115,6 +115,9 @@ class PilotConfig:
     htchirp_dest: ChirpDest = ChirpDest.JOB_ATTR
     htchirp_ratelimit_interval: float = 60.0
 
+    # configuration itself
+    strict_config: bool = False  # unknown EWMS_PILOT_* names refused, not warned about
+
     @property
     def data_dir(self) -> Path:
         """`<parent>/ewms-pilot-data`: task dirs and the data hub live here."""

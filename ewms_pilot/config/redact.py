@@ -1,66 +1,213 @@
-"""Make settings safe to print: mask URL passwords and secret variables.
+"""Keep secrets out of every text the pilot lets out: logs, stderr, chirp, journal, errors.
 
-The entrypoint prints every effective setting at start (so a site admin can see
-what a pilot really ran with); this module is what keeps tokens out of that log.
+Two mechanisms, both here so every door uses the same rules:
+- a process-wide registry: config loading (and the queue CLI) registers every
+  auth token, URL password and NATS URL token it is given (`register_settings`,
+  `register_address`, `register_secret`); `scrub` masks each one wherever it shows up,
+  in whatever a third-party library made of it;
+- shape rules: `scrub` also masks the userinfo of anything that looks like a
+  URL (`scheme://user:pw@`, `scheme://TOKEN@`, `user:pw@host`), registered or not.
+`redact_url` masks one broker address, knowing it is one (commas and spaces in a
+password, multi-host lists, unencoded `@`, no host at all).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .model import PilotConfig
 
 MASK = "***"
+# shorter registered values are masked only where their place is known (URL userinfo,
+# secret variables): masking every "ab" in every log line would make logs unreadable
+MIN_SECRET_CHARS = 4
 
-# `user:password@` right after `scheme://`, a comma (multi-host URLs) or the start;
-# the password runs to the last `@` before the next `/`, `,` or whitespace.
-_USERINFO = re.compile(r"(?P<pre>^|://|,)(?P<user>[^:@/,\s]*):(?P<password>[^/,\s]*)@")
-
-
-def redact_url(url: str) -> str:
-    """`scheme://user:pass@host` -> `scheme://user:***@host`; anything else unchanged."""
-
-    def mask(m: re.Match[str]) -> str:
-        if not m["password"]:
-            return m[0]
-        return f"{m['pre']}{m['user']}:{MASK}@"
-
-    return _USERINFO.sub(mask, url)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# a variable name whose value is a secret, whatever the rest of the name is
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:TOKEN|PASSWORD|PASSWD|PASSPHRASE|PWD|PASS|SECRET|KEY|APIKEY|CREDENTIALS?|COOKIE)S?(?:_|$)"
+)
 
 
-def _shown(name: str, text: str, secret: bool) -> str:
-    """What the banner prints for one value: masked, and always on one line."""
-    if secret:
-        return MASK if text else ""
-    if name.endswith("_ADDRESS"):
-        text = redact_url(text)
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+def looks_secret(name: str) -> bool:
+    """Whether a variable's name says it holds a secret (`..._TOKEN`, `..._PASSWORD`, ...)."""
+    return bool(_SECRET_NAME.search(name.upper()))
 
 
-def effective_config_lines(source: PilotConfig | Mapping[str, str]) -> list[str]:
-    """`NAME=value` for every variable, in table order, secrets as `***` (set) or empty.
+# ------------------------------------------------------------- one broker address
 
-    From a `PilotConfig`: the values the pilot runs with (defaults filled in).
-    From an environ mapping: the raw text each variable was given, or
-    `<default> (default)` when unset - usable even when the config is invalid.
+
+def _entries(address: str) -> list[str]:
+    """Comma-separated hosts, rejoining the commas that were inside a password.
+
+    A segment without `@` that a later segment's `@` closes (before the next
+    `scheme://`) is part of that entry's userinfo: masking a port too is better
+    than showing half a password.
     """
-    from .model import PilotConfig
-    from .variables import VARIABLES
-
-    lines: list[str] = []
-    for var in VARIABLES:
-        if isinstance(source, PilotConfig):
-            text = var.type.render(var.get(source))
-            lines.append(f"{var.name}={_shown(var.name, text, var.secret)}")
-            continue
-        given = next((n for n in var.names if n in source), None)
-        if given is None:
-            lines.append(f"{var.name}={var.default} (default)")
+    segments = address.split(",")
+    out: list[str] = []
+    i = 0
+    while i < len(segments):
+        j = i
+        while j < len(segments) and "@" not in segments[j]:
+            j += 1
+            if j < len(segments) and _SCHEME.match(segments[j]):
+                j = len(segments)  # a new entry starts: segment i had no userinfo
+        if j < len(segments):
+            out.append(",".join(segments[i : j + 1]))
+            i = j + 1
         else:
-            shown = _shown(var.name, source[given], var.secret)
-            via = f" (from {given})" if given != var.name else ""
-            lines.append(f"{var.name}={shown}{via}")
-    return lines
+            out.append(segments[i])
+            i += 1
+    return out
+
+
+def _userinfo(entry: str) -> tuple[str, str | None, str]:
+    """(`scheme://` or "", the userinfo or None, the rest) of one address entry."""
+    m = _SCHEME.match(entry)
+    scheme = m[0] if m else ""
+    body = entry[len(scheme) :]
+    if "@" not in body:
+        return scheme, None, body
+    userinfo, rest = body.rsplit("@", 1)  # the host never holds an `@`; a password may
+    return scheme, userinfo, rest
+
+
+# in these URLs a userinfo without `:` is a user name (RabbitMQ); anywhere else it may be
+# a token (`nats://TOKEN@host`), so it is masked
+_USER_NAME_SCHEMES = ("amqp://", "amqps://")
+
+
+def _masked_userinfo(scheme: str, userinfo: str) -> str:
+    if ":" in userinfo:
+        user, password = userinfo.split(":", 1)
+        return f"{user}:{MASK}" if password else userinfo
+    if not userinfo or scheme.lower() in _USER_NAME_SCHEMES:
+        return userinfo
+    return MASK
+
+
+def _secret_of(scheme: str, userinfo: str) -> str:
+    """The password in `user:password`, or a bare userinfo that is a token."""
+    if ":" in userinfo:
+        return userinfo.split(":", 1)[1]
+    return "" if scheme.lower() in _USER_NAME_SCHEMES else userinfo
+
+
+def redact_url(address: str) -> str:
+    """One broker address with every password/token masked: `amqp://u:***@h`, `nats://***@h`."""
+    shown = []
+    for entry in _entries(address):
+        scheme, userinfo, rest = _userinfo(entry)
+        if userinfo is None:
+            shown.append(entry)
+            continue
+        shown.append(f"{scheme}{_masked_userinfo(scheme, userinfo)}@{rest}")
+    return ",".join(shown)
+
+
+def address_secrets(address: str) -> list[str]:
+    """Every password or token in a broker address (as given, and percent-decoded)."""
+    found: list[str] = []
+    for entry in _entries(address):
+        scheme, userinfo, _ = _userinfo(entry)
+        if userinfo:
+            secret = _secret_of(scheme, userinfo)
+            found += [secret, urllib.parse.unquote(secret)]
+    return [s for s in found if s]
+
+
+# ---------------------------------------------------------------- the registry
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def _forms(value: str) -> set[str]:
+    """The ways a library may print a value: as is, URL-encoded, JSON- and repr-escaped."""
+    return {
+        value,
+        value.strip(),
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+        urllib.parse.unquote(value),
+        json.dumps(value)[1:-1],
+        repr(value)[1:-1],
+    }
+
+
+def register_secret(value: str) -> None:
+    """From now on `scrub` masks `value` (and its encoded forms) in any text."""
+    global _pattern
+    new = {f for f in _forms(value) if len(f) >= MIN_SECRET_CHARS}
+    with _lock:
+        if new <= _registered:
+            return
+        _registered.update(new)
+        ordered = sorted(_registered, key=len, reverse=True)  # longest first: no half-masks
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def register_address(address: str) -> None:
+    """Register every password and token in a broker address."""
+    for secret in address_secrets(address):
+        register_secret(secret)
+
+
+def register_settings(settings: Mapping[str, object]) -> None:
+    """Register what an environment's `EWMS*` settings carry: secret-named values, address secrets.
+
+    Called first thing by config loading, so even the error about a setting is scrubbed.
+    """
+    for name, value in settings.items():
+        if not isinstance(value, str) or "EWMS" not in name.upper():
+            continue
+        if looks_secret(name):
+            register_secret(value)
+        elif name.upper().endswith("_ADDRESS"):
+            register_address(value)
+        elif name.upper().endswith("_ENV_JSON"):  # a task's `{"API_KEY": ...}`
+            register_settings({f"EWMS:{k}": v for k, v in _json_object(value).items()})
+
+
+def _json_object(text: str) -> dict[str, object]:
+    """`text` as a JSON object, or {} (the loader reports what is wrong with it)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ---------------------------------------------------------------- free text
+
+# `scheme://userinfo@`: the userinfo runs to the last `@` before whitespace or `/`
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/\[\]]*)@")
+# `user:password@` without a scheme (oms-mqclient's RabbitMQ form), at a word start
+_BARE_USERINFO = re.compile(
+    r"(?P<pre>^|[\s'\"(\[{<=,;/])(?P<user>[^\s:@/'\"()\[\]{}<>=,;]+):(?P<password>[^\s/\[\]]*)@"
+)
+
+
+def _mask_url(m: re.Match[str]) -> str:
+    return f"{m['scheme']}{_masked_userinfo(m['scheme'], m['userinfo'])}@"
+
+
+def _mask_bare(m: re.Match[str]) -> str:
+    if not m["password"]:
+        return m[0]
+    return f"{m['pre']}{m['user']}:{MASK}@"
+
+
+def scrub(text: str) -> str:
+    """`text` with every registered secret and every URL password/token masked as `***`."""
+    pattern = _pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    if "@" in text:
+        text = _URL_USERINFO.sub(_mask_url, text)
+        text = _BARE_USERINFO.sub(_mask_bare, text)
+    return text

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import PurePosixPath
 
 from ..config.model import ContainerConfig, PilotConfig
-from ..runtimes.base import CONTAINER_DATA_HUB, Mount, RunSpec, Runtime
-from ..tasks.args import split_args, substitute, task_env
-from ..tasks.errors import extract_error_line, read_tail
+from ..runtimes.base import Runtime
+from ..runtimes.spec import SpecBuilder
+from ..tasks.errors import ContainerRunError, TaskFailure, TaskTimeoutError, read_tail
 from ..tasks.process import run_to_completion
-from .ownership import owner_labels
 
 LOGGER = logging.getLogger("ewms_pilot.init")
 
 
 class InitFailedError(Exception):
-    """The init (or teardown) container failed, timed out or could not start."""
+    """The init (or teardown) container failed, timed out or could not start.
+
+    `failure` says how the container itself failed (None: it never ran to an end);
+    the Python API raises it to 1.x callers as a `ContainerRunError`.
+    """
+
+    def __init__(self, message: str, failure: TaskFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 async def run_once_container(
@@ -32,20 +38,8 @@ async def run_once_container(
     image = await runtime.prepare_image(container.image)
     outputs = cfg.data_dir / role / "outputs"
     await asyncio.to_thread(outputs.mkdir, parents=True, exist_ok=True)
-    hub_mount = Mount(cfg.data_hub_dir, CONTAINER_DATA_HUB)
-    hub = runtime.task_path(cfg.data_hub_dir, hub_mount)
-    mounts = (hub_mount,) + tuple(
-        Mount(d, PurePosixPath(d.as_posix()), readonly=True) for d in cfg.external_directories
-    )
-    spec = RunSpec(
-        image=image,
-        argv=tuple(substitute(split_args(container.args), infile="", outfile="", data_hub=hub)),
-        env=task_env(container.env, infile="", outfile="", data_hub=hub),
-        mounts=() if runtime.uses_host_paths else mounts,
-        name=f"ewms-pilot-{pilot_id}-{role}",
-        labels={**owner_labels(pilot_id), "ewms-pilot.task": role},
-        workdir=None,
-    )
+    specs = await asyncio.to_thread(SpecBuilder.for_pilot, cfg, runtime, pilot_id)
+    spec = specs.once(image, container, role, outputs)
     LOGGER.info(f"running {role} container ({container.image or 'host process'})")
     run = asyncio.ensure_future(
         run_to_completion(
@@ -66,12 +60,15 @@ async def run_once_container(
         await asyncio.gather(run, return_exceptions=True)
         raise InitFailedError(f"{role} container stopped: the pilot is stopping")
     outcome = run.result()
+    apptainer = runtime.name == "apptainer"
     if outcome.timed_out:
-        raise InitFailedError(f"{role} container timed out after {container.timeout}s")
+        tail = await asyncio.to_thread(read_tail, outputs / "stderrfile")
+        failure: TaskFailure = TaskTimeoutError.after(container.timeout or 0, tail, apptainer=apptainer)
+        raise InitFailedError(f"{role} container timed out after {container.timeout}s", failure)
     if outcome.exit_code != 0:
         tail = await asyncio.to_thread(read_tail, outputs / "stderrfile")
-        line = extract_error_line(tail, apptainer=runtime.name == "apptainer")
-        raise InitFailedError(f"{role} container exited with code {outcome.exit_code}: {line}")
+        failure = ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+        raise InitFailedError(f"{role} container {failure.reason}", failure)
     LOGGER.info(f"{role} container done in {outcome.duration:.1f}s")
 
 

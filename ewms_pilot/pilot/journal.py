@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..config.redact import scrub
+
 JOURNAL_NAME = "tasks.jsonl"
 
 
@@ -51,7 +53,7 @@ class Journal:
         self._lock = threading.Lock()
 
     def append(self, record: TaskRecord) -> None:
-        line = json.dumps(dc.asdict(record), default=str) + "\n"
+        line = scrub(json.dumps(dc.asdict(record), default=str)) + "\n"  # errors may quote addresses
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
 

@@ -8,7 +8,7 @@ import random
 import time
 from typing import Any
 
-from ..errors import BrokerError
+from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Publisher
 
 
@@ -23,7 +23,10 @@ async def publish_with_retry(
     base_delay: float = 0.5,
     max_delay: float = 10.0,
 ) -> None:
-    """Send `data`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent."""
+    """Send `data`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent.
+
+    `ResultRejectedError` (the broker refuses this message for good) is raised at once.
+    """
     end = time.monotonic() + deadline
     attempt = 0
     while True:
@@ -31,6 +34,8 @@ async def publish_with_retry(
             # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
             await asyncio.wait_for(publisher.send(data, headers=headers), max(end - time.monotonic(), 1.0))
             return
+        except ResultRejectedError:
+            raise
         except (BrokerError, TimeoutError) as e:
             attempt += 1
             left = end - time.monotonic()

@@ -24,6 +24,8 @@ from ..queues.base import Delivery, Publisher, Subscription
 from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
+from ..tasks.errors import TaskFailure
+from ..tasks.taskdir import prepare_data_dir
 from ..warm.pool import WarmPool
 from .init_step import InitFailedError, run_init_container, run_once_container
 from .journal import JOURNAL_NAME, Journal
@@ -65,6 +67,7 @@ class Pilot:
         self._last_activity = time.monotonic()
         self._publish_failing_since: float | None = None
         self.journal = Journal(cfg.data_dir / JOURNAL_NAME)
+        self.failures: list[tuple[str, TaskFailure]] = []  # (task id or "init", failure): the API raises from it
 
     # -- control ------------------------------------------------------------
 
@@ -101,7 +104,7 @@ class Pilot:
         dlq: Publisher | None = None
         pool: WarmPool | None = None
         try:
-            await asyncio.to_thread(self.cfg.data_hub_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(prepare_data_dir, self.cfg.data_dir, self.cfg.data_hub_dir)
             image = await self.runtime.prepare_image(self.cfg.task.image)
             await sweep_orphans(self.runtime)
             if self.cfg.init is not None:
@@ -128,6 +131,8 @@ class Pilot:
         except ConfigError as e:
             self._fatal(StopCause.CONFIG, f"configuration error: {e}", e)
         except InitFailedError as e:
+            if e.failure is not None:
+                self.failures.append(("init", e.failure))
             self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e)
         except (BrokerUnavailableError, BrokerError) as e:
             self._fatal(StopCause.BROKER, str(e), e)
@@ -229,7 +234,8 @@ class Pilot:
 
     def _on_failure(self, outcome: TaskOutcome) -> None:
         assert outcome.failure is not None
-        self.chirp.set_error(outcome.failure.reason, None)
+        self.failures.append((outcome.task_id, outcome.failure))
+        self.chirp.set_error(outcome.failure)
         if isinstance(outcome.failure, PublishFailedError):
             # the task was fine, the outgoing broker is not: not this node's fault, so no
             # stop-on-error; but an outage longer than the reconnect deadline ends the pilot
@@ -366,7 +372,4 @@ def _names_variable(variable: str) -> Iterator[None]:
 
 
 async def _give_back(sub: Subscription, delivery: Delivery) -> None:
-    try:
-        await sub.nack(delivery)
-    except BrokerError as e:
-        LOGGER.warning(f"nack of late event {delivery.msg_id} failed; the broker redelivers it: {e}")
+    await sub.release(delivery)  # LEFT (logged by the subscription): the broker redelivers it

@@ -11,7 +11,7 @@ class PilotState(str, enum.Enum):
     """Lifecycle phases (also reported through chirp)."""
 
     STARTED = "Started"
-    INIT = "RunningInitContainer"
+    INIT = "RunningInitCommand"  # 1.x's status name, read by TMS
     AWAITING_FIRST = "AwaitingFirstMessage"
     TASKING = "Tasking"
     PENDING_REMAINING = "PendingRemainingTasks"

@@ -6,6 +6,7 @@ import statistics
 import time
 from typing import Any
 
+from ..config.redact import scrub
 from .shutdown import StopRequest
 from .state import Tally
 
@@ -64,4 +65,4 @@ def render_summary(tally: Tally, request: StopRequest, records: list[dict[str, A
         )
         lines += histogram(runtimes)
     lines.append("=" * 60)
-    return "\n".join(lines)
+    return scrub("\n".join(lines))  # the reason may quote a broker error

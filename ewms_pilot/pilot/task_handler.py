@@ -14,14 +14,15 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
 from ..errors import BrokerError
-from ..queues.base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
-from ..runtimes.base import CONTAINER_DATA_HUB, CONTAINER_TASK_IO, Mount, RunSpec, Runtime
-from ..tasks.args import split_args, substitute, task_env
+from ..queues import codec
+from ..queues.base import Delivery, Publisher, Settlement, Subscription
+from ..runtimes.base import RunSpec, Runtime
+from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
     FailurePatternError,
@@ -29,7 +30,6 @@ from ..tasks.errors import (
     TaskFailure,
     TaskTimeoutError,
     describe_failure,
-    extract_error_line,
     read_tail,
 )
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
@@ -38,7 +38,6 @@ from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id
 from ..warm.pool import WarmPool
 from .journal import Journal, TaskRecord
-from .ownership import owner_labels
 from .publish import publish_with_retry
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -131,8 +130,8 @@ class TaskEnvironment:
     cfg: PilotConfig
     runtime: Runtime
     image: str  # prepared image reference
-    argv_template: tuple[str, ...]
     pilot_id: str
+    specs: SpecBuilder
     fail_patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
@@ -141,22 +140,10 @@ class TaskEnvironment:
             cfg=cfg,
             runtime=runtime,
             image=image,
-            argv_template=tuple(split_args(cfg.task.args)),
             pilot_id=pilot_id,
+            specs=SpecBuilder.for_pilot(cfg, runtime, pilot_id),
             fail_patterns=tuple(re.compile(p) for p in cfg.task_fail_patterns),
         )
-
-    def mounts_for(self, task_io: Path | None) -> tuple[Mount, ...]:
-        """Task-io, data hub and external directories, as the container sees them."""
-        mounts = []
-        if task_io is not None:
-            mounts.append(Mount(task_io, CONTAINER_TASK_IO))
-        mounts.append(Mount(self.cfg.data_hub_dir, CONTAINER_DATA_HUB))
-        mounts += [
-            Mount(d, PurePosixPath(d.as_posix()), readonly=True)
-            for d in self.cfg.external_directories
-        ]
-        return tuple(mounts)
 
 
 class ProgressWatcher:
@@ -222,21 +209,7 @@ class TaskHandler:
         self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
     def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
-        rt, cfg = self.env.runtime, self.env.cfg
-        mounts = self.env.mounts_for(tdir.task_io)
-        io_mount, hub_mount = mounts[0], mounts[1]
-        infile = rt.task_path(tdir.infile, io_mount)
-        outfile = rt.task_path(tdir.outfile, io_mount)
-        hub = rt.task_path(cfg.data_hub_dir, hub_mount)
-        return RunSpec(
-            image=self.env.image,
-            argv=tuple(substitute(self.env.argv_template, infile=infile, outfile=outfile, data_hub=hub)),
-            env=task_env(cfg.task.env, infile=infile, outfile=outfile, data_hub=hub),
-            mounts=() if rt.uses_host_paths else mounts,
-            name=f"ewms-pilot-{self.env.pilot_id}-{task_id}",
-            labels={**owner_labels(self.env.pilot_id), "ewms-pilot.task": task_id},
-            workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
-        )
+        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir)
 
     async def run(self, delivery: Delivery) -> TaskOutcome:
         """Process `delivery`; always settles it (ack, nack or dead-letter)."""
@@ -304,9 +277,9 @@ class TaskHandler:
     ) -> Any:
         """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
-        if DECODE_ERROR_HEADER in delivery.headers:
+        if delivery.decode_error is not None:
             raise InvalidDataForInfileException(
-                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.headers[DECODE_ERROR_HEADER]}"
+                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.decode_error}"
             )
         record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
@@ -324,13 +297,13 @@ class TaskHandler:
             on_line=watcher,
         )
         record.exit_code = outcome.exit_code
+        apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise TaskTimeoutError.after(cfg.task.timeout or 0, extract_error_line(tail))
+            raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            line = extract_error_line(tail, apptainer=self.env.runtime.name == "apptainer")
-            raise ContainerRunError.from_exit(outcome.exit_code, line)
+            raise ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
@@ -393,14 +366,12 @@ class TaskHandler:
                 "EWMS_PILOT_QUEUE_DEADLETTER is set: dropping it"
             )
             return await self._ack(delivery, log)
-        headers = dict(delivery.headers)
-        headers.update(
-            {
-                "ewms_pilot_error": failure.reason,
-                "ewms_pilot_error_type": type(failure).__name__,
-                "ewms_pilot_deliveries": delivery.delivery_count,
-                "ewms_pilot_id": self.env.pilot_id,
-            }
+        headers = codec.dead_letter_headers(
+            delivery,
+            attempts=delivery.attempts + 1,
+            error=failure.reason,
+            error_type=type(failure).__name__,
+            pilot_id=self.env.pilot_id,
         )
         try:
             await publish_with_retry(
@@ -424,16 +395,11 @@ class TaskHandler:
         return await self._settle(delivery, log, ack=False)
 
     async def _settle(self, delivery: Delivery, log: TaskLog, *, ack: bool) -> bool:
-        """Ack or nack; a failure is logged, not raised: the broker redelivers unsettled events."""
-        try:
-            await (self.sub.ack if ack else self.sub.nack)(delivery)
-            return True
-        except BrokerError as e:
-            what = "ack failed, the broker will redeliver (duplicate result possible)" if ack else (
-                "nack failed, the broker will redeliver after its timeout"
-            )
-            log.warning(f"{what}: {e}")
-            return False
+        """Ack or release; True only when the broker took it (else it is redelivered)."""
+        settlement = await (self.sub.ack if ack else self.sub.release)(delivery)
+        if settlement is Settlement.LEFT and ack:
+            log.warning("ack not taken: the broker will redeliver the event (duplicate result possible)")
+        return settlement in (Settlement.ACKED, Settlement.RELEASED)
 
     async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
         for name, path in (("stdout", tdir.stdout), ("stderr", tdir.stderr)):

@@ -7,8 +7,9 @@ are named inside it. Several pilot processes may share one file.
 Design (details in docs/local-queue.md):
 - Manual ack, at-least-once. `get` claims the oldest ready event in one
   `BEGIN IMMEDIATE` transaction, so two consumers never hold the same event;
-  `ack` deletes it, `nack` makes it ready again at once, each only if the
-  claim is still this subscription's (id + holder + delivery count).
+  `ack` deletes it, `release` makes it ready again at once (first in line),
+  `requeue` replaces it by a copy with attempts+1 at the back of the queue,
+  each only if the claim is still this subscription's (id + holder + count).
 - An unacked event belongs to a *holder* row (one per subscription) with a
   lease (default 30 s) that a background task renews every 5 s. Any consumer
   releases the events of a holder whose lease ran out (a frozen or vanished
@@ -20,7 +21,7 @@ Design (details in docs/local-queue.md):
 - `Delivery.delivery_count` is kept in the database: 1 on first delivery.
 - Prefetch = most unacked deliveries one subscription holds at once.
 - Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
-  every other broker.
+  every other broker, decoded by the one shared path (`codec.py`).
 - SQLite runs on one worker thread per subscription/publisher (one connection
   each), never on the caller's event loop; waiting for an event polls with a
   20 -> 200 ms backoff.
@@ -37,11 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mqclient.broker_client_interface import Message
-
 from ..config.model import BrokerConfig
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
-from .base import DECODE_ERROR_HEADER, Delivery, Publisher, Subscription
+from . import codec
+from .base import Delivery, Publisher, Settlement, Subscription
 from .local_store import Claimed, LocalStore, check_address
 
 LOGGER = logging.getLogger(__name__)
@@ -87,18 +87,7 @@ async def _open_store(cfg: BrokerConfig, worker: _Worker, *, durable: bool) -> L
 
 def _decode(claim: Claimed) -> Delivery:
     """Runs on the worker thread: unpacking a large payload must not stall the caller's loop."""
-    msg = Message(str(claim.id), claim.payload)
-    try:
-        data, headers = msg.data, msg.headers
-    except Exception as e:  # not oms-mqclient's format: hand it over so it can be failed
-        data, headers = None, {DECODE_ERROR_HEADER: f"{type(e).__name__}: {e}"}
-    return Delivery(
-        msg_id=str(claim.id),
-        data=data,
-        headers=headers if isinstance(headers, dict) else {},
-        delivery_count=claim.delivery_count,
-        raw=claim,
-    )
+    return codec.decode(str(claim.id), claim.payload, claim.delivery_count, raw=claim)
 
 
 class LocalSubscription(Subscription):
@@ -160,7 +149,7 @@ class LocalSubscription(Subscription):
             return
         delivery = fut.result()
         if delivery is not None:
-            self._store.nack(delivery.raw, self.holder)
+            self._store.release(delivery.raw, self.holder)
 
     async def _try_claim(self) -> Delivery | None:
         sweep = time.monotonic() >= self._next_sweep
@@ -196,37 +185,48 @@ class LocalSubscription(Subscription):
     # ---------------------------------------------------------------- settle
 
     async def _settle(
-        self, delivery: Delivery, verb: str, fn: Callable[..., bool], *args: Any
-    ) -> None:
+        self, delivery: Delivery, verb: str, done: Settlement, fn: Callable[..., bool], *args: Any
+    ) -> Settlement:
+        """`done` when the store changed the claim; LEFT (with the reason logged) otherwise."""
         claim = delivery.raw
         if not isinstance(claim, Claimed):
             raise TypeError(f"{verb}: not a delivery from a local queue: {delivery!r}")
         key = (claim.id, claim.delivery_count)
         if key not in self._held:
-            LOGGER.warning(f"not {verb}ing event {claim.id}: it was already acked or nacked")
-            return
-        if self._closed:
-            self._held.discard(key)
-            LOGGER.warning(
-                f"not {verb}ing event {claim.id}: subscription closed, it is redelivered"
-            )
-            return
-        done = await self._worker.call(fn, claim, self.holder, *args)  # raises: still held, retry
+            LOGGER.warning(f"cannot {verb} event {claim.id}: it was already settled")
+            return Settlement.LEFT
         self._held.discard(key)
-        if not done:
-            LOGGER.warning(
-                f"not {verb}ing event {claim.id}: its lease ran out, so it is redelivered"
-            )
+        if self._closed:
+            LOGGER.warning(f"cannot {verb} event {claim.id}: subscription closed, it is redelivered")
+            return Settlement.LEFT
+        try:
+            changed = await self._worker.call(fn, claim, self.holder, *args)
+        except BrokerError as e:  # still claimed by this holder: released at close or when its lease ends
+            LOGGER.warning(f"cannot {verb} event {claim.id} ({e}): it is redelivered later")
+            return Settlement.LEFT
+        if not changed:
+            LOGGER.warning(f"cannot {verb} event {claim.id}: its lease ran out, so it is redelivered")
+            return Settlement.LEFT
+        return done
 
-    async def ack(self, delivery: Delivery) -> None:
-        await self._settle(delivery, "ack", self._store.ack)
+    async def ack(self, delivery: Delivery) -> Settlement:
+        return await self._settle(delivery, "ack", Settlement.ACKED, self._store.ack)
 
-    async def nack(self, delivery: Delivery) -> None:
-        await self._settle(delivery, "nack", self._store.nack)
+    async def release(self, delivery: Delivery) -> Settlement:
+        return await self._settle(delivery, "release", Settlement.RELEASED, self._store.release)
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def requeue(self, delivery: Delivery, error: str, error_type: str) -> Settlement:
+        if delivery.decode_error is not None:  # cannot carry a count: given back unchanged
+            return await self.release(delivery)
+
+        def _requeue(claim: Claimed, holder: str) -> bool:  # worker thread: encoding may be slow
+            return self._store.requeue(claim, holder, codec.requeued_payload(delivery, error, error_type))
+
+        return await self._settle(delivery, "requeue", Settlement.REQUEUED, _requeue)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> Settlement:
         """Park the event for good (counted as `dead`, never redelivered)."""
-        await self._settle(delivery, "dead-letter", self._store.dead_letter, reason)
+        return await self._settle(delivery, "dead-letter", Settlement.DEAD_LETTERED, self._store.dead_letter, reason)
 
     # ----------------------------------------------------------- lease / close
 
@@ -284,7 +284,7 @@ class LocalPublisher(Publisher):
         return cls(cfg, worker, store)
 
     def _publish(self, data: Any, headers: dict[str, Any] | None) -> int:
-        return self._store.publish(Message.serialize(data, headers=headers))
+        return self._store.publish(codec.encode(data, headers))
 
     async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
         if self._closed:

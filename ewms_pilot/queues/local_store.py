@@ -275,7 +275,7 @@ class LocalStore:
             == 1
         )
 
-    def nack(self, claim: Claimed, holder: str) -> bool:
+    def release(self, claim: Claimed, holder: str) -> bool:
         """Make the event ready again (first in line); False when the claim was lost."""
         return (
             self._one(
@@ -286,6 +286,25 @@ class LocalStore:
             )
             == 1
         )
+
+    def requeue(self, claim: Claimed, holder: str, payload: bytes) -> bool:
+        """Replace the event by `payload` at the back of the queue (a fresh delivery count).
+
+        One transaction: the copy exists if and only if the claim was still ours.
+        """
+
+        def _txn() -> bool:
+            if self._conn.execute(
+                f"DELETE FROM events WHERE {self._MINE}", (claim.id, holder, claim.delivery_count)
+            ).rowcount != 1:
+                return False
+            self._conn.execute(
+                "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
+                (self.queue, payload, time.time()),
+            )
+            return True
+
+        return bool(self._write(_txn))
 
     def dead_letter(self, claim: Claimed, holder: str, reason: str) -> bool:
         """Park the event as dead (never redelivered); False when the claim was lost."""

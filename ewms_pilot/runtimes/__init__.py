@@ -9,7 +9,7 @@ from ..config.model import ContainerPlatform, PilotConfig
 from .apptainer import ApptainerRuntime
 from .base import OWNER_LABEL, Mount, RunSpec, Runtime, RuntimeUnavailableError
 from .docker import DockerRuntime
-from .mounts import MountPolicyError, build_mounts, validate_mount, validate_mounts
+from .mounts import MountPolicyError, external_mounts, validate_mount, validate_mounts
 from .podman import PodmanRuntime
 from .process import ProcessRuntime
 
@@ -24,7 +24,7 @@ __all__ = [
     "RunSpec",
     "Runtime",
     "RuntimeUnavailableError",
-    "build_mounts",
+    "external_mounts",
     "get_runtime",
     "validate_mount",
     "validate_mounts",

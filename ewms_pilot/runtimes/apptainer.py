@@ -2,9 +2,10 @@
 
 - `run --containall --no-eval`: no host home/tmp/env leaks in, and neither the
   task's args nor its env values are shell-evaluated.
-- The task's env is passed as `APPTAINERENV_<NAME>` in the client's
-  environment, not `--env NAME=VALUE`: apptainer parses `--env` as a
-  comma-separated list, which would split a value containing a comma.
+- The task's env is passed with `--env-file` (owner-only, see `envfile`), not
+  `--env NAME=VALUE`: argv is world-readable in `ps`, and apptainer parses
+  `--env` as a comma-separated list. Apptainer reads the file as shell
+  assignments, so each value is single-quoted (never expanded).
 - Only sandbox directories run reliably on execute points (SIF needs FUSE or
   setuid mounts), so other references are converted once with
   `apptainer build --fix-perms --sandbox` when allowed.
@@ -20,11 +21,12 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .base import RunSpec, Runtime, RuntimeUnavailableError
+from .base import RunSpec, Runtime, RuntimeUnavailableError, env_file_of
 from .commands import run_command
 from .mounts import require_plain_paths
 
@@ -32,7 +34,6 @@ LOGGER = logging.getLogger(__name__)
 
 #: the 1.x name (with its leading underscore), the only one the config reads
 MUST_BE_PRESENT_VAR = "_EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT"
-ENV_PREFIX = "APPTAINERENV_"
 #: `--bind src:dst:ro` splits on these
 BIND_FORBIDDEN_CHARS = ",:\n"
 #: default seconds allowed for one image conversion
@@ -83,6 +84,7 @@ class ApptainerRuntime(Runtime):
     """Runs each task with `apptainer run --containall --no-eval ...`."""
 
     name = "apptainer"
+    mount_forbidden_chars = BIND_FORBIDDEN_CHARS
 
     def __init__(
         self,
@@ -107,12 +109,16 @@ class ApptainerRuntime(Runtime):
     def run_argv(self, spec: RunSpec) -> list[str]:
         argv = [*self._base(), "run", "--containall", "--no-eval"]
         for mount in spec.mounts:
-            require_plain_paths(mount, BIND_FORBIDDEN_CHARS, self.name)
+            require_plain_paths(mount, self.mount_forbidden_chars, self.name)
             argv += ["--bind", f"{mount.source}:{mount.target}" + (":ro" if mount.readonly else "")]
+        if spec.env:
+            argv += ["--env-file", str(env_file_of(spec))]
         return [*argv, spec.image, *spec.argv]
 
-    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str] | None:
-        return {**inherited, **{f"{ENV_PREFIX}{k}": v for k, v in spec.env.items()}}
+    def env_file_text(self, env: Mapping[str, str]) -> str | None:
+        if not env:
+            return None
+        return "".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items())
 
     def build_argv(self, source: str, sandbox_dir: Path) -> list[str]:
         """Convert `source` (see `build_source`) into the sandbox directory `sandbox_dir`."""

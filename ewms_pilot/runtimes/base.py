@@ -46,6 +46,9 @@ class RunSpec:
     labels: Mapping[str, str] = dc.field(default_factory=dict)
     workdir: Path | None = None  # host cwd for the process runtime
     interactive: bool = False  # keep the client's stdin attached to the task (warm workers)
+    #: owner-only host file the client reads `env` from (container runtimes: never on argv);
+    #: written just before the start and removed after the exit, see `runtimes/envfile.py`
+    env_file: Path | None = None
 
     def __post_init__(self) -> None:
         # Checked here, once for every runtime: each value becomes exactly one
@@ -69,12 +72,21 @@ class RunSpec:
                 raise ValueError(f"invalid label {key!r}")
 
 
+def env_file_of(spec: RunSpec) -> Path:
+    """The spec's env file; a spec for a container runtime without one is a bug."""
+    if spec.env_file is None:
+        raise ValueError(f"{spec.name}: no env file to pass the task's environment in")
+    return spec.env_file
+
+
 class Runtime(abc.ABC):
     """A container platform: docker, podman, apptainer or process."""
 
     name: str = "abstract"
     #: True when the task sees host paths as-is (no mounts, no path mapping)
     uses_host_paths: bool = False
+    #: characters this runtime's bind-mount syntax cannot carry in a path
+    mount_forbidden_chars: str = ""
 
     def task_path(self, host_path: Path, mount: Mount | None) -> str:
         """The path the task sees for `host_path` (inside `mount` when containerized)."""
@@ -114,12 +126,37 @@ class Runtime(abc.ABC):
         """
         return None
 
-    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str] | None:
-        """The environment for the client process that `run_argv` starts; None = inherit.
+    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The environment of the client process that `run_argv` starts.
 
-        Runtimes that pass the task's env outside argv (process, apptainer) return
-        `inherited` plus their additions.
+        A container CLI gets the pilot's environment without the pilot's own
+        settings (broker tokens among them): it needs its own configuration
+        (CONTAINERS_CONF, DOCKER_HOST, ...), the task never sees it.
         """
+        from .envfile import client_env  # local: keeps this interface module light
+
+        return client_env(inherited)
+
+    def env_file_text(self, env: Mapping[str, str]) -> str | None:
+        """`env` in this runtime's env-file format; None: no env file (none needed, or not this runtime's way)."""
+        return None
+
+    def write_env_file(self, spec: RunSpec) -> None:
+        """Write `spec.env_file` if this runtime reads the task's env from one (blocking, small)."""
+        text = self.env_file_text(spec.env)
+        if text is not None:
+            from .envfile import write_env_file
+
+            write_env_file(env_file_of(spec), text)
+
+    def env_value_problem(self, value: str) -> str | None:
+        """Why `value` cannot reach a task through this runtime (one phrase), or None."""
+        if "\0" in value:
+            return "contains a NUL byte"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode text"
         return None
 
     def process_cwd(self, spec: RunSpec) -> Path | None:

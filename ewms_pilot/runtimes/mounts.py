@@ -1,9 +1,12 @@
 """Which host directories a task container may see, and how.
 
-A task is code the pilot did not write: it may write into what is bound
-writable. So kernel/device trees are never bound, system trees only
-read-only, and external directories (site data) are always read-only at the
-same path as on the host.
+A task is code the pilot did not write. So kernel and device trees (and
+anything that resolves into them) are never bound, nor is the whole file
+system; external directories (site data) are bound read-only at the same path
+as on the host; the pilot's own directories (task-io, data hub) are the only
+writable binds. Mount sources are bound with symlinks resolved, as checked.
+The same rules are checked when the configuration is loaded
+(`spec.validate_for_runtime`), so a bad setting is exit 2 before any event.
 """
 
 from __future__ import annotations
@@ -14,28 +17,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, PilotError
-from .base import CONTAINER_DATA_HUB, CONTAINER_TASK_IO, Mount
+from .base import CONTAINER_DATA_ROOT, Mount
 
 EXTERNAL_DIRECTORIES_VAR = "EWMS_PILOT_EXTERNAL_DIRECTORIES"
 
-#: host trees that are never bound into a container (kernel, devices, runtime sockets)
+#: host trees that are never bound into a container (kernel, devices, runtime sockets, boot)
 NEVER_MOUNTED = tuple(PurePosixPath(p) for p in ("/proc", "/dev", "/sys", "/run", "/boot"))
-#: host trees that may only be bound read-only (the system and its logs/caches)
-READ_ONLY_ONLY = tuple(
-    PurePosixPath(p)
-    for p in (
-        "/etc",
-        "/usr",
-        "/lib",
-        "/lib64",
-        "/bin",
-        "/sbin",
-        "/root",
-        "/var/log",
-        "/var/cache",
-        "/var/spool",
-    )
-)
+ROOT = PurePosixPath("/")
 
 
 class MountPolicyError(PilotError):
@@ -61,40 +49,54 @@ def _names(roots: Sequence[PurePosixPath]) -> str:
     return ", ".join(str(r) for r in roots)
 
 
-def mount_problem(mount: Mount) -> MountProblem | None:
-    """The first rule `mount` breaks, or None when it may be bound."""
-    source = mount.source
-    if not source.is_absolute():
+def path_problem(path: Path, forbidden_chars: str = "", *, must_exist: bool = True) -> MountProblem | None:
+    """The first rule a bind source `path` breaks (as written and as it resolves), or None.
+
+    `forbidden_chars`: what the runtime's mount syntax cannot carry. With
+    `must_exist=False` (the data dir, made at start) a missing path is fine.
+    """
+    if not path.is_absolute():
         return MountProblem("host path is relative", "an absolute path")
-    if not mount.target.is_absolute():
-        return MountProblem(f"container path {mount.target} is relative", "an absolute path")
-    if PurePosixPath(source) == PurePosixPath("/") or mount.target == PurePosixPath("/"):
-        return MountProblem("the whole file system cannot be bound", "a directory other than /")
-    # check the path as written and as it resolves (/var/run -> /run, /x/../proc)
-    candidates = (PurePosixPath(source), PurePosixPath(os.path.realpath(source)))
-    for candidate in candidates:
+    if "\0" in str(path):
+        return MountProblem("it contains a NUL byte", "a path without NUL bytes")
+    real = PurePosixPath(os.path.realpath(path))
+    for candidate in dict.fromkeys((PurePosixPath(path), real)):
+        via = "" if candidate == PurePosixPath(path) else f"it resolves to {real}: "
+        if candidate == ROOT:
+            return MountProblem(f"{via}the whole file system cannot be bound", "a directory other than /")
         root = _under(candidate, NEVER_MOUNTED)
         if root is not None:
             return MountProblem(
-                f"{root} is never bound into a container",
+                f"{via}{root} is never bound into a container",
                 f"a directory outside {_names(NEVER_MOUNTED)}",
             )
-    if not source.is_dir():
-        return MountProblem("not an existing directory on this host", "an existing directory")
-    if not mount.readonly:
-        for candidate in candidates:
-            root = _under(candidate, READ_ONLY_ONLY)
-            if root is not None:
-                return MountProblem(
-                    f"{root} may only be bound read-only",
-                    f"a writable directory outside {_names(READ_ONLY_ONLY)}",
-                )
+        bad = sorted({c for c in str(candidate) if c in forbidden_chars})
+        if bad:
+            chars = " ".join(repr(c) for c in bad)
+            return MountProblem(
+                f"{via}the runtime's mount syntax cannot carry {chars}",
+                f"a path without {chars}",
+            )
+    if not os.path.lexists(path):
+        if must_exist:
+            return MountProblem("no such directory on this host", "an existing directory")
+    elif not os.path.isdir(path):
+        return MountProblem("not a directory on this host", "an existing directory")
     return None
 
 
-def validate_mount(mount: Mount) -> Mount:
+def mount_problem(mount: Mount, forbidden_chars: str = "") -> MountProblem | None:
+    """The first rule `mount` breaks, or None when it may be bound."""
+    if not mount.target.is_absolute():
+        return MountProblem(f"container path {mount.target} is relative", "an absolute path")
+    if mount.target == ROOT:
+        return MountProblem("the whole file system cannot be bound", "a directory other than /")
+    return path_problem(mount.source, forbidden_chars)
+
+
+def validate_mount(mount: Mount, forbidden_chars: str = "") -> Mount:
     """`mount` itself, or MountPolicyError saying in one line which rule it breaks."""
-    problem = mount_problem(mount)
+    problem = mount_problem(mount, forbidden_chars)
     if problem is not None:
         mode = "read-only" if mount.readonly else "writable"
         raise MountPolicyError(
@@ -103,12 +105,12 @@ def validate_mount(mount: Mount) -> Mount:
     return mount
 
 
-def validate_mounts(mounts: Iterable[Mount]) -> tuple[Mount, ...]:
+def validate_mounts(mounts: Iterable[Mount], forbidden_chars: str = "") -> tuple[Mount, ...]:
     """Each mount validated, and no two sharing a container path."""
     seen: set[PurePosixPath] = set()
     out: list[Mount] = []
     for mount in mounts:
-        validate_mount(mount)
+        validate_mount(mount, forbidden_chars)
         if mount.target in seen:
             raise MountPolicyError(
                 f"refusing to bind {mount.source} at {mount.target}: that container path is already bound"
@@ -118,43 +120,29 @@ def validate_mounts(mounts: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(out)
 
 
-def external_mount(directory: Path) -> Mount:
-    """An external directory: read-only, at the same path inside the container."""
-    return Mount(directory, PurePosixPath(directory), readonly=True)
+def external_mounts(directories: Sequence[Path], forbidden_chars: str) -> tuple[Mount, ...]:
+    """External directories: read-only, at their path as given, bound from where they resolve.
 
-
-def build_mounts(
-    *,
-    data_hub: Path | None,
-    task_io: Path | None,
-    external_directories: Sequence[Path] = (),
-) -> tuple[Mount, ...]:
-    """The mounts one container gets: task-io and data hub (writable), external dirs (read-only).
-
-    The pilot's own directories break the policy only through a bug or a bad
-    data dir: MountPolicyError. A bad external directory is the user's setting:
-    ConfigError naming EWMS_PILOT_EXTERNAL_DIRECTORIES.
+    A directory the policy refuses is the user's setting: ConfigError naming
+    EWMS_PILOT_EXTERNAL_DIRECTORIES and the one entry.
     """
-    own: list[Mount] = []
-    if task_io is not None:
-        own.append(Mount(task_io, CONTAINER_TASK_IO))
-    if data_hub is not None:
-        own.append(Mount(data_hub, CONTAINER_DATA_HUB))
-    mounts = list(validate_mounts(own))
-    seen = {m.target for m in mounts}
-    for directory in external_directories:
-        mount = external_mount(Path(directory))
-        problem = mount_problem(mount)
-        if problem is not None:
-            raise ConfigError(EXTERNAL_DIRECTORIES_VAR, str(directory), problem.expected)
-        if mount.target in seen:
+    seen: set[PurePosixPath] = set()
+    mounts: list[Mount] = []
+    for directory in directories:
+        target = PurePosixPath(directory)
+        if target in seen or _under(target, (CONTAINER_DATA_ROOT,)):
             raise ConfigError(
                 EXTERNAL_DIRECTORIES_VAR,
                 str(directory),
-                "each directory once, and none at a path the pilot binds itself",
+                f"each directory once, and none at or inside {CONTAINER_DATA_ROOT} (the pilot binds it)",
             )
-        seen.add(mount.target)
-        mounts.append(mount)
+        problem = path_problem(Path(directory), forbidden_chars)
+        if problem is not None:
+            raise ConfigError(
+                EXTERNAL_DIRECTORIES_VAR, str(directory), f"{problem.expected} ({problem.reason})"
+            )
+        seen.add(target)
+        mounts.append(Mount(Path(os.path.realpath(directory)), target, readonly=True))
     return tuple(mounts)
 
 

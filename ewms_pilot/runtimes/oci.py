@@ -10,6 +10,10 @@ How a container dies with its pilot:
   SIGKILL), kills the client, then `rm --force` in case `--rm` did not get to it.
 - Every container carries `ewms-pilot.owner=<pilot id>` (RunSpec.labels), so
   what a SIGKILLed pilot left behind can be removed with `remove_leftovers`.
+- The task's environment goes in through `--env-file` (owner-only, see
+  `envfile`), never `--env NAME=VALUE`: argv is world-readable in `ps`. The
+  format is one `NAME=VALUE` line per variable, the value taken as is: a value
+  cannot hold a line break.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 import abc
 import logging
 import shutil
+from collections.abc import Mapping
 
-from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError
+from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError, env_file_of
 from .commands import run_command
 from .mounts import require_plain_paths
 
@@ -37,6 +42,7 @@ class OCIRuntime(Runtime):
     """A docker-compatible CLI (docker, podman)."""
 
     binary: str = "abstract"
+    mount_forbidden_chars = MOUNT_FORBIDDEN_CHARS
 
     def __init__(self, *, binary: str | None = None, pull_timeout: float = PULL_TIMEOUT) -> None:
         if binary is not None:
@@ -69,13 +75,27 @@ class OCIRuntime(Runtime):
         for key, value in spec.labels.items():
             argv += ["--label", f"{key}={value}"]
         for mount in spec.mounts:
-            require_plain_paths(mount, MOUNT_FORBIDDEN_CHARS, self.name)
+            require_plain_paths(mount, self.mount_forbidden_chars, self.name)
             option = f"type=bind,source={mount.source},target={mount.target}"
             argv += ["--mount", option + (",readonly" if mount.readonly else "")]
-        for key, value in spec.env.items():
-            argv += ["--env", f"{key}={value}"]
+        if spec.env:
+            argv += ["--env-file", str(env_file_of(spec))]
         argv += self.extra_run_options()
         return [*argv, spec.image, *spec.argv]
+
+    def env_value_problem(self, value: str) -> str | None:
+        if "\n" in value or "\r" in value:
+            return f"contains a line break ({self.name} reads a task's environment one line per variable)"
+        return super().env_value_problem(value)
+
+    def env_file_text(self, env: Mapping[str, str]) -> str | None:
+        if not env:
+            return None
+        for key, value in env.items():
+            problem = self.env_value_problem(value)
+            if problem is not None:
+                raise ValueError(f"environment variable {key} {problem}")
+        return "".join(f"{key}={value}\n" for key, value in env.items())
 
     def stop_argv(self, name: str, grace: float) -> list[str] | None:
         return [self.binary, "stop", "-t", str(int(grace)), name]

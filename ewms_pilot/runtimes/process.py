@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .base import RunSpec, Runtime
+from .envfile import task_host_env
 
 
 class ProcessRuntime(Runtime):
-    """Runs `spec.argv` as a host process with `spec.env` added to the pilot's environment."""
+    """Runs `spec.argv` as a host process: `spec.env` plus the allowed part of the pilot's env."""
 
     name = "process"
     uses_host_paths = True
@@ -23,8 +24,8 @@ class ProcessRuntime(Runtime):
             raise ValueError("the process runtime needs a command: the task args are empty")
         return list(spec.argv)
 
-    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str] | None:
-        return {**inherited, **spec.env}
+    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str]:
+        return {**task_host_env(inherited), **spec.env}
 
     def process_cwd(self, spec: RunSpec) -> Path | None:
         return spec.workdir

@@ -1,9 +1,13 @@
 """Why a task failed, as exception types a site can name in `EWMS_PILOT_OKAY_ERRORS`.
 
 The class names match ewms-pilot 1.x so existing OKAY_ERRORS values keep
-working; `TaskFailure.names()` lets a site name a base class or a leaf.
-This module also pulls the one useful line out of a task's stderr, so a
-failure is explained in one log line instead of a dump.
+working; `TaskFailure.names()` lets a site name a base class, a leaf, or the
+builtin name 1.x users wrote for the same failure (`TimeoutError`).
+Every failure carries two texts: `reason`, one line free of per-task noise
+(task ids, temp paths, timestamps) so that identical failures on many pilots
+aggregate into one count where HTCondor/TMS collect them, and `detail`, the
+task's own last Python traceback (else the tail of its stderr) for whoever
+debugs it. This module also pulls the one useful line out of a task's stderr.
 """
 
 from __future__ import annotations
@@ -11,9 +15,16 @@ from __future__ import annotations
 import re
 import signal
 from pathlib import Path
+from typing import ClassVar
 
 #: the longest stderr line quoted in a failure message
 MAX_ERROR_LINE_CHARS = 500
+
+#: the longest `detail` kept (a traceback of a deep recursion can be megabytes)
+MAX_DETAIL_CHARS = 16_000
+
+#: stderr lines kept as `detail` when there is no traceback
+DETAIL_TAIL_LINES = 20
 
 #: how much of a stderr file `read_tail` reads by default
 DEFAULT_TAIL_BYTES = 64 * 1024
@@ -23,6 +34,30 @@ def _one_line(text: str) -> str:
     """Join a multi-line text so that a log record stays one line."""
     parts = [p.strip() for p in text.splitlines()]
     return " | ".join(p for p in parts if p)
+
+
+# Per-task noise, most specific first. Task ids are 12 hex digits (taskdir.new_task_id),
+# event ids UUIDs; a path up to a task's own directory differs on every pilot.
+_NOISE = (
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<id>"),
+    (re.compile(r"(?<![0-9A-Za-z])(?=[0-9]*[a-f])[0-9a-f]{12}(?:[0-9a-f]{20})?(?![0-9A-Za-z])"), "<id>"),
+    (re.compile(r"(?:/[^\s/'\"<>]+)*/<id>(?=/|['\"\s]|$)"), "<task dir>"),
+    (re.compile(r"\btmp[a-z0-9_]{8}\b"), "tmp<x>"),
+    (re.compile(r"\bdir_\d+\b"), "dir_<n>"),
+    (
+        re.compile(
+            r"\b(?:\d{4}-\d{2}-\d{2}[T ])?\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\b"
+        ),
+        "<time>",
+    ),
+)
+
+
+def aggregatable(text: str) -> str:
+    """`text` with task ids, temp paths and timestamps replaced by placeholders."""
+    for pattern, placeholder in _NOISE:
+        text = pattern.sub(placeholder, text)
+    return text
 
 
 def _describe_exit(exit_code: int | None) -> str:
@@ -38,40 +73,64 @@ def _describe_exit(exit_code: int | None) -> str:
 
 
 class TaskFailure(Exception):
-    """Base of every way one task can fail; `reason` is one line for the logs."""
+    """Base of every way one task can fail; `reason` is one line for logs and chirp."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = _one_line(reason)
+    #: builtin exception names 1.x users wrote in OKAY_ERRORS for this failure
+    builtin_aliases: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, reason: str, *, detail: str = "") -> None:
+        self.reason = aggregatable(_one_line(reason))
+        self.detail = detail
         super().__init__(self.reason)
 
     @classmethod
     def names(cls) -> set[str]:
-        """This class's name and those of its bases below `Exception` (for OKAY_ERRORS)."""
-        return {k.__name__ for k in cls.__mro__ if issubclass(k, Exception) and k is not Exception}
+        """Names that match this failure in OKAY_ERRORS: its class, its bases below
+        `Exception`, and the builtin names 1.x raised for the same failure."""
+        own = {k.__name__ for k in cls.__mro__ if issubclass(k, Exception) and k is not Exception}
+        return own | cls.builtin_aliases
 
 
 class ContainerRunError(TaskFailure):
     """The task's container (or process) ended with a non-zero exit code.
 
-    Build the standard message with `ContainerRunError.from_exit(code, line)`.
+    Build the standard message with `ContainerRunError.from_exit(code, stderr_tail)`.
     """
 
-    def __init__(self, reason: str, *, exit_code: int | None = None, stderr_line: str = "") -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        exit_code: int | None = None,
+        stderr_line: str = "",
+        detail: str = "",
+    ) -> None:
         self.exit_code = exit_code
         self.stderr_line = stderr_line
-        super().__init__(reason)
+        super().__init__(reason, detail=detail)
 
     @classmethod
-    def from_exit(cls, exit_code: int | None, stderr_line: str) -> ContainerRunError:
-        """`exited with code 3: <line>` (or `was killed by SIGKILL ...` for a signal)."""
-        detail = stderr_line if stderr_line else "(no stderr output)"
+    def from_exit(
+        cls, exit_code: int | None, stderr_tail: str, *, apptainer: bool = False
+    ) -> ContainerRunError:
+        """`exited with code 3: <line>` (or `was killed by SIGKILL ...` for a signal).
+
+        `stderr_tail` is the end of the task's stderr (`read_tail`); the line quoted and
+        the `detail` are taken from it.
+        """
+        line = extract_error_line(stderr_tail, apptainer=apptainer)
         return cls(
-            f"{_describe_exit(exit_code)}: {detail}", exit_code=exit_code, stderr_line=stderr_line
+            f"{_describe_exit(exit_code)}: {line or '(no stderr output)'}",
+            exit_code=exit_code,
+            stderr_line=line,
+            detail=extract_detail(stderr_tail, apptainer=apptainer),
         )
 
 
 class TaskTimeoutError(ContainerRunError):
     """The task ran longer than its time limit and was stopped."""
+
+    builtin_aliases = frozenset({"TimeoutError"})
 
     def __init__(
         self,
@@ -80,15 +139,24 @@ class TaskTimeoutError(ContainerRunError):
         timeout: float | None = None,
         exit_code: int | None = None,
         stderr_line: str = "",
+        detail: str = "",
     ) -> None:
         self.timeout = timeout
-        super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line)
+        super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=detail)
 
     @classmethod
-    def after(cls, timeout: float, stderr_line: str = "") -> TaskTimeoutError:
-        """`timed out after 90 s[; last stderr line: <line>]`."""
-        tail = f"; last stderr line: {stderr_line}" if stderr_line else ""
-        return cls(f"timed out after {timeout:g} s{tail}", timeout=timeout, stderr_line=stderr_line)
+    def after(
+        cls, timeout: float, stderr_tail: str = "", *, apptainer: bool = False
+    ) -> TaskTimeoutError:
+        """`timed out after 90 s[; last stderr line: <line>]`, from the end of its stderr."""
+        line = extract_error_line(stderr_tail, apptainer=apptainer)
+        tail = f"; last stderr line: {line}" if line else ""
+        return cls(
+            f"timed out after {timeout:g} s{tail}",
+            timeout=timeout,
+            stderr_line=line,
+            detail=extract_detail(stderr_tail, apptainer=apptainer),
+        )
 
 
 class FailurePatternError(ContainerRunError):
@@ -98,7 +166,7 @@ class FailurePatternError(ContainerRunError):
         self, reason: str, *, pattern: str = "", exit_code: int | None = 0, stderr_line: str = ""
     ) -> None:
         self.pattern = pattern
-        super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line)
+        super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=stderr_line)
 
     @classmethod
     def matched(cls, pattern: str, line: str, exit_code: int | None = 0) -> FailurePatternError:
@@ -133,6 +201,26 @@ class TaskCancelledError(TaskFailure):
 
     def __init__(self, reason: str = "the pilot is shutting down") -> None:
         super().__init__(reason)
+
+
+class ResultTooLargeError(TaskFailure):
+    """The task's result can never be published: the outgoing broker refuses it for good.
+
+    Not worth a retry of the publish; the event counts an attempt and is
+    dead-lettered with this reason at the limit.
+    """
+
+    def __init__(self, reason: str, *, size: int | None = None, limit: int | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(reason)
+
+
+class TooManyRedeliveriesError(TaskFailure):
+    """The broker delivered the event more often than EWMS_PILOT_MAX_REDELIVERIES: it is not run again.
+
+    (Pilots that took it kept dying or being evicted before any task ended.)
+    """
 
 
 def describe_failure(task_id: str, failure: TaskFailure) -> str:
@@ -181,12 +269,7 @@ def extract_error_line(stderr_text: str, *, apptainer: bool = False) -> str:
     With `apptainer`, apptainer's own INFO/WARNING/VERBOSE/DEBUG lines are
     skipped (unless that is all there is). Returns "" for an empty stderr.
     """
-    lines = [_ANSI_ESCAPE.sub("", ln).rstrip() for ln in stderr_text.splitlines() if ln.strip()]
-    if apptainer:
-        useful = [ln for ln in lines if not _APPTAINER_NOISE.match(ln)]
-        if not useful:  # only apptainer talk: its last line is better than nothing
-            return _truncate(lines[-1].strip()) if lines else ""
-        lines = useful
+    lines = _clean_lines(stderr_text, apptainer)
     for i in range(len(lines) - 1, -1, -1):
         m = _TRACEBACK_HEADER.match(lines[i])
         if m:
@@ -195,6 +278,38 @@ def extract_error_line(stderr_text: str, *, apptainer: bool = False) -> str:
                 return _truncate(found)
             break  # a truncated traceback: fall back to the last line
     return _truncate(lines[-1].strip()) if lines else ""
+
+
+def _clean_lines(stderr_text: str, apptainer: bool) -> list[str]:
+    """Non-blank lines without ANSI colours (and without apptainer's own talk, unless that is all)."""
+    lines = [_ANSI_ESCAPE.sub("", ln).rstrip() for ln in stderr_text.splitlines() if ln.strip()]
+    if apptainer:
+        useful = [ln for ln in lines if not _APPTAINER_NOISE.match(ln)]
+        if useful:
+            return useful
+    return lines
+
+
+def extract_detail(stderr_text: str, *, apptainer: bool = False) -> str:
+    """The task's last Python traceback (header to end of stderr), else the last stderr lines.
+
+    In chained exceptions the last traceback is the one that ended the task.
+    At most `MAX_DETAIL_CHARS`: a longer text keeps its start and its end.
+    """
+    lines = _clean_lines(stderr_text, apptainer)
+    headers = [(i, m.group("lead")) for i, ln in enumerate(lines) if (m := _TRACEBACK_HEADER.match(ln))]
+    # a header inside an exception group is led by "|"; the group's own header by "  + "
+    top_level = [i for i, lead in headers if "|" not in lead]
+    if top_level or headers:
+        start = (top_level or [i for i, _ in headers])[-1]
+    else:
+        start = max(0, len(lines) - DETAIL_TAIL_LINES)
+    text = "\n".join(lines[start:])
+    if len(text) <= MAX_DETAIL_CHARS:
+        return text
+    head = MAX_DETAIL_CHARS // 4
+    tail = MAX_DETAIL_CHARS - head
+    return f"{text[:head]}\n…[{len(text) - head - tail} characters cut]…\n{text[-tail:]}"
 
 
 def read_tail(path: Path, max_bytes: int = DEFAULT_TAIL_BYTES) -> str:

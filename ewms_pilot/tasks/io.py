@@ -22,8 +22,8 @@ from .errors import InvalidDataForInfileException, InvalidDataFromOutfileExcepti
 #: the largest result the pilot publishes; beyond it the task fails with a clear reason
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 
-#: the infile is read by the task, which may run as another user inside a container
-INFILE_MODE = 0o644
+#: the infile is the pilot user's only (a container reads it as root or as that user)
+INFILE_MODE = 0o600
 
 #: how many directory levels above a task file the task itself can replace: task-io, and
 #: the task's root (a warm worker sees the whole data dir). None of them may be a symlink.
@@ -77,7 +77,7 @@ def write_infile(data: Any, path: Path) -> None:
         os.close(dir_fd)
     with os.fdopen(fd, "wb") as f:
         role.require_regular(os.fstat(fd).st_mode)
-        os.fchmod(fd, INFILE_MODE)  # umask may have left it unreadable to the task's user
+        os.fchmod(fd, INFILE_MODE)  # whatever the umask
         f.write(payload)
 
 

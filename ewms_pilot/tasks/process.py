@@ -28,6 +28,7 @@ from typing import IO, Any, TypeVar
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
+from ..runtimes.envfile import remove_env_file
 from .parent_death import with_parent_death_signal
 
 LOGGER = logging.getLogger(__name__)
@@ -261,51 +262,54 @@ async def run_to_completion(
     env = runtime.process_env(spec, os.environ)
     cwd = runtime.process_cwd(spec)
     loop = asyncio.get_running_loop()
-    with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
-        started = loop.time()
-        try:
-            _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
-            proc = await asyncio.create_subprocess_exec(
-                *with_parent_death_signal(command),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if on_line else out_file,
-                stderr=subprocess.PIPE if on_line else err_file,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as e:
-            # e.g. the task command does not exist: a task failure, told in its stderr
-            err_file.write(f"ewms-pilot: cannot start {command[0]!r}: {e.strerror}\n".encode())
-            return ProcessOutcome(NOT_STARTED_EXIT_CODE, False, False, loop.time() - started)
-        LOGGER.debug(f"{spec.name}: started (pid {proc.pid})")
+    try:
+        with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
+            runtime.write_env_file(spec)  # owner-only; the client reads it as it starts
+            started = loop.time()
+            try:
+                _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
+                proc = await asyncio.create_subprocess_exec(
+                    *with_parent_death_signal(command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if on_line else out_file,
+                    stderr=subprocess.PIPE if on_line else err_file,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                # e.g. the task command does not exist: a task failure, told in its stderr
+                err_file.write(f"ewms-pilot: cannot start {command[0]!r}: {e.strerror}\n".encode())
+                return ProcessOutcome(NOT_STARTED_EXIT_CODE, False, False, loop.time() - started)
+            LOGGER.debug(f"{spec.name}: started (pid {proc.pid})")
 
-        pumps: list[asyncio.Task[None]] = []
-        if on_line is not None:
-            assert proc.stdout is not None and proc.stderr is not None
-            pumps = [
-                asyncio.create_task(_pump(proc.stdout, out_file, "stdout", on_line)),
-                asyncio.create_task(_pump(proc.stderr, err_file, "stderr", on_line)),
-            ]
+            pumps: list[asyncio.Task[None]] = []
+            if on_line is not None:
+                assert proc.stdout is not None and proc.stderr is not None
+                pumps = [
+                    asyncio.create_task(_pump(proc.stdout, out_file, "stdout", on_line)),
+                    asyncio.create_task(_pump(proc.stderr, err_file, "stderr", on_line)),
+                ]
 
-        timed_out = stop_requested = False
-        try:
-            timed_out, stop_requested = await _wait_for_end(proc, timeout, stop)
-            if timed_out or stop_requested:
-                why = f"timed out after {timeout:g}s" if timed_out else "stop requested"
-                LOGGER.info(f"{spec.name}: {why}: stopping it")
-                await uncancellable(terminate(runtime, spec, proc, stop_grace))
-        except BaseException:  # cancelled (or a bug): stop it before letting go
-            if proc.returncode is None:  # else it ended, or was stopped above already
-                LOGGER.info(f"{spec.name}: cancelled: stopping it")
-                await uncancellable(terminate(runtime, spec, proc, stop_grace))
-            raise
-        finally:
-            ended = loop.time()
-            # whatever the task left behind in its group (background children)
-            if group_exists(proc.pid):
-                signal_group(proc.pid, signal.SIGKILL)
-                await uncancellable(_group_gone_within(proc, KILL_WAIT))
-            await uncancellable(_drain(pumps))
-
+            timed_out = stop_requested = False
+            try:
+                timed_out, stop_requested = await _wait_for_end(proc, timeout, stop)
+                if timed_out or stop_requested:
+                    why = f"timed out after {timeout:g}s" if timed_out else "stop requested"
+                    LOGGER.info(f"{spec.name}: {why}: stopping it")
+                    await uncancellable(terminate(runtime, spec, proc, stop_grace))
+            except BaseException:  # cancelled (or a bug): stop it before letting go
+                if proc.returncode is None:  # else it ended, or was stopped above already
+                    LOGGER.info(f"{spec.name}: cancelled: stopping it")
+                    await uncancellable(terminate(runtime, spec, proc, stop_grace))
+                raise
+            finally:
+                ended = loop.time()
+                # whatever the task left behind in its group (background children)
+                if group_exists(proc.pid):
+                    signal_group(proc.pid, signal.SIGKILL)
+                    await uncancellable(_group_gone_within(proc, KILL_WAIT))
+                await uncancellable(_drain(pumps))
+    finally:
+        remove_env_file(spec.env_file)
     return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started)

@@ -4,11 +4,18 @@
 <data_dir>/<task id>/task-io/outfile-<id><ext>
 <data_dir>/<task id>/outputs/stdoutfile           (pilot-side only)
 <data_dir>/<task id>/outputs/stderrfile
+
+Everything under the data dir is the pilot user's only (dirs 0700, files 0600,
+process umask 077): an event, a result or a task's env is nobody else's to
+read or replace. A container writes its outfile as root (rootful podman,
+docker) or as the pilot's own user (rootless podman, apptainer); see
+docs/sandbox.md for a site that runs tasks as yet another uid.
 """
 
 from __future__ import annotations
 
 import dataclasses as dc
+import os
 import shutil
 import sys
 import uuid
@@ -16,8 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: task-io is written by the task, which may be another (non-root) user in a container
-TASK_IO_MODE = 0o777
+from ..errors import ConfigError
+
+DATA_DIR_VAR = "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST"
+
+#: the pilot's directories: its user's only
+PRIVATE_DIR_MODE = 0o700
+#: the process umask the pilot runs with: whatever it (or a library) creates is its user's only
+PILOT_UMASK = 0o077
 
 
 def new_task_id() -> str:
@@ -71,11 +84,9 @@ class TaskDir:
     def create(cls, data_dir: Path, task_id: str, infile_ext: str, outfile_ext: str) -> TaskDir:
         """Make the directories for a new task (`FileExistsError` if the id was used)."""
         td = cls.layout(data_dir, task_id, infile_ext, outfile_ext)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        td.root.mkdir()
-        td.task_io.mkdir()
-        td.task_io.chmod(TASK_IO_MODE)  # explicit: mkdir's mode is cut by the umask
-        td.outputs.mkdir()
+        data_dir.mkdir(PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        for d in (td.root, td.task_io, td.outputs):
+            d.mkdir(PRIVATE_DIR_MODE)
         return td
 
     def remove(self) -> None:
@@ -91,3 +102,21 @@ class TaskDir:
             shutil.rmtree(
                 self.root, onerror=lambda func, path, info: _ignore_missing(func, path, info[1])
             )
+
+
+def prepare_data_dir(data_dir: Path, data_hub: Path) -> None:
+    """At pilot start: umask 077, then the data dir and hub made (or narrowed to) 0700.
+
+    An existing data dir left open by an older pilot is closed at its top
+    level: nobody else can reach anything below it. ConfigError (exit 2)
+    when the pilot cannot do that there.
+    """
+    os.umask(PILOT_UMASK)
+    try:
+        for d in (data_dir, data_hub):
+            d.mkdir(PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            d.chmod(PRIVATE_DIR_MODE)
+    except OSError as e:
+        raise ConfigError(
+            DATA_DIR_VAR, str(data_dir.parent), f"a directory the pilot can own ({d}: {e.strerror})"
+        ) from None

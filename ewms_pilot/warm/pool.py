@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import dataclasses as dc
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..config.model import PilotConfig
-from ..runtimes.base import CONTAINER_DATA_ROOT, Mount, RunSpec, Runtime, RuntimeUnavailableError
-from ..tasks.args import split_args, substitute, task_env
+from ..runtimes.base import RunSpec, Runtime, RuntimeUnavailableError
+from ..runtimes.spec import SpecBuilder
 from .protocol import ENV_TASK_MODE, WARM, encode_request
 from .worker_proc import Exited, WarmWorker
 
@@ -78,9 +78,8 @@ class WarmPool:
         self.pilot_id = pilot_id
         self.size = size or cfg.max_concurrent_tasks
         self.log_dir = cfg.data_dir / LOG_DIR_NAME
-        # the whole data dir, so every per-task dir is visible to a long-lived container
-        self.data_mount = Mount(cfg.data_dir.absolute(), CONTAINER_DATA_ROOT)
-        self._argv = self._worker_argv()
+        # the whole data dir is bound, so every per-task dir is visible to a long-lived container
+        self.specs = SpecBuilder.for_pilot(cfg, runtime, pilot_id)
         self._slots = [_Slot(i) for i in range(self.size)]
         self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
         for slot in self._slots:
@@ -92,30 +91,11 @@ class WarmPool:
 
     # -- set-up -----------------------------------------------------------------
 
-    def _worker_argv(self) -> tuple[str, ...]:
-        """The worker command (config loading already refused per-event placeholders and bad quoting)."""
-        argv = split_args(self.cfg.task.args)
-        hub = self.runtime.task_path(self.cfg.data_hub_dir.absolute(), self.data_mount)
-        return tuple(substitute(argv, infile="", outfile="", data_hub=hub))
-
     def _spec(self, slot: _Slot) -> RunSpec:
-        hub = self.runtime.task_path(self.cfg.data_hub_dir.absolute(), self.data_mount)
-        env = task_env(self.cfg.task.env, infile="", outfile="", data_hub=hub)
-        del env["EWMS_TASK_INFILE"], env["EWMS_TASK_OUTFILE"]  # per event: in the request
-        env[ENV_TASK_MODE] = WARM
-        mounts = (self.data_mount,) + tuple(
-            Mount(d, PurePosixPath(d.as_posix()), readonly=True) for d in self.cfg.external_directories
-        )
+        """Config loading already refused per-event placeholders and bad quoting in the args."""
         worker_id = f"warm{slot.index}-{slot.generation}"
-        return RunSpec(
-            image=self.image,
-            argv=self._argv,
-            env=env,
-            mounts=() if self.runtime.uses_host_paths else mounts,
-            name=f"ewms-pilot-{self.pilot_id}-{worker_id}",
-            labels={"ewms-pilot.owner": self.pilot_id, "ewms-pilot.task": worker_id},
-            workdir=None,  # process runtime: the pilot's cwd, like one-shot tasks
-            interactive=True,
+        return self.specs.warm_worker(
+            self.image, self.cfg.task, worker_id, self.log_dir, {ENV_TASK_MODE: WARM}
         )
 
     async def _spawn(self, slot: _Slot) -> WarmWorker:
@@ -138,7 +118,8 @@ class WarmPool:
         )
         for result in results:
             if isinstance(result, OSError):
-                raise WarmStartError(f"cannot start a warm worker {self._argv[:1]}: {result.strerror or result}")
+                command = self._spec(self._slots[0]).argv[:1]
+                raise WarmStartError(f"cannot start a warm worker {command}: {result.strerror or result}")
             if isinstance(result, BaseException):
                 raise result
         LOGGER.info(f"warm mode: {self.size} worker(s) started")
@@ -164,11 +145,7 @@ class WarmPool:
         worker = await self._ready_worker(slot)
         if worker is None:
             return WarmResult(False, self._broken or "the warm pool is closed", None, False)
-        line = encode_request(
-            task_id,
-            self.runtime.task_path(self._for_mount(infile), self.data_mount),
-            self.runtime.task_path(self._for_mount(outfile), self.data_mount),
-        )
+        line = encode_request(task_id, self.specs.warm_path(infile), self.specs.warm_path(outfile))
         try:
             reply = await worker.request(task_id, line, timeout)
         except BaseException:  # cancelled (pilot stopping): its event is abandoned, so is the worker
@@ -189,9 +166,6 @@ class WarmPool:
         if reply.ok:
             return WarmResult(True, None, None, False)
         return WarmResult(False, reply.error or "the warm worker answered ok=false without an error text", None, False)
-
-    def _for_mount(self, path: Path) -> Path:
-        return path if self.runtime.uses_host_paths else path.absolute()
 
     async def _ready_worker(self, slot: _Slot) -> WarmWorker | None:
         """The slot's live worker, or a new one (after the back-off); None once the pool gave up."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..runtimes.base import RunSpec, Runtime
+from ..runtimes.envfile import remove_env_file
 from ..tasks.errors import extract_error_line
 from ..tasks.parent_death import with_parent_death_signal
 
@@ -97,6 +98,8 @@ class WarmWorker:
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
         log = await asyncio.to_thread(open, self.log_path, "ab")
         try:
+            # owner-only; the client reads it as it starts, removed when the worker has exited
+            await asyncio.to_thread(self.runtime.write_env_file, self.spec)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=subprocess.PIPE,
@@ -108,6 +111,7 @@ class WarmWorker:
             )
         except BaseException:
             log.close()
+            remove_env_file(self.spec.env_file)
             raise
         self._proc, self._log = proc, log
         self._ended = asyncio.get_running_loop().create_future()
@@ -148,6 +152,7 @@ class WarmWorker:
     async def _watch(self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
         """Wait for the exit; then settle the request in flight with it."""
         code = await proc.wait()
+        remove_env_file(self.spec.env_file)
         if group_exists(proc.pid):  # background children it left behind
             signal_group(proc.pid, signal.SIGKILL)
         _, late = await asyncio.wait(readers, timeout=DRAIN_WAIT)

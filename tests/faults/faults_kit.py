@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mqclient
+from mq_helpers import publish_raw
 from pilot_proc import base_env
 
 from benchmarks.rabbitnode import free_port
@@ -244,44 +245,7 @@ def take_data(btype: str, address: str, queue: str, *, idle: float = 1.0, expect
 
 def put_raw(btype: str, address: str, queue: str, payloads: list[bytes]) -> None:
     """Put bytes that are NOT oms-mqclient messages straight into the incoming queue."""
-    if btype == "local":
-        from ewms_pilot.queues.local_store import LocalStore, check_address
-
-        store = LocalStore(check_address(address), queue, durable=True)
-        try:
-            for p in payloads:
-                store.publish(p)
-        finally:
-            store.close()
-    elif btype == "rabbitmq":
-        import pika
-
-        host, _, port = address.partition(":")
-        conn = pika.BlockingConnection(pika.ConnectionParameters(host=host, port=int(port or 5672)))
-        try:
-            ch = conn.channel()
-            ch.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})
-            for p in payloads:
-                ch.basic_publish("", queue, p, pika.BasicProperties(delivery_mode=2))
-        finally:
-            conn.close()
-    elif btype == "nats":
-        asyncio.run(_nats_raw(address, queue, payloads))
-    else:
-        raise ValueError(btype)
-
-
-async def _nats_raw(address: str, queue: str, payloads: list[bytes]) -> None:
-    import nats
-
-    nc = await nats.connect(address, connect_timeout=5, max_reconnect_attempts=0)
-    try:
-        js = nc.jetstream(timeout=10)
-        await js.add_stream(name=f"{queue}-stream", subjects=[f"{queue}-subject"])
-        for p in payloads:
-            await js.publish(f"{queue}-subject", p)
-    finally:
-        await nc.close()
+    asyncio.run(publish_raw(btype, address, queue, payloads))
 
 
 @dc.dataclass

@@ -1,0 +1,154 @@
+"""NATS JetStream through oms-mqclient: the only code touching nats-py's objects.
+
+Delivery count: JetStream puts it in the reply (ack) subject; it counts every
+redelivery (naks, ack_wait expiries): raw, never the pilot's attempt count.
+
+A long task: JetStream redelivers an event not acked within the consumer's
+`ack_wait` (oms-mqclient's durable pull consumer keeps JetStream's default,
+30 s) to the next consumer, while the first still runs it. So the subscription
+renews every delivery it holds with an in-progress ack ("+WPI") every
+`ack_wait / 3` (read from the consumer's info), for a task of any length.
+
+Settling waits for the server's reply (a request, not a bare publish), so an
+ack that did not arrive is reported as left for redelivery, never as acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+from mqclient.broker_client_interface import Message
+
+from ..errors import BrokerError
+from .mqclient_conn import (
+    OPEN_TIMEOUT,
+    SETTLE_TIMEOUT,
+    MQClientPublisher,
+    MQClientSubscription,
+    where,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_ACK_WAIT = 30.0  # s: JetStream's default, when the consumer's info cannot be read
+ACK = b""  # "+ACK"
+NAK = b"-NAK"
+IN_PROGRESS = b"+WPI"
+
+
+def delivery_count(reply_subject: Any) -> int | None:
+    """JetStream puts the delivery count in the ack subject: `$JS.ACK.<stream>.<consumer>.<n>....`."""
+    if not isinstance(reply_subject, str) or not reply_subject.startswith("$JS.ACK."):
+        return None
+    tokens = reply_subject.split(".")
+    index = 4 if len(tokens) == 9 else 6  # v1 vs v2 (domain + account hash) subjects
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_connected(raw: Any, cfg_where: str) -> None:
+    """Raise `BrokerError` while nats-py has lost its server (it reconnects in the background).
+
+    Calling the client meanwhile would hang: oms-mqclient's retry reconnects with
+    `nats.connect()`, which tries a dead server for minutes.
+    """
+    client = getattr(raw, "_nats_client", None)
+    if client is not None and not client.is_connected:
+        raise BrokerError(f"{cfg_where} is disconnected (nats-py is reconnecting)")
+
+
+class NatsPublisher(MQClientPublisher):
+    """Outgoing JetStream subject; `send` returns once JetStream acknowledged it."""
+
+    serialize: ClassVar[bool] = False  # nats-py is truly async
+
+    def limit(self, raw: Any) -> int | None:
+        """The server's `max_payload` from its INFO (known once connected)."""
+        value = getattr(getattr(raw, "_nats_client", None), "max_payload", None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    def check_alive(self, raw: Any) -> None:
+        _check_connected(raw, where(self._conn.cfg))
+
+    def is_permanent_refusal(self, e: BaseException) -> bool:
+        import nats.errors
+
+        return isinstance(e, nats.errors.MaxPayloadError)
+
+
+class NatsSubscription(MQClientSubscription):
+    """Incoming JetStream pull consumer, its held deliveries' leases renewed in the background."""
+
+    publisher: ClassVar[type[MQClientPublisher]] = NatsPublisher
+    serialize: ClassVar[bool] = False
+
+    ack_wait: float = DEFAULT_ACK_WAIT
+    _renewer: asyncio.Task[None] | None = None
+
+    async def started(self) -> None:
+        self.ack_wait = await self._read_ack_wait()
+        self._renewer = asyncio.create_task(self._renew_forever(), name=f"nats-lease-{self._conn.cfg.queue}")
+
+    async def _read_ack_wait(self) -> float:
+        raw = self._conn.raw
+
+        async def _info() -> Any:
+            return await raw._subscription.consumer_info()
+
+        try:
+            info = await self._conn.call(_info(), OPEN_TIMEOUT, "reading the consumer's info")
+            value = float(info.config.ack_wait)
+        except Exception as e:  # not fatal: JetStream's default is what oms-mqclient's consumer has
+            LOGGER.warning(f"{where(self._conn.cfg)}: cannot read the consumer's ack_wait ({e!r}); assuming {DEFAULT_ACK_WAIT:g}s")
+            return DEFAULT_ACK_WAIT
+        return value if value > 0 else DEFAULT_ACK_WAIT
+
+    def check_alive(self, raw: Any) -> None:
+        _check_connected(raw, where(self._conn.cfg))
+
+    async def receive(self, raw: Any, timeout: float) -> tuple[Message, int | None] | None:
+        msg = await raw.get_message(max(int(timeout * 1000), 1), retries=1, retry_delay=0.5)
+        return (msg, delivery_count(msg.msg_id)) if msg is not None else None
+
+    async def _reply(self, raw: Any, msg: Message, body: bytes, confirm: bool) -> None:
+        """Answer JetStream on the event's reply subject alone.
+
+        oms-mqclient rebuilds the NATS message from the *decoded* payload first,
+        which fails for an event not in its format; the reply subject is all
+        JetStream needs.
+        """
+        client = raw._nats_client
+
+        async def _send() -> None:
+            if confirm:
+                await client.request(str(msg.msg_id), body, timeout=SETTLE_TIMEOUT / 2)
+            else:
+                await client.publish(str(msg.msg_id), body)
+
+        await self._conn.call(_send(), SETTLE_TIMEOUT, "settling")
+
+    async def settle_raw(self, raw: Any, msg: Message, ack: bool) -> None:
+        await self._reply(raw, msg, ACK if ack else NAK, confirm=True)
+
+    async def _renew_forever(self) -> None:
+        every = self.ack_wait / 3
+        while True:
+            await asyncio.sleep(every)
+            for delivery in self.held():
+                _, msg = delivery.raw
+                try:
+                    await self._reply(self._conn.raw, msg, IN_PROGRESS, confirm=False)
+                except Exception as e:  # the next round tries again; a lost connection redelivers anyway
+                    LOGGER.warning(f"{where(self._conn.cfg)}: renewing event {delivery.msg_id} failed: {e!r}")
+
+    async def close(self) -> None:
+        """Give back what is still held at once (JetStream would wait ack_wait), then disconnect."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        await asyncio.gather(*(self.release(d) for d in self.held()))
+        await super().close()
