@@ -89,7 +89,10 @@ def make_job_dir(
     return job_dir
 
 
-def remove_job_dir(job_dir: Path) -> None:
+def remove_job_dir(job_dir: Path, cluster: int | None = None) -> None:
+    """The test's jobs (if still queued) and their directory go."""
+    if cluster is not None:
+        pool_exec(["condor_rm", str(cluster)], check=False)
     shutil.rmtree(job_dir, ignore_errors=True)
 
 
@@ -221,3 +224,16 @@ def pool_processes(marker: str) -> list[str]:
     """Command lines of the pool container's processes that contain `marker`."""
     out = pool_exec(["ps", "-eo", "args="], user=None).stdout
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def tms_parse(info: str) -> tuple[str, Any]:
+    """A job-event-log chirp line as the TMS reads it: `Attr: value`, the value unquoted
+    with classad.unquote when it is a quoted string (numbers stay text)."""
+    import classad2  # type: ignore[import-untyped]
+
+    attr, value = info.split(":", maxsplit=1)
+    value = value.strip()
+    try:
+        return attr, classad2.unquote(value)
+    except Exception:  # the TMS keeps what is not a ClassAd string literal as it is
+        return attr, value

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Any
 
 import pytest
 from mq_helpers import drain, publish
@@ -23,6 +22,7 @@ from poolkit import (
     make_job_dir,
     remove_job_dir,
     submit,
+    tms_parse,
     wait_left_queue,
 )
 
@@ -48,19 +48,6 @@ TASK = (
     "d == 'boom' and int('not-a-number-' + d); "
     "open(sys.argv[2],'w').write(d+d)"
 )
-
-
-def tms_parse(info: str) -> tuple[str, Any]:
-    """A job-event-log chirp line as the TMS reads it: `Attr: value`, value unquoted
-    with classad.unquote when it is a quoted string (numbers stay text)."""
-    import classad2
-
-    attr, value = info.split(":", maxsplit=1)
-    value = value.strip()
-    try:
-        return attr, classad2.unquote(value)
-    except Exception:  # the TMS keeps what is not a ClassAd string literal as is
-        return attr, value
 
 
 def test_demo_shows_chirp_status_in_condor_q(pool: Pool) -> None:
@@ -113,6 +100,7 @@ async def test_job_as_ewms_submits_it_reports_through_the_job_event_log(
         "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
     }
     job_dir = make_job_dir(env, pool.pilot_sandbox, queue=1)
+    cluster = None
     try:
         cluster = submit(job_dir)
         log, err_file = job_dir / f"pilot-{cluster}.log", job_dir / f"pilot-{cluster}.0.err"
@@ -148,5 +136,5 @@ async def test_job_as_ewms_submits_it_reports_through_the_job_event_log(
         # with JOB_EVENT_LOG nothing goes to the job ad
         assert "HTChirpEWMSPilotStatus" not in ad
     finally:
-        remove_job_dir(job_dir)
+        remove_job_dir(job_dir, cluster)
         shutil.rmtree(site, ignore_errors=True)
