@@ -60,7 +60,7 @@ async def test_vacated_and_removed_pilots_release_their_events_in_time(
         "EWMS_PILOT_TASK_ARGS": f'python3 -c "{TASK}" <<INFILE>> <<OUTFILE>> {release}',
         "EWMS_PILOT_EXTERNAL_DIRECTORIES": [str(site)],
         "EWMS_PILOT_SHUTDOWN_GRACE": 30,
-        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": 120,
+        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": 30,  # the rematched run may find none
         "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": 4,
         "EWMS_PILOT_HTCHIRP": True,
         "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
