@@ -1,7 +1,7 @@
 """Config mistakes caught at load (one line, exit 2), and what a drop-in for 1.x must accept.
 
 Issue 11 item 5 (every case listed there that is not a mount-path rule), item 6
-(broker URLs with a scheme), issue 12 items 4 and 6, issue 13 item 6.
+(broker URLs with a scheme; TLS itself: test_rabbitmq_tls.py), issue 12 items 4 and 6, issue 13 item 6.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def test_amqp_url_connects(rabbitmq_address: str, queue_name: str, tmp_path: Pat
 @pytest.mark.parametrize(
     ("address", "why"),
     [
-        ("amqps://guest:s3cret@mq.example.org/ewms", "amqps:// (TLS) cannot be used"),
+        ("amqps://guest:s3cret@", "no host given"),
         ("http://mq.example.org", "scheme http:// is not one of these"),
         ("guest:s3cret@", "no host given"),
         ("mq.example.org:99999", "port"),
@@ -207,7 +207,7 @@ def test_amqp_url_connects(rabbitmq_address: str, queue_name: str, tmp_path: Pat
 def test_rabbitmq_addresses_that_cannot_work_are_config_errors(address: str, why: str) -> None:
     line = one_line_exit_2(config_check({**MINIMAL, "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": address}))
     assert "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS" in line
-    assert "[amqp://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]" in line
+    assert "[amqp://|amqps://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]" in line
     assert why in line
     assert "s3cret" not in line
 
@@ -219,7 +219,7 @@ def test_queue_cli_takes_the_same_address_forms(rabbitmq_address: str, queue_nam
     assert put.returncode == 0, put.stderr
     got = subprocess.run([*cli, "get", *where, "--timeout", "1"], capture_output=True, text=True, timeout=60, check=False)
     assert got.stdout == '"hello"\n', got.stderr
-    bad = subprocess.run([*cli, "get", *where[:3], "amqps://x", *where[4:]], capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run([*cli, "get", *where[:3], "amqp://x:99999", *where[4:]], capture_output=True, text=True, timeout=60, check=False)
     one_line_exit_2(bad)
 
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ewms_pilot.cli.main import main
+from ewms_pilot.config import redact
 from ewms_pilot.config.loader import load_config
 from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.config.variables import VARIABLES
@@ -64,6 +65,19 @@ def one_line_error_or_ok(code: int, err: str) -> None:
     last = err.strip().splitlines()[-1]
     assert "error" in last, err
     assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
+@pytest.fixture(autouse=True)
+def _secret_registry_restored() -> Iterator[None]:
+    """Loading registers every token/address secret process-wide (config.redact); fuzzed
+    "secrets" such as `true` or `/proc` would then be masked in later tests' output."""
+    with redact._lock:
+        saved = (set(redact._registered), redact._pattern)
+    yield
+    with redact._lock:
+        redact._registered.clear()
+        redact._registered.update(saved[0])
+        redact._pattern = saved[1]
 
 
 @pytest.fixture
@@ -151,6 +165,20 @@ def test_queue_put_input_and_file_names(
     events.write_text("".join(line.replace("\n", " ") + "\n" for line in lines), errors="surrogateescape")
     files = [str(events)] + ([name] if name and name != "-" else [])
     code = main(["queue", "put", *(["--json"] if as_json else []), *_local(clean_env / "q.db"), *files])
+    one_line_error_or_ok(code, capsys.readouterr().err)
+
+
+@FUZZ
+@given(
+    broker_type=TEXT,
+    address=TEXT.filter(lambda t: not t.startswith(("/", "~")) and ".." not in t),
+)
+def test_queue_local_broker_options(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], broker_type: str, address: str
+) -> None:
+    # relative addresses only: a local queue is a file, and it must land in the scratch cwd
+    argv = ["queue", "count", "--broker-type", broker_type, "--broker-address", address, "--queue", "q"]
+    code = main(argv)
     one_line_error_or_ok(code, capsys.readouterr().err)
 
 

@@ -166,6 +166,9 @@ def test_success_and_task_failure_on_nats_with_token_url(
     results = asyncio.run(drain("nats", nats_address, queue_name + "-out", timeout=5, expect=1))
     assert results == ["good"]  # one task succeeded, one failed: both paths were taken
     assert any("task refused this event" in text for text in audit.outputs.values())
+    assert "HTChirpEWMSPilotError" in audit.outputs["nats run chirp"]
+    journal = [text for name, text in audit.outputs.items() if name.endswith(".jsonl")]
+    assert journal and "task refused this event" in journal[0]  # the journal door is audited
     audit.assert_clean()
     assert "nats://***@127.0.0.1:4222" in audit.outputs["config --check stdout"]  # shown, masked
 
@@ -185,6 +188,7 @@ def test_broker_errors_never_show_the_password(
     }
     # (e) at INFO the third-party loggers go through the one-line filter, at DEBUG they do not
     third_party = {"comma": "INFO", "wrong port": "INFO", "no host": "INFO"}
+    codes = {}
     for name, address in addresses.items():
         data = tmp_path / name.replace(" ", "-")
         data.mkdir()
@@ -193,10 +197,12 @@ def test_broker_errors_never_show_the_password(
                 audit, data, broker="rabbitmq", address=address, queue=queue_name, server=server,
                 EWMS_PILOT_CL_LOG_THIRD_PARTY=third_party.get(name, "DEBUG"),
             )
-            code = _run(audit, name, env, data, server)
+            code = codes[name] = _run(audit, name, env, data, server)
         # a broker error (5), or a config error (2) where the address cannot work at all
         assert code in (2, 5), (name, code, audit.outputs[f"{name} stderr"][-2000:])
-        assert f"{name} stderr" in audit.outputs
+        if code == 5:  # the pilot started: its error went out through chirp too
+            assert "HTChirpEWMSPilotEndReason" in audit.outputs[f"{name} chirp"]
+    assert codes["comma"] == codes["wrong port"] == 5  # refused login, refused connection
     audit.assert_clean()
 
 

@@ -1,10 +1,11 @@
 """Broker addresses in the forms oms-mqclient 2.7 can really connect with.
 
 oms-mqclient's RabbitMQ client passes a URL's scheme on to pika as a keyword
-pika does not take (`TypeError: unexpected kwargs: {'scheme': ...}`) and has
-no way to hand pika TLS options, so `amqp://` is accepted and dropped here
-(plain AMQP is what oms-mqclient speaks) and `amqps://` is refused at load
-with the forms that work, instead of failing as a "broker" error at connect.
+pika does not take (`TypeError: unexpected kwargs: {'scheme': ...}`), so
+`amqp://` is dropped here (plain AMQP is what oms-mqclient speaks unasked) and
+`amqps://` is kept for the RabbitMQ adapter, which adds pika's TLS options
+itself (`queues/rabbitmq.py`). Any other form is refused at load with the
+forms that work, instead of failing as a "broker" error at connect.
 An address without a host would put its password into oms-mqclient's
 exception text; it is refused here too, with the password masked.
 """
@@ -14,25 +15,16 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-RABBITMQ_FORMS = "[amqp://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]"
+RABBITMQ_FORMS = "[amqp://|amqps://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]"
 NATS_FORMS = "[nats://|tls://|ws://|wss://][TOKEN@|USER:PASSWORD@]HOST[:PORT]"
 PULSAR_FORMS = "[pulsar://|pulsar+ssl://]HOST[:PORT]"
 _SCHEMES = {
-    "rabbitmq": ("amqp",),
+    "rabbitmq": ("amqp", "amqps"),
     "nats": ("nats", "tls", "ws", "wss"),
     "pulsar": ("pulsar", "pulsar+ssl"),
 }
 _FORMS = {"rabbitmq": RABBITMQ_FORMS, "nats": NATS_FORMS, "pulsar": PULSAR_FORMS}
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
-
-
-def _why_not_rabbitmq_tls(scheme: str) -> str:
-    if scheme == "amqps":
-        return (
-            "; amqps:// (TLS) cannot be used: oms-mqclient 2.7 gives pika no TLS options, "
-            "so the pilot would connect in plain text or not at all"
-        )
-    return ""
 
 
 def normalize_address(broker_type: str, address: str) -> str:
@@ -49,8 +41,7 @@ def normalize_address(broker_type: str, address: str) -> str:
     if not sep:
         scheme, rest = "", address
     elif scheme.lower() not in _SCHEMES[broker_type]:
-        extra = _why_not_rabbitmq_tls(scheme.lower()) if broker_type == "rabbitmq" else ""
-        raise ValueError(f"{expected}; scheme {scheme}:// is not one of these{extra}")
+        raise ValueError(f"{expected}; scheme {scheme}:// is not one of these")
     try:
         parsed = urllib.parse.urlsplit("//" + rest)
         host, port = parsed.hostname, parsed.port  # .port raises ValueError when not 0-65535
@@ -63,5 +54,7 @@ def normalize_address(broker_type: str, address: str) -> str:
     if broker_type == "rabbitmq":
         if parsed.query or parsed.fragment:
             raise ValueError(f"{expected} (no ?query or #fragment: oms-mqclient ignores them)")
+        if scheme.lower() == "amqps":
+            return "amqps://" + rest  # TLS: the adapter connects itself (queues/rabbitmq.py)
         return rest  # oms-mqclient parses it as `//` + address: same meaning, no scheme
     return address

@@ -106,7 +106,7 @@ def _container_vars(which: str, section: str, what: str, extra_image_help: str) 
             type=ENV_JSON,
             default="{}",
             section=section,
-            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}}',
+            help=f'Extra env vars for the {which} as a JSON object, e.g. {{"K": "v"}} (docker/podman: no line breaks in values)',
             field=f"{which}.env",
         ),
     ]
@@ -148,7 +148,7 @@ def _broker_vars(direction: str) -> list[EnvVar]:
             type=NAME,
             default="",
             section=section,
-            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]`, "
+            help=f"Broker address of the {direction} queue: rabbitmq `[amqp://|amqps://][USER[:PASSWORD]@]HOST[:PORT][/VHOST]` (amqps: TLS, server certificate checked against the system CAs or `SSL_CERT_FILE`), "
             "nats `[nats://][TOKEN@]HOST[:PORT]`, local: the SQLite file; URL passwords are masked in logs",
             field=f"{direction}.address",
             default_doc="required",
@@ -267,7 +267,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=ABS_PATH_LIST,
         default="",
         section="files",
-        help="Absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list)",
+        help="Existing absolute host directories mounted read-only into tasks at the same path (commas/spaces, a JSON list or a Python list); /, /proc, /sys, /dev, /run, /boot and links into them are refused",
         field="external_directories",
         default_doc="none",
     ),
@@ -376,15 +376,26 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE1,
         default="3",
         section="reliability",
-        help="An event delivered this many times is not run again (it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set)",
+        help="Attempts per event: an event whose task failed this many times is not run again "
+        "(it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set); evictions and crashes do not count",
         field="max_deliveries",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_MAX_REDELIVERIES",
+        type=INT_GE1,
+        default="20",
+        section="reliability",
+        help="Raw broker deliveries of one event (evictions, crashes, prefetch included): over this many "
+        "it is dead-lettered without running (the event that kills every pilot that touches it)",
+        field="max_redeliveries",
     ),
     EnvVar(
         name="EWMS_PILOT_QUEUE_DEADLETTER",
         type=QUEUE_NAME,
         default="",
         section="reliability",
-        help="Queue (on the outgoing broker) for events over EWMS_PILOT_MAX_DELIVERIES (empty: no dead-letter queue)",
+        help="Queue (on the incoming broker) for events over EWMS_PILOT_MAX_DELIVERIES or "
+        "EWMS_PILOT_MAX_REDELIVERIES (empty: no dead-letter queue; such events are dropped with an error line)",
         field="queue_deadletter",
         misspelling_refused="drop events over the delivery limit instead of keeping them",
         default_doc="none",
@@ -394,7 +405,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE0,
         default="5",
         section="reliability",
-        help="Retries of a failed publish before the event is nacked",
+        help="Retries of a failed publish before the event is released (given back, no attempt counted)",
         field="publish_retries",
     ),
     EnvVar(

@@ -30,6 +30,7 @@ from .broker_thread import BrokerThread
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
+Opener = Callable[[BrokerConfig, str, int], Coroutine[Any, Any, Any]]  # (cfg, "sub"|"pub", prefetch)
 
 RETRIES = 1  # oms-mqclient's own retry count per call; the pilot adds its own policy
 RETRY_DELAY = 0.5
@@ -60,12 +61,14 @@ class Connection:
         *,
         serialize: bool = True,
         pump_for: Callable[[Any], Callable[[], None] | None] | None = None,
+        opener: Opener | None = None,
     ) -> None:
         self.cfg = cfg
         self.kind = kind
         self.prefetch = prefetch
         self._serialize = serialize  # False for truly async clients (nats-py)
         self._pump_for = pump_for  # keepalive for blocking clients (pika)
+        self._opener = opener  # the adapter's own connect (RabbitMQ over TLS), else oms-mqclient's
         self.thread = self._new_thread()
         self.raw: Any = None
         self.generation = 0
@@ -105,6 +108,8 @@ class Connection:
             raise BrokerUnavailableError(f"{self.cfg.broker_type}: {e}") from e
 
         async def _open() -> Any:
+            if self._opener is not None:
+                return await self._opener(self.cfg, self.kind, self.prefetch)
             if self.kind == "sub":
                 return await client.create_sub_queue(
                     self.cfg.address, self.cfg.queue, self.prefetch, self.cfg.auth_token
@@ -149,13 +154,14 @@ class MQClientPublisher(Publisher):
     """Outgoing queue on an oms-mqclient broker; adapters override the broker-specific hooks."""
 
     serialize: ClassVar[bool] = True  # one call at a time on the connection's thread
+    open_raw: ClassVar[Opener | None] = None  # connect other than oms-mqclient's factory
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     @classmethod
     def connection(cls, cfg: BrokerConfig) -> Connection:
-        return Connection(cfg, "pub", serialize=cls.serialize)
+        return Connection(cfg, "pub", serialize=cls.serialize, pump_for=cls.pump_for, opener=cls.open_raw)
 
     @classmethod
     async def open(cls, cfg: BrokerConfig) -> MQClientPublisher:
@@ -166,6 +172,11 @@ class MQClientPublisher(Publisher):
         return pub
 
     # -- hooks ----------------------------------------------------------------
+
+    @staticmethod
+    def pump_for(raw: Any) -> Callable[[], None] | None:
+        """A keepalive to run on the connection's thread between calls (blocking clients)."""
+        return None
 
     def limit(self, raw: Any) -> int | None:
         """The broker's largest message, where it tells it (None: not known)."""
@@ -203,11 +214,11 @@ class MQClientPublisher(Publisher):
         except BrokerError:
             raise
         except Exception as e:
+            await self._conn.drop()  # a refusal may close the channel too (RabbitMQ): start afresh
             if self.is_permanent_refusal(e):
                 raise ResultRejectedError(
                     f"{where(self._conn.cfg)} refused a message of {len(payload)} bytes: {e!r}"
                 ) from e
-            await self._conn.drop()
             raise BrokerError(f"publishing to {where(self._conn.cfg)} failed: {e!r}") from e
 
     async def close(self) -> None:
@@ -223,6 +234,7 @@ class MQClientSubscription(Subscription):
 
     publisher: ClassVar[type[MQClientPublisher]] = MQClientPublisher  # for requeued copies
     serialize: ClassVar[bool] = True
+    open_raw: ClassVar[Opener | None] = None  # connect other than oms-mqclient's factory
 
     def __init__(self, conn: Connection, prefetch: int) -> None:
         self._conn = conn
@@ -233,7 +245,9 @@ class MQClientSubscription(Subscription):
 
     @classmethod
     async def open(cls, cfg: BrokerConfig, prefetch: int) -> MQClientSubscription:
-        conn = Connection(cfg, "sub", prefetch, serialize=cls.serialize, pump_for=cls.pump_for)
+        conn = Connection(
+            cfg, "sub", prefetch, serialize=cls.serialize, pump_for=cls.pump_for, opener=cls.open_raw
+        )
         await conn.open()
         sub = cls(conn, prefetch)
         await sub.started()
@@ -251,6 +265,10 @@ class MQClientSubscription(Subscription):
 
     def check_alive(self, raw: Any) -> None:
         """Raise `BrokerError` when the client knows its connection is down."""
+
+    def connection_lost(self, raw: Any) -> bool:
+        """True when the client saw its connection end for good (it must be reopened)."""
+        return False
 
     async def receive(self, raw: Any, timeout: float) -> tuple[Message, int | None] | None:
         """Broker thread: one message and its raw delivery count, or None after `timeout` s."""
@@ -287,6 +305,10 @@ class MQClientSubscription(Subscription):
     async def get(self, timeout: float) -> Delivery | None:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        if self._conn.raw is not None and self.connection_lost(self._conn.raw):
+            # what it held is redelivered by the broker: those prefetch slots are free again
+            LOGGER.warning(f"the connection to {where(self._conn.cfg)} was lost; reconnecting")
+            await self._conn.drop()
         if not await self._wait_for_slot(timeout):
             return None
         timeout = max(timeout - (loop.time() - start), 0.001)
@@ -334,12 +356,14 @@ class MQClientSubscription(Subscription):
             return False
         _, msg = delivery.raw
         try:
+            self.check_alive(self._conn.raw)  # a client that knows it is offline would only hang
             await self.settle_raw(self._conn.raw, msg, ack)
         except Exception as e:  # the connection is dropped: the broker redelivers what it held
             if not isinstance(e, BrokerError):
                 await self._conn.drop()
             LOGGER.warning(
-                f"cannot {verb} event {delivery.msg_id} on {where(self._conn.cfg)}: {e!r}; it is redelivered"
+                f"{verb} failed for event {delivery.msg_id} on {where(self._conn.cfg)}: {e!r}; "
+                "the broker redelivers it"
             )
             return False
         return True

@@ -88,12 +88,6 @@ class Runtime(abc.ABC):
     #: characters this runtime's bind-mount syntax cannot carry in a path
     mount_forbidden_chars: str = ""
 
-    def task_path(self, host_path: Path, mount: Mount | None) -> str:
-        """The path the task sees for `host_path` (inside `mount` when containerized)."""
-        if self.uses_host_paths or mount is None:
-            return str(host_path)
-        return str(mount.target / host_path.relative_to(mount.source))
-
     @abc.abstractmethod
     async def prepare_image(self, image: str) -> str:
         """Check / pull / convert `image` once at start; return the reference to run.

@@ -14,11 +14,11 @@ export EWMS_PILOT_TASK_TIMEOUT="3600"
 # the queues
 export EWMS_PILOT_QUEUE_INCOMING="my-workflow-in"
 export EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE="rabbitmq"
-export EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS="mq.example.org/ewms"
+export EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS="amqps://ewms@mq.example.org/ewms"
 export EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN="REPLACE-ME"
 export EWMS_PILOT_QUEUE_OUTGOING="my-workflow-out"
 export EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE="rabbitmq"
-export EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS="mq.example.org/ewms"
+export EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS="amqps://ewms@mq.example.org/ewms"
 export EWMS_PILOT_QUEUE_OUTGOING_AUTH_TOKEN="REPLACE-ME"
 
 # when to stop: no first event in 10 min, or the queue empty for 5 min
