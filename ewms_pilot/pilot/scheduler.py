@@ -95,8 +95,8 @@ class Pilot:
 
     async def run(self) -> StopRequest:
         """Run until the queue stays empty, tasks fail, a signal arrives or a broker is lost."""
-        self.chirp.start()
-        self._set_state(PilotState.STARTED)
+        self.state = PilotState.STARTED
+        self.chirp.start()  # reports Started (once) with the start time
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None
