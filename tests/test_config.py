@@ -697,6 +697,7 @@ FULL = {
     "EWMS_PILOT_TASK_FAIL_PATTERNS": '["Segmentation fault", "CUDA error: .*"]',
     "EWMS_PILOT_SHUTDOWN_GRACE": "0",
     "EWMS_PILOT_MAX_DELIVERIES": "5",
+    "EWMS_PILOT_MAX_REDELIVERIES": "7",
     "EWMS_PILOT_QUEUE_DEADLETTER": "dead-abc",
     "EWMS_PILOT_PUBLISH_RETRIES": "0",
     "EWMS_PILOT_PUBLISH_DEADLINE": "15",
@@ -771,6 +772,7 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.quarantine_time == 300
     assert cfg.task_fail_patterns == ("Segmentation fault", "CUDA error: .*")
     assert (cfg.shutdown_grace, cfg.max_deliveries, cfg.queue_deadletter) == (0, 5, "dead-abc")
+    assert cfg.max_redeliveries == 7
     assert (cfg.publish_retries, cfg.publish_deadline, cfg.reconnect_deadline) == (0, 15, 0)
     assert (cfg.log_level, cfg.log_level_third_party) == ("DEBUG", "ERROR")
     assert cfg.htchirp is True

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ewms_pilot.cli.main import main
+from ewms_pilot.config import redact
 from ewms_pilot.config.loader import load_config
 from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.config.variables import VARIABLES
@@ -64,6 +65,19 @@ def one_line_error_or_ok(code: int, err: str) -> None:
     last = err.strip().splitlines()[-1]
     assert "error" in last, err
     assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
+@pytest.fixture(autouse=True)
+def _secret_registry_restored() -> Iterator[None]:
+    """Loading registers every token/address secret process-wide (config.redact); fuzzed
+    "secrets" such as `true` or `/proc` would then be masked in later tests' output."""
+    with redact._lock:
+        saved = (set(redact._registered), redact._pattern)
+    yield
+    with redact._lock:
+        redact._registered.clear()
+        redact._registered.update(saved[0])
+        redact._pattern = saved[1]
 
 
 @pytest.fixture

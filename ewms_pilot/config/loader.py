@@ -24,6 +24,7 @@ from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig
 from .names import check_unknown_names, suggest, unknown_names
 from .redact import MASK, looks_secret, register_settings, scrub
 from .types import MAX_COUNT
+from .vacate import fit_grace, vacate_seconds
 from .variables import BY_NAME, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
@@ -219,6 +220,19 @@ def _data_dir(v: _Values, top: dict[str, Any]) -> None:
             raise ConfigError(SCRATCH_VAR, scratch, str(e)) from None
 
 
+def _fit_grace_to_vacate(v: _Values, top: dict[str, Any]) -> None:
+    """Under HTCondor the grace must end before the job is SIGKILLed (config/vacate.py)."""
+    vacate = vacate_seconds(v.environ)
+    fitted = fit_grace(top["shutdown_grace"], vacate)
+    if fitted != top["shutdown_grace"]:
+        LOGGER.warning(
+            f"EWMS_PILOT_SHUTDOWN_GRACE={top['shutdown_grace']:g}s does not fit in the {vacate:g}s"
+            f" HTCondor gives this job to vacate (JobMaxVacateTime/MachineMaxVacateTime):"
+            f" using {fitted:g}s"
+        )
+        top["shutdown_grace"] = fitted
+
+
 def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> None:
     if top["quarantine_time"] and not top["stop_listening_on_task_error"]:
         raise v.fail(
@@ -280,6 +294,7 @@ def load_config(
     _cross_checks(v, top, incoming)
     _data_dir(v, top)
     _resources(v, top)
+    _fit_grace_to_vacate(v, top)
     cfg = PilotConfig(
         task=task, init=init, teardown=teardown, incoming=incoming, outgoing=outgoing, **top
     )

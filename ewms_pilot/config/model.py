@@ -108,7 +108,8 @@ class PilotConfig:
 
     # reliability
     shutdown_grace: float = 10.0
-    max_deliveries: int = 3
+    max_deliveries: int = 3  # attempts (failed task runs) per event
+    max_redeliveries: int = 20  # raw broker deliveries of one copy
     queue_deadletter: str = ""
     publish_retries: int = 5
     publish_deadline: float = 60.0

@@ -427,15 +427,26 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE1,
         default="3",
         section="reliability",
-        help="An event delivered this many times is not run again (it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set)",
+        help="Attempts per event: an event whose task failed this many times is not run again "
+        "(it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set); evictions and crashes do not count",
         field="max_deliveries",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_MAX_REDELIVERIES",
+        type=INT_GE1,
+        default="20",
+        section="reliability",
+        help="Raw broker deliveries of one event (evictions, crashes, prefetch included): over this many "
+        "it is dead-lettered without running (the event that kills every pilot that touches it)",
+        field="max_redeliveries",
     ),
     EnvVar(
         name="EWMS_PILOT_QUEUE_DEADLETTER",
         type=QUEUE_NAME,
         default="",
         section="reliability",
-        help="Queue (on the outgoing broker) for events over EWMS_PILOT_MAX_DELIVERIES (empty: no dead-letter queue)",
+        help="Queue (on the incoming broker) for events over EWMS_PILOT_MAX_DELIVERIES or "
+        "EWMS_PILOT_MAX_REDELIVERIES (empty: no dead-letter queue; such events are dropped with an error line)",
         field="queue_deadletter",
         misspelling_refused="drop events over the delivery limit instead of keeping them",
         default_doc="none",
@@ -445,7 +456,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE0,
         default="5",
         section="reliability",
-        help="Retries of a failed publish before the event is nacked",
+        help="Retries of a failed publish before the event is released (given back, no attempt counted)",
         field="publish_retries",
     ),
     EnvVar(
