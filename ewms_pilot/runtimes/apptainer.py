@@ -85,6 +85,7 @@ class ApptainerRuntime(Runtime):
 
     name = "apptainer"
     mount_forbidden_chars = BIND_FORBIDDEN_CHARS
+    sees_host_gpus = True
 
     def __init__(
         self,
@@ -113,6 +114,10 @@ class ApptainerRuntime(Runtime):
             argv += ["--bind", f"{mount.source}:{mount.target}" + (":ro" if mount.readonly else "")]
         if spec.env:
             argv += ["--env-file", str(env_file_of(spec))]
+        if spec.memory_limit is not None:  # apptainer applies it through cgroups (needs them delegated)
+            argv += ["--memory", str(spec.memory_limit), "--memory-swap", str(spec.memory_limit)]
+        if spec.gpus:  # the host's GPUs are visible: CUDA_VISIBLE_DEVICES (in the env) picks this task's
+            argv.append("--nv")
         return [*argv, spec.image, *spec.argv]
 
     def env_file_text(self, env: Mapping[str, str]) -> str | None:
