@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
+from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
@@ -38,7 +39,6 @@ from ..tasks.errors import (
     read_tail,
 )
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
-from ..resources.oom import out_of_memory
 from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id
