@@ -37,8 +37,16 @@ source_envfile() {
     [[ -f "$envfile" ]] || return 0
     say "sourcing $envfile"
     set +u -a # the file may use unset variables; plain NAME=value lines are exported
+    # EWMS's task-management service writes `set -x` into the file: its trace
+    # (every `export`, broker tokens included) goes to /dev/null, not the job's stderr
+    local trace_fd rc=0
+    exec {trace_fd}>/dev/null
+    BASH_XTRACEFD=$trace_fd
     # shellcheck disable=SC1090
-    if ! . "$envfile"; then
+    . "$envfile" || rc=$?
+    { set +x; } 2>/dev/null
+    unset BASH_XTRACEFD # (closes trace_fd)
+    if ((rc)); then
         say "$envfile failed (its last command returned non-zero)"
         exit "$EXIT_CONFIG"
     fi

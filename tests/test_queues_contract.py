@@ -19,6 +19,7 @@ import pytest
 from mq_helpers import publish_raw
 
 from ewms_pilot.config.model import BrokerConfig
+from ewms_pilot.errors import BrokerError
 from ewms_pilot.queues import Settlement, Subscription, open_publisher, open_subscription
 from ewms_pilot.queues.base import Delivery
 
@@ -158,3 +159,72 @@ async def test_settling_twice_is_left(broker: Broker, sub: Subscription) -> None
     d = await _get(sub)
     assert await sub.ack(d) is Settlement.ACKED
     assert await sub.ack(d) is Settlement.LEFT
+
+
+class _Proxy:
+    """A TCP relay to a broker whose connections the test can cut (a network failure)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._writers: list[Any] = []
+        self.port = 0
+        self._server: Any = None
+
+    async def start(self) -> None:
+        import asyncio
+
+        async def relay(reader: Any, writer: Any) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def on_client(c_reader: Any, c_writer: Any) -> None:
+            u_reader, u_writer = await asyncio.open_connection(*self._upstream)
+            self._writers += [c_writer, u_writer]
+            await asyncio.gather(relay(c_reader, u_writer), relay(u_reader, c_writer))
+
+        self._server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        for w in self._writers:
+            w.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        self._server.close()
+
+
+async def test_settling_on_a_replaced_rabbitmq_connection_is_left(rabbitmq_address: str, queue_name: str) -> None:
+    """The connection breaks and is reopened: the old delivery is LEFT, the broker hands it over again."""
+    host, _, port = rabbitmq_address.partition(":")
+    proxy = _Proxy(host, int(port))
+    await proxy.start()
+    broker = Broker("rabbitmq", f"127.0.0.1:{proxy.port}", queue_name)
+    await broker.put("x")
+    sub = await broker.sub()
+    try:
+        old = await _get(sub)
+        proxy.cut()
+        new = None
+        for _ in range(5):  # until the loss is seen (the connection thread notices it), then reconnected
+            try:
+                new = await sub.get(WAIT)
+            except BrokerError:
+                continue
+            if new is not None:
+                break
+        assert new is not None and (new.data, new.delivery_count) == ("x", 2)
+        assert await sub.ack(old) is Settlement.LEFT
+        assert await sub.requeue(old, "e", "E") is Settlement.LEFT
+        assert await sub.ack(new) is Settlement.ACKED
+        assert await sub.get(EMPTY) is None
+    finally:
+        await sub.close()
+        await proxy.stop()

@@ -161,7 +161,7 @@ class MQClientPublisher(Publisher):
 
     @classmethod
     def connection(cls, cfg: BrokerConfig) -> Connection:
-        return Connection(cfg, "pub", serialize=cls.serialize, opener=cls.open_raw)
+        return Connection(cfg, "pub", serialize=cls.serialize, pump_for=cls.pump_for, opener=cls.open_raw)
 
     @classmethod
     async def open(cls, cfg: BrokerConfig) -> MQClientPublisher:
@@ -172,6 +172,11 @@ class MQClientPublisher(Publisher):
         return pub
 
     # -- hooks ----------------------------------------------------------------
+
+    @staticmethod
+    def pump_for(raw: Any) -> Callable[[], None] | None:
+        """A keepalive to run on the connection's thread between calls (blocking clients)."""
+        return None
 
     def limit(self, raw: Any) -> int | None:
         """The broker's largest message, where it tells it (None: not known)."""
@@ -209,11 +214,11 @@ class MQClientPublisher(Publisher):
         except BrokerError:
             raise
         except Exception as e:
+            await self._conn.drop()  # a refusal may close the channel too (RabbitMQ): start afresh
             if self.is_permanent_refusal(e):
                 raise ResultRejectedError(
                     f"{where(self._conn.cfg)} refused a message of {len(payload)} bytes: {e!r}"
                 ) from e
-            await self._conn.drop()
             raise BrokerError(f"publishing to {where(self._conn.cfg)} failed: {e!r}") from e
 
     async def close(self) -> None:
@@ -261,6 +266,10 @@ class MQClientSubscription(Subscription):
     def check_alive(self, raw: Any) -> None:
         """Raise `BrokerError` when the client knows its connection is down."""
 
+    def connection_lost(self, raw: Any) -> bool:
+        """True when the client saw its connection end for good (it must be reopened)."""
+        return False
+
     async def receive(self, raw: Any, timeout: float) -> tuple[Message, int | None] | None:
         """Broker thread: one message and its raw delivery count, or None after `timeout` s."""
         raise NotImplementedError
@@ -296,6 +305,10 @@ class MQClientSubscription(Subscription):
     async def get(self, timeout: float) -> Delivery | None:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        if self._conn.raw is not None and self.connection_lost(self._conn.raw):
+            # what it held is redelivered by the broker: those prefetch slots are free again
+            LOGGER.warning(f"the connection to {where(self._conn.cfg)} was lost; reconnecting")
+            await self._conn.drop()
         if not await self._wait_for_slot(timeout):
             return None
         timeout = max(timeout - (loop.time() - start), 0.001)
@@ -343,12 +356,14 @@ class MQClientSubscription(Subscription):
             return False
         _, msg = delivery.raw
         try:
+            self.check_alive(self._conn.raw)  # a client that knows it is offline would only hang
             await self.settle_raw(self._conn.raw, msg, ack)
         except Exception as e:  # the connection is dropped: the broker redelivers what it held
             if not isinstance(e, BrokerError):
                 await self._conn.drop()
             LOGGER.warning(
-                f"cannot {verb} event {delivery.msg_id} on {where(self._conn.cfg)}: {e!r}; it is redelivered"
+                f"{verb} failed for event {delivery.msg_id} on {where(self._conn.cfg)}: {e!r}; "
+                "the broker redelivers it"
             )
             return False
         return True

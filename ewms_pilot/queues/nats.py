@@ -33,6 +33,7 @@ from .mqclient_conn import (
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_ACK_WAIT = 30.0  # s: JetStream's default, when the consumer's info cannot be read
+CONFIRM_TIMEOUT = 5.0  # s: the server's reply to an ack/nak; none by then = not settled
 ACK = b""  # "+ACK"
 NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"
@@ -125,7 +126,7 @@ class NatsSubscription(MQClientSubscription):
 
         async def _send() -> None:
             if confirm:
-                await client.request(str(msg.msg_id), body, timeout=SETTLE_TIMEOUT / 2)
+                await client.request(str(msg.msg_id), body, timeout=CONFIRM_TIMEOUT)
             else:
                 await client.publish(str(msg.msg_id), body)
 
@@ -150,5 +151,6 @@ class NatsSubscription(MQClientSubscription):
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
-        await asyncio.gather(*(self.release(d) for d in self.held()))
+        if self._conn.raw is not None and getattr(self._conn.raw._nats_client, "is_connected", False):
+            await asyncio.gather(*(self.release(d) for d in self.held()))
         await super().close()

@@ -53,10 +53,33 @@ async def open_rabbitmq(cfg: BrokerConfig, kind: str, prefetch: int) -> Any:
     return queue
 
 
+def _heartbeats(raw: Any) -> Callable[[], None] | None:
+    """The keepalive of oms-mqclient's blocking pika connection, run between calls while tasks run."""
+    conn = getattr(raw, "connection", None)
+    if conn is not None and hasattr(conn, "process_data_events"):
+        return lambda: conn.process_data_events(time_limit=0)
+    return None
+
+
 class RabbitMQPublisher(MQClientPublisher):
-    """Outgoing RabbitMQ queue; `send` returns once the broker confirmed the message."""
+    """Outgoing RabbitMQ queue; `send` returns once the broker confirmed the message.
+
+    The broker's `max_message_size` is not announced to clients (None here); a
+    message over it closes the channel with 406 PRECONDITION_FAILED, a refusal
+    for good.
+    """
 
     open_raw: ClassVar[Opener | None] = open_rabbitmq
+    pump_for = staticmethod(_heartbeats)
+
+    def is_permanent_refusal(self, e: BaseException) -> bool:
+        import pika.exceptions
+
+        return (
+            isinstance(e, pika.exceptions.ChannelClosedByBroker)
+            and e.reply_code == 406
+            and "max size" in str(e.reply_text)
+        )
 
 
 class RabbitMQSubscription(MQClientSubscription):
@@ -64,24 +87,23 @@ class RabbitMQSubscription(MQClientSubscription):
 
     publisher: ClassVar[type[MQClientPublisher]] = RabbitMQPublisher
     open_raw: ClassVar[Opener | None] = open_rabbitmq
+    pump_for = staticmethod(_heartbeats)
 
-    @staticmethod
-    def pump_for(raw: Any) -> Callable[[], None] | None:
-        """Heartbeats for oms-mqclient's blocking pika connection while tasks run."""
-        conn = getattr(raw, "connection", None)
-        if conn is not None and hasattr(conn, "process_data_events"):
-            return lambda: conn.process_data_events(time_limit=0)
-        return None
+    def connection_lost(self, raw: Any) -> bool:
+        """pika's flags, kept current by the connection thread's pump (it sees the socket close)."""
+        return not (raw.connection.is_open and raw.active_channels and raw.active_channels[0].is_open)
 
     async def receive(self, raw: Any, timeout: float) -> tuple[Message, int | None] | None:
         channel = raw.active_channels[0]
         for method, props, body in channel.consume(raw.queue, inactivity_timeout=timeout):
             if method is None:
-                return None
+                break
             msg = Message(method.delivery_tag, body if isinstance(body, bytes) else body.encode())
             msg._connection_id = channel.channel_number  # how oms-mqclient maps acks to channels
             previous = (props.headers or {}).get("x-delivery-count", 0) if props else 0
             return msg, int(previous) + 1
+        if not (channel.is_open and raw.connection.is_open):  # pika reports a lost link as "nothing"
+            raise ConnectionError("the connection to RabbitMQ was lost")
         return None
 
     async def settle_raw(self, raw: Any, msg: Message, ack: bool) -> None:

@@ -378,3 +378,49 @@ def test_task_longer_than_the_consumer_timeout(
     # the timeout really fired: the ack was refused and the subscription reconnected
     assert "ack failed" in log and log.count("connected (sub)") >= 2, log[-3000:]
     assert "Traceback" not in log
+
+
+async def _publish_refused(address: str, queue: str, limit: int) -> tuple[str, str]:
+    """(what the refusal said, what was logged) for one message over `limit`, then one small message."""
+    import io
+    import logging
+    import os
+
+    from ewms_pilot.config.model import BrokerConfig
+    from ewms_pilot.errors import ResultRejectedError
+    from ewms_pilot.pilot.publish import publish_with_retry
+    from ewms_pilot.queues import open_publisher
+
+    log = logging.getLogger(f"test-refusal-{queue}")
+    buf = io.StringIO()
+    log.addHandler(logging.StreamHandler(buf))
+    pub = await open_publisher(BrokerConfig(queue=queue, broker_type="rabbitmq", address=address))
+    try:
+        assert pub.max_message_bytes is None  # RabbitMQ does not announce its limit
+        try:
+            await publish_with_retry(pub, os.urandom(2 * limit).hex(), retries=3, deadline=60, log=log)
+        except ResultRejectedError as e:
+            said = str(e)
+        else:
+            raise AssertionError("a message over max_message_size was accepted")
+        await pub.send("small")  # the publisher reconnects: later results still go out
+    finally:
+        await pub.close()
+    return said, buf.getvalue()
+
+
+@pytest.mark.timeout(120)
+def test_rabbitmq_message_over_max_size_is_refused_for_good(private_rabbit: RabbitNode, new_queue: Any) -> None:
+    """Over `max_message_size` the broker closes the channel (406): a permanent refusal, never retried."""
+    import asyncio
+
+    limit = 65536
+    qout = new_queue("o")
+    private_rabbit.ctl("eval", f"application:set_env(rabbit, max_message_size, {limit}).")
+    try:
+        said, logged = asyncio.run(_publish_refused(private_rabbit.address, qout, limit))
+    finally:
+        private_rabbit.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+    assert "max size" in said and str(limit) in said, said
+    assert "retrying" not in logged, logged
+    assert take_data("rabbitmq", private_rabbit.address, qout, idle=1) == ["small"]
