@@ -105,10 +105,10 @@ def _config_command(args: argparse.Namespace) -> int:
     except ConfigError as e:
         say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
-    from ..config.banner import effective_config_lines
+    from ..config.banner import effective_config_lines, resources_line
     from ..config.redact import scrub
 
-    print(scrub("\n".join(effective_config_lines(cfg))))
+    print(scrub("\n".join([*effective_config_lines(cfg), "# " + resources_line(cfg)])))
     return 0
 
 

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 
 from ..chirp import ChirpReporter, PilotStatus
+from ..config.banner import resources_line
 from ..config.model import PilotConfig, TaskMode
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
 from ..queues.base import Delivery, Publisher, Settlement, Subscription
@@ -95,8 +96,9 @@ class Pilot:
 
     async def run(self) -> StopRequest:
         """Run until the queue stays empty, tasks fail, a signal arrives or a broker is lost."""
-        self.chirp.start()
-        self._set_state(PilotState.STARTED)
+        self.state = PilotState.STARTED
+        self.chirp.start()  # reports Started (once) with the start time
+        LOGGER.info(resources_line(self.cfg))  # what the slot has, what the pilot uses of it
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None

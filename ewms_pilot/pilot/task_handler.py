@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
+from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
@@ -61,13 +62,13 @@ def _write_event(data: Any, path: Path) -> int:
     return os.lstat(path).st_size
 
 
-def _load_result(path: Path) -> tuple[Any, int | None]:
+def _load_result(path: Path, max_bytes: int) -> tuple[Any, int | None]:
     """(publishable outfile value or NO_OUTFILE, its size in bytes); lstat: never follow a link."""
-    value = read_outfile(path)
+    value = read_outfile(path, max_bytes=max_bytes)
     if value is NO_OUTFILE:
         return value, None
     size = os.lstat(path).st_size
-    return ensure_publishable(value, path), size
+    return ensure_publishable(value, path, max_bytes=max_bytes), size
 
 
 class PublishFailedError(TaskFailure):
@@ -223,8 +224,8 @@ class TaskHandler:
         self.on_progress = on_progress
         self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
-    def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
-        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir)
+    def _spec(self, task_id: str, tdir: TaskDir, gpus: tuple[str, ...] = ()) -> RunSpec:
+        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir, gpus)
 
 
     async def run(self, delivery: Delivery) -> Outcome:
@@ -391,18 +392,20 @@ class TaskHandler:
         record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
             return await self._execute_warm(task_id, tdir, record)
-        spec = self._spec(task_id, tdir)
-        log.debug(f"running {list(spec.argv)}")
-        watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
-        outcome = await run_to_completion(
-            self.env.runtime,
-            spec,
-            stdout_path=tdir.stdout,
-            stderr_path=tdir.stderr,
-            timeout=cfg.task.timeout,
-            stop_grace=STOP_GRACE,
-            on_line=watcher,
-        )
+        with self.env.specs.gpus.lease() as gpus:  # EWMS_PILOT_TASK_GPUS: this task's own
+            spec = self._spec(task_id, tdir, gpus)
+            log.debug(f"running {list(spec.argv)}")
+            watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
+            outcome = await run_to_completion(
+                self.env.runtime,
+                spec,
+                stdout_path=tdir.stdout,
+                stderr_path=tdir.stderr,
+                timeout=cfg.task.timeout,
+                stop_grace=STOP_GRACE,
+                on_line=watcher,
+                log_max=cfg.task_log_max,
+            )
         record.exit_code = outcome.exit_code
         apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
@@ -410,14 +413,19 @@ class TaskHandler:
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+            killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
+            raise out_of_memory(
+                outcome.exit_code, tail, spec.memory_limit, killed_means_oom=killed_means_oom, apptainer=apptainer
+            ) or ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
 
     async def _read_result(self, tdir: TaskDir, record: RunFacts) -> Any:
         """The outfile's value, ready to publish (or `NO_OUTFILE`), in one trip to a thread."""
-        value, record.bytes_out = await asyncio.to_thread(_load_result, tdir.outfile)
+        value, record.bytes_out = await asyncio.to_thread(
+            _load_result, tdir.outfile, self.env.cfg.max_result_bytes
+        )
         return value
 
     async def _execute_warm(self, task_id: str, tdir: TaskDir, record: RunFacts) -> Any:

@@ -59,6 +59,7 @@ PROMISES = """\
 | Publish failure (transient) | retried with backoff within `EWMS_PILOT_PUBLISH_RETRIES` / `EWMS_PILOT_PUBLISH_DEADLINE`; then the event is released, never acked |
 | Broker outage | reconnect with backoff up to `EWMS_PILOT_RECONNECT_DEADLINE`, noticed at the deadline even while every slot is busy (every `get` and every publish try counts); then exit 5 without waiting for tasks whose events can no longer be settled (the broker redelivers them) |
 | Task longer than the broker's hold on its event | runs once: **NATS** — every held event is renewed with an in-progress ack every `ack_wait`/3 (`ack_wait` read from the consumer: JetStream's 30 s for oms-mqclient's), however long the task; **local queue** — the subscription's lease (30 s) is renewed every 5 s; **RabbitMQ** — no lease to renew: the broker's `consumer_timeout` (30 min by default) closes the channel of an event unacked longer and requeues it, so the result is published and the event done again (a duplicate, never a loss): raise `consumer_timeout` for longer tasks |
+| Hostile task or local user | binds into `/proc`, `/sys`, `/dev`, `/run`, `/boot` or `/` (also through a link), missing external dirs and paths the runtime cannot mount are config errors at load (exit 2, nothing consumed); a task's env holds no `EWMS_PILOT_*` setting or token, and no env value is on a command line (`ps`); the data dir is the pilot user's only (0700/0600); a warm worker cannot make the pilot write a host file - [sandbox.md](sandbox.md), `tests/test_sandbox.py` |
 """
 
 OBSERVATIONS = """\
