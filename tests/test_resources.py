@@ -7,13 +7,17 @@ a process of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mq_helpers import drain, publish
+from pilot_proc import base_env, run_pilot
 
 from ewms_pilot.config import PilotConfig
 from ewms_pilot.config.loader import load_config
@@ -211,3 +215,40 @@ def test_config_check_shows_the_slot_and_what_is_used(machine_ad: Path) -> None:
         "the pilot runs up to 3 task(s) at once, each with a 1 GiB memory limit"
     )
     assert expected in res.stdout.splitlines()
+
+
+# tasks of one pilot meet in the data hub: each marks itself running, waits until a second
+# task has started (so the pilot must run two at once, else the first one fails after 60 s),
+# and answers how many were running when it started (a third at once would see 3)
+MEET = """\
+import os, sys, time
+hub = os.environ['EWMS_TASK_DATA_HUB_DIR']; me = open(sys.argv[1]).read()
+os.makedirs(hub + '/running', exist_ok=True); os.makedirs(hub + '/done', exist_ok=True)
+open(hub + '/running/' + me, 'w').close()
+seen = len(os.listdir(hub + '/running'))
+deadline = time.time() + 60
+while len(os.listdir(hub + '/running')) + len(os.listdir(hub + '/done')) < 2:
+    if time.time() > deadline: sys.exit('alone: no second task ran at the same time')
+    time.sleep(0.05)
+time.sleep(0.3)
+open(hub + '/done/' + me, 'w').close(); os.remove(hub + '/running/' + me)
+open(sys.argv[2], 'w').write(str(seen))
+"""
+
+
+def test_auto_concurrency_runs_as_many_tasks_at_once_as_the_slot_has_cpus(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    ad = tmp_path / ".machine.ad"
+    ad.write_text("Cpus = 2\nMemory = 2048\nDisk = 1048576\n")
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", [f"e{i}" for i in range(5)]))
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i", queue_out=queue_name + "o",
+        data_dir=tmp_path / "data", task_args=shlex.join([sys.executable, "-c", MEET, "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={"_CONDOR_MACHINE_AD": str(ad), "EWMS_PILOT_MAX_CONCURRENT_TASKS": "auto", "EWMS_PILOT_PREFETCH": "5"},
+    )  # fmt: skip
+    run = run_pilot(env, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=5))
+    assert len(out) == 5 and max(int(str(x)) for x in out) == 2, out
+    assert "the pilot runs up to 2 task(s) at once" in run.stderr

@@ -215,3 +215,17 @@ def test_result_size_limit_is_a_setting(rabbitmq_address: str, queue_name: str, 
     out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=1))
     assert out == ["smallsmall"], run.stderr[-2000:]
     assert "is 6000 bytes, more than the 4096-byte result limit" in run.stderr
+
+
+def test_apptainer_memory_limit_only_where_cgroups_allow(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ewms_pilot.runtimes.apptainer import memory_limit_enforceable
+
+    runtime = ApptainerRuntime(build_workdir=tmp_path)
+    with caplog.at_level("WARNING"):
+        specs, tdir = _builder(tmp_path, runtime, EWMS_PILOT_TASK_MEMORY="1G")
+    argv = runtime.run_argv(specs.task("img", ContainerConfig(image="img", args="run"), "t1", tdir))
+    if memory_limit_enforceable():
+        assert _contains(argv, ["--memory", str(2**30), "--memory-swap", str(2**30)])
+    else:  # not root, cgroup v1: said once at load, instead of apptainer failing every task
+        assert "--memory" not in argv
+        assert any("EWMS_PILOT_TASK_MEMORY is not enforced" in r.getMessage() for r in caplog.records)

@@ -267,6 +267,15 @@ def _resources(v: _Values, top: dict[str, Any]) -> None:
         raise v.fail(e.variable, e.expected) from None
     for note in sizing.notes:
         LOGGER.warning(note)
+    if sizing.task_memory and top["container_platform"] is ContainerPlatform.APPTAINER:
+        from ..runtimes.apptainer import (
+            memory_limit_enforceable,  # local: runtimes import the model
+        )
+
+        if not memory_limit_enforceable():
+            LOGGER.warning(
+                "EWMS_PILOT_TASK_MEMORY is not enforced: apptainer needs root or cgroup v2 for --memory"
+            )
     top.update(max_concurrent_tasks=sizing.max_concurrent_tasks, task_memory=sizing.task_memory, slot=slot)
 
 

@@ -419,7 +419,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=SECONDS_GE0,
         default="10",
         section="reliability",
-        help="Seconds running tasks get to finish after SIGTERM before they are stopped (0: none)",
+        help="Seconds running tasks get to finish after SIGTERM before they are stopped (0: none); in an HTCondor job at most its vacate time (JobMaxVacateTime, MachineMaxVacateTime) minus 5",
         field="shutdown_grace",
     ),
     EnvVar(

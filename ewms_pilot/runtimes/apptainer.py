@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -38,6 +39,16 @@ MUST_BE_PRESENT_VAR = "_EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT"
 BIND_FORBIDDEN_CHARS = ",:\n"
 #: default seconds allowed for one image conversion
 BUILD_TIMEOUT = 3600.0
+
+
+@functools.cache
+def memory_limit_enforceable() -> bool:
+    """Whether `apptainer run --memory` can work here: as root, or on cgroup v2 (rootless via systemd).
+
+    Elsewhere apptainer refuses to start a container with a limit, so none is passed
+    (the loader warns once: EWMS_PILOT_TASK_MEMORY is then not enforced).
+    """
+    return os.geteuid() == 0 or Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
 def build_source(image: str) -> str:
@@ -114,7 +125,7 @@ class ApptainerRuntime(Runtime):
             argv += ["--bind", f"{mount.source}:{mount.target}" + (":ro" if mount.readonly else "")]
         if spec.env:
             argv += ["--env-file", str(env_file_of(spec))]
-        if spec.memory_limit is not None:  # apptainer applies it through cgroups (needs them delegated)
+        if spec.memory_limit is not None and memory_limit_enforceable():  # through cgroups
             argv += ["--memory", str(spec.memory_limit), "--memory-swap", str(spec.memory_limit)]
         if spec.gpus:  # the host's GPUs are visible: CUDA_VISIBLE_DEVICES (in the env) picks this task's
             argv.append("--nv")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 from mq_helpers import drain, publish
-from poolkit import Pool, PoolPilot, pool_processes, wait_for
+from poolkit import REPO, Pool, PoolPilot, pool_processes, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -139,9 +140,12 @@ async def test_timeout_kills_the_whole_container_process_tree(
     assert pool_processes(marker) == []
 
 
+@pytest.mark.parametrize("signals", [1, 2])
 async def test_sigterm_releases_the_running_event_and_stops_the_container(
-    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
+    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str, signals: int
 ) -> None:
+    """One SIGTERM: the task gets the grace (2 s), then goes; a second SIGTERM ends a
+    long grace (300 s) at once."""
     marker = "longtask-" + uuid.uuid4().hex[:12]
     await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", ["slow"])
     env = _env(
@@ -150,12 +154,13 @@ async def test_sigterm_releases_the_running_event_and_stops_the_container(
         queue_name,
         pool_dir,
         EWMS_PILOT_TASK_ARGS=f'python3 -c "import time; time.sleep(600)" {marker}',
-        EWMS_PILOT_SHUTDOWN_GRACE="2",
+        EWMS_PILOT_SHUTDOWN_GRACE="2" if signals == 1 else "300",
     )
     pilot = PoolPilot(env, pool_dir)
     wait_for(lambda: pool_processes(marker), 60, "the task to run")
-    pilot.signal("TERM")
-    rc, _, err = pilot.wait()
+    for _ in range(signals):
+        pilot.signal("TERM")
+    rc, _, err = pilot.wait(timeout=120)  # < the 300 s grace: the second signal cut it
     assert rc == 6, err[-3000:]
     assert pool_processes(marker) == []
     # the unfinished event is back on the queue for another pilot
@@ -195,3 +200,41 @@ async def test_unusable_image_is_one_line_and_exit_7(
     assert last.startswith("ewms-pilot: container runtime unusable: ") and want in last, err[-3000:]
     assert "Traceback" not in err
     assert await drain("rabbitmq", rabbitmq_address, f"{queue_name}-in", 3, 1) == ["untouched"]
+
+
+WARM_WORKER = r"""
+import os
+import worker  # ewms_pilot/worker.py copied alongside (stdlib only)
+
+for event in worker.events():
+    with event:
+        data = open(event.infile).read()
+        open(event.outfile, "w").write(data + data + "|" + str(os.getpid()))
+"""
+
+
+async def test_warm_mode_one_apptainer_container_serves_every_event(
+    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
+) -> None:
+    code = pool_dir / "warm-code"
+    code.mkdir()
+    (code / "w.py").write_text(WARM_WORKER)
+    shutil.copy(REPO / "ewms_pilot" / "worker.py", code / "worker.py")
+    code.chmod(0o755)
+    events = [f"w{i}" for i in range(6)]
+    await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", events)
+    env = _env(
+        pool,
+        rabbitmq_address,
+        queue_name,
+        pool_dir,
+        EWMS_PILOT_TASK_MODE="warm",
+        EWMS_PILOT_TASK_ARGS=f"python3 {code}/w.py",
+        EWMS_PILOT_EXTERNAL_DIRECTORIES=str(code),
+    )
+    rc, _, err = PoolPilot(env, pool_dir).wait()
+    assert rc == 0, err[-3000:]
+    out = await drain("rabbitmq", rabbitmq_address, f"{queue_name}-out", 3, len(events))
+    assert sorted(o.split("|")[0] for o in out) == sorted(e + e for e in events)
+    assert len({o.split("|")[1] for o in out}) == 1  # one worker process did them all
+    assert pool_processes(f"{code}/w.py") == []  # and it is gone

@@ -8,14 +8,18 @@ task-management service (TMS) writes it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from mq_helpers import drain, publish
 from poolkit import (
     POOL_SCRIPT,
     SITE,
+    SUBMITTER_UID,
     Pool,
     PoolError,
     chirp_events,
@@ -50,10 +54,10 @@ TASK = (
 )
 
 
-def test_demo_shows_chirp_status_in_condor_q(pool: Pool) -> None:
+def test_demo_shows_chirp_status_in_condor_q(pool: Pool, pool_dir: Path) -> None:
     """The README's try-it command: a pilot job finishes, condor_q shows its chirp status."""
     res = subprocess.run(
-        ["bash", str(POOL_SCRIPT), "submit", "--events", "4"],
+        ["bash", str(POOL_SCRIPT), "submit", "--events", "4", "--work", str(pool_dir)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -138,3 +142,92 @@ async def test_job_as_ewms_submits_it_reports_through_the_job_event_log(
     finally:
         remove_job_dir(job_dir, cluster)
         shutil.rmtree(site, ignore_errors=True)
+
+
+#: a plain vanilla-universe pilot (no image, no entrypoint): the pool's python runs it
+VANILLA_SUB = """\
+universe                = vanilla
+executable              = /opt/ewms-pilot/bin/python3
+arguments               = -m ewms_pilot run --no-progress
+transfer_executable     = false
+should_transfer_files   = YES
+when_to_transfer_output = ON_EXIT_OR_EVICT
+environment             = "{environment}"
+output                  = pilot.out
+error                   = pilot.err
+log                     = pilot.log
+queue
+"""
+
+
+def _vanilla_job(job_dir: Path, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """Submit VANILLA_SUB with `env` from `job_dir`; (history ad, the job's stderr)."""
+    # HTCondor's quoting inside environment = "...": 'value', with ' and " doubled
+    quoted = {k: v.replace("'", "''").replace('"', '""') for k, v in env.items()}
+    environment = " ".join(f"{k}='{v}'" for k, v in quoted.items())
+    (job_dir / "pilot.sub").write_text(VANILLA_SUB.format(environment=environment))
+    os.chown(job_dir / "pilot.sub", SUBMITTER_UID, SUBMITTER_UID)
+    cluster = submit(job_dir)
+    try:
+        (ad,) = wait_left_queue(cluster, 1, timeout=180)
+    except PoolError as e:
+        pytest.fail(str(e))
+    return ad, (job_dir / "pilot.err").read_text()
+
+
+async def test_vanilla_job_keeps_its_data_in_the_scratch_dir(
+    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
+) -> None:
+    """No EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST: the pilot itself (no entrypoint) uses
+    the job's scratch dir, whose new files come back with the job's output."""
+    await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", ["x", "y"])
+    os.chown(pool_dir, SUBMITTER_UID, SUBMITTER_UID)
+    env = {
+        "EWMS_PILOT_QUEUE_INCOMING": f"{queue_name}-in",
+        "EWMS_PILOT_QUEUE_OUTGOING": f"{queue_name}-out",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": rabbitmq_address,
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": rabbitmq_address,
+        "EWMS_PILOT_CONTAINER_PLATFORM": "process",
+        "EWMS_PILOT_TASK_ARGS": 'python3 -c "import sys; d=open(sys.argv[1]).read(); '
+        "open(sys.argv[2],'w').write(d+d)\" <<INFILE>> <<OUTFILE>>",
+        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "2",
+    }
+    ad, err = _vanilla_job(pool_dir, env)
+    assert ad["ExitCode"] == 0, err[-3000:]
+    assert sorted(await drain("rabbitmq", rabbitmq_address, f"{queue_name}-out", 3, 2)) == [
+        "xx",
+        "yy",
+    ]
+    # its journal was written to the scratch dir: a new top-level file, so HTCondor
+    # brought it back with the output (1.x died with PermissionError on /ewms-pilot-data)
+    journal = pool_dir / "ewms-pilot-tasks.jsonl"
+    assert journal.is_file(), f"{sorted(p.name for p in pool_dir.iterdir())}; stderr: {err[-3000:]}"
+    assert len(journal.read_text().splitlines()) == 2
+    assert "PermissionError" not in err
+
+
+def test_vanilla_job_with_an_unwritable_data_dir_is_one_line_and_exit_2(
+    pool: Pool, pool_dir: Path
+) -> None:
+    os.chown(pool_dir, SUBMITTER_UID, SUBMITTER_UID)
+    env = {
+        "EWMS_PILOT_QUEUE_INCOMING": "never-used-in",
+        "EWMS_PILOT_QUEUE_OUTGOING": "never-used-out",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "127.0.0.1:5672",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "127.0.0.1:5672",
+        "EWMS_PILOT_CONTAINER_PLATFORM": "process",
+        "EWMS_PILOT_TASK_ARGS": "true",
+        "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": "/",  # what 1.x defaulted to: root's
+    }
+    ad, err = _vanilla_job(pool_dir, env)
+    assert ad["ExitCode"] == 2, err[-3000:]
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith(
+        "ewms-pilot: configuration error: EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST="
+    )
+    assert "not writable" in line
