@@ -6,12 +6,11 @@
 #
 # 1. Sources ./ewms_htcondor_envfile.sh when present (EWMS/HTCondor ship the
 #    pilot's EWMS_PILOT_* settings in it), exporting every variable it sets.
-# 2. Under HTCondor (_CONDOR_SCRATCH_DIR set) with no
-#    EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST, keeps the pilot's data in the
-#    job's scratch dir (the image itself may be read-only there).
-# 3. Creates the data dirs, prints a banner and the effective configuration
-#    with every secret masked (`ewms-pilot config --check`; never `env`).
-# 4. Runs the pilot. process/podman/apptainer flavours: `exec`, so signals go
+# 2. Prints a banner and the effective configuration with every secret masked
+#    (`ewms-pilot config --check`; never `env`). The pilot itself picks the data
+#    dir (under HTCondor with no EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST: the
+#    job's scratch dir) and checks it can write there (exit 2 if not).
+# 3. Runs the pilot. process/podman/apptainer flavours: `exec`, so signals go
 #    straight to the pilot. docker flavour: starts dockerd (unless a docker
 #    daemon already answers, e.g. a mounted socket), runs the pilot as a child,
 #    forwards SIGTERM/SIGINT to it, and stops dockerd after the pilot exits.
@@ -38,8 +37,16 @@ source_envfile() {
     [[ -f "$envfile" ]] || return 0
     say "sourcing $envfile"
     set +u -a # the file may use unset variables; plain NAME=value lines are exported
+    # EWMS's task-management service writes `set -x` into the file: its trace
+    # (every `export`, broker tokens included) goes to /dev/null, not the job's stderr
+    local trace_fd rc=0
+    exec {trace_fd}>/dev/null
+    BASH_XTRACEFD=$trace_fd
     # shellcheck disable=SC1090
-    if ! . "$envfile"; then
+    . "$envfile" || rc=$?
+    { set +x; } 2>/dev/null
+    unset BASH_XTRACEFD # (closes trace_fd)
+    if ((rc)); then
         say "$envfile failed (its last command returned non-zero)"
         exit "$EXIT_CONFIG"
     fi
@@ -51,22 +58,6 @@ platform() { # as the pilot reads it: current name first, then the 1.x name; tri
     p="${p//[[:space:]]/}"
     p="${p,,}"
     echo "${p:-docker}"
-}
-
-default_data_dir() {
-    if [[ -z "${EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST:-}" && -d "${_CONDOR_SCRATCH_DIR:-}" ]]; then
-        export EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST="$_CONDOR_SCRATCH_DIR"
-        say "HTCondor job: data dir parent defaults to the scratch dir $_CONDOR_SCRATCH_DIR"
-    fi
-}
-
-make_data_dirs() {
-    local data="${EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST:-/}"
-    data="${data%/}/ewms-pilot-data"
-    if ! mkdir -p "$data/data-hub" 2>/dev/null; then
-        say "cannot create $data/data-hub (set EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST to a writable directory)"
-        exit "$EXIT_CONFIG"
-    fi
 }
 
 banner() {
@@ -203,9 +194,7 @@ if (($#)) && [[ "$1" != run ]]; then
     exec python3 -m ewms_pilot "$@"
 fi
 
-default_data_dir
 banner
-make_data_dirs
 require_tool
 
 if [[ "$(platform)" == docker ]] && command -v dockerd >/dev/null; then

@@ -14,5 +14,5 @@ class ExitCode(enum.IntEnum):
     TASK_FAILED = 3  # stopped taking work because tasks failed (stop-on-error)
     INIT_FAILED = 4  # the init container failed or timed out; nothing was consumed
     BROKER = 5  # a broker could not be reached / reconnected within its deadline
-    EVICTED = 6  # stopped by SIGTERM/SIGINT (eviction); unfinished events were nacked
+    EVICTED = 6  # stopped by SIGTERM/SIGINT/SIGHUP (eviction); unfinished events were released
     RUNTIME_UNAVAILABLE = 7  # the container runtime or the task image cannot be used on this node

@@ -53,6 +53,16 @@ bash scripts/test-env.sh >/dev/null
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
 
+# The HTCondor pool for tests/htcondor (cached rootfs: seconds once built), when
+# the run includes those tests: the whole suite, or arguments naming them. A
+# pool that cannot start is not an error here: its tests fail with the reason.
+wants_pool=$(( $# == 0 ))
+for arg in "$@"; do [[ "$arg" == *htcondor* ]] && wants_pool=1; done
+if ((wants_pool)); then
+    step "HTCondor pool (scripts/htcondor-pool.sh up)"
+    bash scripts/htcondor-pool.sh up >&2 || echo "test.sh: the HTCondor pool did not start (see above)" >&2
+fi
+
 # ---------------------------------------------------------------- checks
 failed=()
 step "ruff check ewms_pilot tests"

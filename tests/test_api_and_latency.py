@@ -83,7 +83,7 @@ def test_a_finished_task_is_published_within_100ms_while_the_subscriber_waits(
     )
     run = run_pilot(env)
     assert run.returncode == 0, run.stderr[-2000:]
-    journal = [json.loads(line) for line in (tmp_path / "ewms-pilot-data" / "tasks.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (tmp_path / "ewms-pilot-tasks.jsonl").read_text().splitlines()]
     outs = asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=1, expect=3))
     assert len(journal) == 3 == len(outs)
     # task wrote its outfile (its last act) -> result published and event acked: under 100 ms

@@ -302,6 +302,11 @@ def test_a_job_environment_as_tms_writes_it(rabbitmq_address: str, queue_name: s
     assert "EWMS_PILOT_TIMEOUT_INCOMING" in res.stderr  # warned about, not refused
     assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=1, expect=2))) == ["aa", "bb"]
 
+    # 1.x's data-dir layout: tools walk ewms-pilot-data/ and expect only directories
+    data = tmp_path / "ewms-pilot-data"
+    assert "data-hub" in [p.name for p in data.iterdir()]
+    assert [p.name for p in data.iterdir() if not p.is_dir()] == []
+
     read = tms_read(lines)
     last = dict(read)
     assert (last["HTChirpEWMSPilotTasksTotal"], last["HTChirpEWMSPilotTasksSuccess"]) == ("3", "2")

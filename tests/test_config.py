@@ -519,7 +519,7 @@ def test_defaults_equal_1x() -> None:
 def test_table_defaults_agree_with_model_defaults() -> None:
     cfg = load_config(MINIMAL)
     for field in dc.fields(PilotConfig):
-        if field.default is not dc.MISSING:
+        if field.default is not dc.MISSING and field.compare:  # compare=False: found, not configured (slot)
             assert getattr(cfg, field.name) == field.default, field.name
 
 
@@ -656,6 +656,11 @@ FULL = {
     "EWMS_PILOT_TASK_TIMEOUT": "3600",
     "EWMS_PILOT_TASK_MODE": "oneshot",
     "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
+    "EWMS_PILOT_TASK_CPUS": "2",
+    "EWMS_PILOT_TASK_MEMORY": "512M",
+    "EWMS_PILOT_TASK_GPUS": "0",  # no GPU on this machine (tests/test_resources.py sets some)
+    "EWMS_PILOT_TASK_LOG_MAX": "1g",
+    "EWMS_PILOT_MAX_RESULT_SIZE": "1MiB",
     "EWMS_PILOT_INIT_IMAGE": "registry.example/init:1",
     "EWMS_PILOT_INIT_ARGS": "--fetch",
     "EWMS_PILOT_INIT_ENV_JSON": '{"I": "x"}',
@@ -692,6 +697,7 @@ FULL = {
     "EWMS_PILOT_TASK_FAIL_PATTERNS": '["Segmentation fault", "CUDA error: .*"]',
     "EWMS_PILOT_SHUTDOWN_GRACE": "0",
     "EWMS_PILOT_MAX_DELIVERIES": "5",
+    "EWMS_PILOT_MAX_REDELIVERIES": "7",
     "EWMS_PILOT_QUEUE_DEADLETTER": "dead-abc",
     "EWMS_PILOT_PUBLISH_RETRIES": "0",
     "EWMS_PILOT_PUBLISH_DEADLINE": "15",
@@ -717,6 +723,8 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.task.timeout == 3600
     assert cfg.task_mode is TaskMode.ONESHOT
     assert cfg.max_concurrent_tasks == 4
+    assert (cfg.task_cpus, cfg.task_memory, cfg.task_gpus) == (2, 512 * 2**20, 0)
+    assert (cfg.task_log_max, cfg.max_result_bytes) == (2**30, 2**20)
     assert cfg.init is not None and cfg.teardown is not None
     assert (cfg.init.image, cfg.init.args, dict(cfg.init.env), cfg.init.timeout) == (
         "registry.example/init:1",
@@ -764,6 +772,7 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.quarantine_time == 300
     assert cfg.task_fail_patterns == ("Segmentation fault", "CUDA error: .*")
     assert (cfg.shutdown_grace, cfg.max_deliveries, cfg.queue_deadletter) == (0, 5, "dead-abc")
+    assert cfg.max_redeliveries == 7
     assert (cfg.publish_retries, cfg.publish_deadline, cfg.reconnect_deadline) == (0, 15, 0)
     assert (cfg.log_level, cfg.log_level_third_party) == ("DEBUG", "ERROR")
     assert cfg.htchirp is True
@@ -778,10 +787,11 @@ def test_full_config_reaches_every_field() -> None:
     untouched = [
         f.name
         for f in dc.fields(PilotConfig)
-        if f.default is not dc.MISSING and getattr(cfg, f.name) == f.default
+        if f.default is not dc.MISSING and f.compare and getattr(cfg, f.name) == f.default
     ]
-    # true is needed for quarantine; warm mode refuses the per-event placeholders FULL uses
-    assert sorted(untouched) == ["stop_listening_on_task_error", "task_mode"]
+    # true is needed for quarantine; warm mode refuses the per-event placeholders FULL uses;
+    # GPUs need a slot that has some (tests/test_resources.py)
+    assert sorted(untouched) == ["stop_listening_on_task_error", "task_gpus", "task_mode"]
 
 
 def test_round_trip_through_environ_text() -> None:

@@ -159,7 +159,7 @@ async def test_image_runs_events_from_rabbitmq_with_envfile(
         # a config mistake: one line naming the variable, exit 2, no pilot run
         (
             {"EWMS_PILOT_TASK_ARGS": "python3 -c pass", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "zero"},
-            "EWMS_PILOT_MAX_CONCURRENT_TASKS='zero': expected an integer >= 1",
+            "EWMS_PILOT_MAX_CONCURRENT_TASKS='zero': expected an integer from 1 to 65535",
         ),
         # the flavour has no apptainer: refuse at start, not on the first event
         (

@@ -46,10 +46,11 @@ def test_every_event_yields_its_output(broker: tuple[str, str], queue_name: str,
     results = asyncio.run(drain(btype, addr, qout, timeout=2, expect=len(events)))
     assert sorted(results) == sorted(e + e for e in events)
     assert "received 32" in run.stdout and "succeeded 32" in run.stdout
-    # task dirs are removed after success; the data hub and the journal stay
+    # task dirs are removed after success; the data hub stays (1.x layout: only directories in
+    # ewms-pilot-data/), the journal is beside it
     data = tmp_path / "ewms-pilot-data"
-    assert sorted(p.name for p in data.iterdir()) == ["data-hub", "tasks.jsonl"]
-    journal = [json.loads(line) for line in (data / "tasks.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in data.iterdir()) == ["data-hub"]
+    journal = [json.loads(line) for line in (tmp_path / "ewms-pilot-tasks.jsonl").read_text().splitlines()]
     assert len(journal) == 32 and all(r["published"] and r["acked"] and r["exit_code"] == 0 for r in journal)
     assert sorted(r["bytes_out"] for r in journal) == sorted(len((e + e).encode()) for e in events)
 

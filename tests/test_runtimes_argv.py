@@ -278,8 +278,20 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
 
 async def test_apptainer_sandbox_dir_is_used_as_is(tmp_path: Path) -> None:
     sandbox = tmp_path / "sandbox"
-    sandbox.mkdir()
+    (sandbox / ".singularity.d").mkdir(parents=True)
+    (sandbox / ".singularity.d" / "runscript").write_text("#!/bin/sh\nexec \"$@\"\n")
     assert await apptainer(tmp_path).prepare_image(str(sandbox)) == str(sandbox)
+
+
+async def test_apptainer_dir_without_runscript_is_refused_at_start(tmp_path: Path) -> None:
+    """A plain rootfs dir would make every event fail with `/bin/sh: cannot open python3`."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    with pytest.raises(RuntimeUnavailableError) as err:
+        await apptainer(tmp_path).prepare_image(str(rootfs))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"apptainer image {rootfs} has no /.singularity.d/runscript: not an apptainer sandbox")
 
 
 async def test_apptainer_requires_a_sandbox_dir_when_configured(tmp_path: Path) -> None:
@@ -289,7 +301,7 @@ async def test_apptainer_requires_a_sandbox_dir_when_configured(tmp_path: Path) 
     assert "\n" not in msg
     assert msg == (
         "apptainer image 'docker://python:3.12' is not an existing sandbox directory"
-        " (set EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT=false to let the pilot convert it)"
+        " (set _EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT=false to let the pilot convert it)"
     )
 
 
@@ -304,7 +316,8 @@ async def test_apptainer_conversion_runs_build_and_reuses_result(tmp_path: Path)
         "#!/usr/bin/env python3\n"
         "import os, sys\n"
         f"open({str(log)!r}, 'a').write(repr([sys.argv[1:], os.getcwd(), os.environ.get('APPTAINER_TMPDIR')]) + '\\n')\n"
-        "os.mkdir(sys.argv[-2])\n"
+        "os.makedirs(os.path.join(sys.argv[-2], '.singularity.d'))\n"
+        "open(os.path.join(sys.argv[-2], '.singularity.d', 'runscript'), 'w').close()\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     rt = apptainer(work, image_directory_must_be_present=False, binary=str(fake))

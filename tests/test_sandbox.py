@@ -325,3 +325,70 @@ def test_another_local_user_can_neither_read_an_event_nor_forge_a_result(open_di
         run = wait_pilot(proc, timeout=DEADLINE)
     assert run.returncode == 0, run.stderr[-3000:]
     assert asyncio.run(_take_all(db, "out")) == ["own:secret event"]
+
+
+# ---------------------------------------------------------------- a warm worker sees the data dir
+
+PLANTING_WORKER = r"""
+import os, re, sys
+hub, logs = os.environ["EWMS_TASK_DATA_HUB_DIR"], "/ewms-pilot-data/warm-workers"
+attack, victim = sys.argv[1], sys.argv[2]  # victim: a host path this container cannot see
+sys.stderr.write("PLANTED-LINE\n")
+sys.stderr.flush()
+for line in sys.stdin:
+    field = lambda k: re.search('"%s": "([^"]*)"' % k, line).group(1)
+    if not os.path.exists(hub + "/planted"):
+        open(hub + "/planted", "w").close()
+        if attack == "dir-link":
+            os.rename(logs, hub + "/moved")
+            os.symlink(victim, logs)
+        else:  # links at the names the next workers' log and env files will have
+            for name in os.listdir(logs):
+                m = re.match(r"(ewms-pilot-[0-9a-f]+-warm[0-9]+-)([0-9]+)[.]log$", name)
+                for gen in range(int(m.group(2)) + 1, int(m.group(2)) + 4) if m else ():
+                    for ext in ("log", "env"):
+                        os.symlink(victim, "%s/%s%d.%s" % (logs, m.group(1), gen, ext))
+        sys.exit(1)  # the pilot starts a new worker for the next event
+    open(field("outfile"), "w").write("ok:" + open(field("infile")).read())
+    print('{"id": "%s", "ok": true}' % field("id"), flush=True)
+"""
+
+
+@pytest.mark.podman
+@pytest.mark.parametrize("attack", ["file-link", "dir-link"])
+def test_warm_worker_cannot_make_the_pilot_write_a_host_file(
+    attack: str, rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str
+) -> None:
+    """Worker logs live in the data dir a warm container may write: their links are never followed."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "w.py").write_text(PLANTING_WORKER)
+    victim = tmp_path / ("victim.txt" if attack == "file-link" else "victim-dir")
+    if attack == "file-link":
+        victim.write_text("original\n")
+    else:
+        victim.mkdir()
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a", "b"]))
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
+        queue_out=queue_name + "o", data_dir=tmp_path / "data", platform="podman", image=podman_image,
+        task_args=shlex.join(["python3", str(scripts / "w.py"), attack, str(victim)]),
+        extra={
+            "EWMS_PILOT_TASK_MODE": "warm",
+            "EWMS_PILOT_EXTERNAL_DIRECTORIES": str(scripts),
+            "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
+            "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "3",
+            "EWMS_PILOT_KEEP_ALL_TASK_FILES": "true",  # worker logs stay where they were written
+        },
+    )  # fmt: skip
+    run = run_pilot(env, timeout=DEADLINE)
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    if attack == "file-link":
+        assert victim.read_text() == "original\n"
+        # the next worker got a log of its own and did the work
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=2))
+        assert sorted(out) == ["ok:a", "ok:b"]
+    else:
+        assert list(victim.iterdir()) == []  # no worker could start there: the pool gave up
+        assert run.returncode in (0, 3), run.stderr[-3000:]

@@ -167,6 +167,8 @@ def test_success_and_task_failure_on_nats_with_token_url(
     assert results == ["good"]  # one task succeeded, one failed: both paths were taken
     assert any("task refused this event" in text for text in audit.outputs.values())
     assert "HTChirpEWMSPilotError" in audit.outputs["nats run chirp"]
+    journal = [text for name, text in audit.outputs.items() if name.endswith(".jsonl")]
+    assert journal and "task refused this event" in journal[0]  # the journal door is audited
     audit.assert_clean()
     assert "nats://***@127.0.0.1:4222" in audit.outputs["config --check stdout"]  # shown, masked
 

@@ -1,6 +1,6 @@
 """`ewms-pilot` / `python -m ewms_pilot`: run a pilot, move events, show the configuration.
 
-Signal handlers are installed here (and only here) with `loop.add_signal_handler`.
+Signal handlers are installed by `pilot.runner.run_with_signals` (shared with the Python API).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,8 +18,9 @@ from ..config.model import PilotConfig
 from ..errors import ConfigError
 from ..exitcodes import ExitCode
 from ..pilot.progress import Progress
+from ..pilot.runner import run_with_signals
 from ..pilot.scheduler import Pilot
-from ..pilot.shutdown import StopCause, StopRequest
+from ..pilot.shutdown import StopCause
 from .logs import configure_logging, install_scrubber, say, scrub_uncaught
 from .options import OneLineParser, progress_interval
 
@@ -105,38 +105,29 @@ def _config_command(args: argparse.Namespace) -> int:
     except ConfigError as e:
         say(f"ewms-pilot: configuration error: {e}")
         return int(ExitCode.CONFIG)
-    from ..config.banner import effective_config_lines
+    from ..config.banner import effective_config_lines, resources_line
     from ..config.redact import scrub
 
-    print(scrub("\n".join(effective_config_lines(cfg))))
+    print(scrub("\n".join([*effective_config_lines(cfg), "# " + resources_line(cfg)])))
     return 0
 
 
 async def run_pilot(
     cfg: PilotConfig, *, progress: bool = True, progress_interval: float | None = None
 ) -> ExitCode:
-    """Run one pilot with eviction signals wired to a graceful stop."""
+    """Run one pilot with eviction signals wired to a graceful stop (`run_with_signals`)."""
     pilot = Pilot(cfg)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig,
-            pilot.request_stop,
-            StopRequest(StopCause.SIGNAL, f"received {sig.name}", grace=cfg.shutdown_grace),
-        )
     ticker = (
         asyncio.ensure_future(Progress(pilot.tally, interval=progress_interval).run())
         if progress
         else None
     )
     try:
-        request = await pilot.run()
+        request = await run_with_signals(pilot)
     finally:
         if ticker:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     if request.cause != StopCause.QUEUE_EMPTY:
         say(f"ewms-pilot: {request.reason}")
     return request.exit_code

@@ -44,3 +44,12 @@ def effective_config_lines(source: PilotConfig | Mapping[str, str]) -> list[str]
             via = f" (from {given})" if given != var.name else ""
             lines.append(f"{var.name}={shown}{via}")
     return lines
+
+
+def resources_line(cfg: PilotConfig) -> str:
+    """`slot: ...; the pilot runs up to N task(s) ...`: what was found and what is used of it."""
+    from ..resources.sizing import describe_use
+
+    if cfg.slot is None:
+        return "slot: not looked at"
+    return describe_use(cfg.slot, cfg.max_concurrent_tasks, cfg.task_memory, cfg.task_gpus)

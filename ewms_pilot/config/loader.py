@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..resources.sizing import SizingError, size_tasks
+from ..resources.slot import discover
 from ..tasks.args import PLACEHOLDERS, split_args
 from .addresses import normalize_address
 from .checks import check_loaded
@@ -21,6 +23,8 @@ from .datadir import SCRATCH_VAR, scratch_dir
 from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig, TaskMode
 from .names import check_unknown_names, suggest, unknown_names
 from .redact import MASK, looks_secret, register_settings, scrub
+from .types import MAX_COUNT
+from .vacate import fit_grace, vacate_seconds
 from .variables import BY_NAME, VARIABLES, EnvVar
 
 LOGGER = logging.getLogger(__name__)
@@ -216,6 +220,19 @@ def _data_dir(v: _Values, top: dict[str, Any]) -> None:
             raise ConfigError(SCRATCH_VAR, scratch, str(e)) from None
 
 
+def _fit_grace_to_vacate(v: _Values, top: dict[str, Any]) -> None:
+    """Under HTCondor the grace must end before the job is SIGKILLed (config/vacate.py)."""
+    vacate = vacate_seconds(v.environ)
+    fitted = fit_grace(top["shutdown_grace"], vacate)
+    if fitted != top["shutdown_grace"]:
+        LOGGER.warning(
+            f"EWMS_PILOT_SHUTDOWN_GRACE={top['shutdown_grace']:g}s does not fit in the {vacate:g}s"
+            f" HTCondor gives this job to vacate (JobMaxVacateTime/MachineMaxVacateTime):"
+            f" using {fitted:g}s"
+        )
+        top["shutdown_grace"] = fitted
+
+
 def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> None:
     if top["quarantine_time"] and not top["stop_listening_on_task_error"]:
         raise v.fail(
@@ -230,6 +247,36 @@ def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> No
         )
     if top["timeout_first_message"] is None:
         top["timeout_first_message"] = top["timeout_incoming"]
+
+
+def _resources(v: _Values, top: dict[str, Any]) -> None:
+    """The slot, and `auto` concurrency/memory resolved from it: the pilot only sees numbers."""
+    slot = discover(v.environ, disk_path=top["data_dir_parent"])
+    if top["task_gpus"] and top["task_mode"] is TaskMode.WARM:
+        raise v.fail("EWMS_PILOT_TASK_GPUS", "0 with EWMS_PILOT_TASK_MODE=warm (GPUs go to one-shot tasks)")
+    try:
+        sizing = size_tasks(
+            slot,
+            concurrency=top["max_concurrent_tasks"],
+            task_cpus=top["task_cpus"],
+            task_memory=top["task_memory"],
+            task_gpus=top["task_gpus"],
+            max_count=MAX_COUNT,
+        )
+    except SizingError as e:
+        raise v.fail(e.variable, e.expected) from None
+    for note in sizing.notes:
+        LOGGER.warning(note)
+    if sizing.task_memory and top["container_platform"] is ContainerPlatform.APPTAINER:
+        from ..runtimes.apptainer import (
+            memory_limit_enforceable,  # local: runtimes import the model
+        )
+
+        if not memory_limit_enforceable():
+            LOGGER.warning(
+                "EWMS_PILOT_TASK_MEMORY is not enforced: apptainer needs root or cgroup v2 for --memory"
+            )
+    top.update(max_concurrent_tasks=sizing.max_concurrent_tasks, task_memory=sizing.task_memory, slot=slot)
 
 
 def load_config(
@@ -255,6 +302,8 @@ def load_config(
     outgoing = _broker(v, "outgoing", nested["outgoing"])
     _cross_checks(v, top, incoming)
     _data_dir(v, top)
+    _resources(v, top)
+    _fit_grace_to_vacate(v, top)
     cfg = PilotConfig(
         task=task, init=init, teardown=teardown, incoming=incoming, outgoing=outgoing, **top
     )

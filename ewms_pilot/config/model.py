@@ -7,6 +7,9 @@ import enum
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..resources.slot import Slot
+from ..tasks.io import DEFAULT_MAX_RESULT_BYTES
+
 
 class ContainerPlatform(str, enum.Enum):
     """How a task's argv is executed."""
@@ -92,7 +95,12 @@ class PilotConfig:
     task_mode: TaskMode = TaskMode.ONESHOT
 
     # task handling
-    max_concurrent_tasks: int = 1
+    max_concurrent_tasks: int = 1  # `auto` is resolved at load (resources/sizing.py)
+    task_cpus: int = 1
+    task_memory: int | None = None  # bytes per task; None = no limit (`auto` resolved at load)
+    task_gpus: int = 0
+    task_log_max: int | None = 16 * 2**20  # bytes kept of each of a task's stdout/stderr; None = all
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     stop_listening_on_task_error: bool = True
     okay_errors: frozenset[str] = frozenset()
     quarantine_time: float = 0.0
@@ -100,7 +108,8 @@ class PilotConfig:
 
     # reliability
     shutdown_grace: float = 10.0
-    max_deliveries: int = 3
+    max_deliveries: int = 3  # attempts (failed task runs) per event
+    max_redeliveries: int = 20  # raw broker deliveries of one copy
     queue_deadletter: str = ""
     publish_retries: int = 5
     publish_deadline: float = 60.0
@@ -117,6 +126,9 @@ class PilotConfig:
 
     # configuration itself
     strict_config: bool = False  # unknown EWMS_PILOT_* names refused, not warned about
+
+    # found at load, not configured: what the slot has (free disk changes: not compared)
+    slot: Slot | None = dc.field(default=None, compare=False)
 
     @property
     def data_dir(self) -> Path:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from ..resources.sizing import AUTO, SIZE_EXPECTED, parse_size, render_size
 from . import jsontext
 from .model import ChirpDest, ContainerPlatform, TaskMode
 
@@ -307,6 +308,28 @@ def _parse_shm_size(raw: str) -> str | None:
     return text
 
 
+def _or_auto(parse: Callable[[str], object], expected: str) -> ValueType:
+    """`auto` (resolved from the slot at load: resources/sizing.py) or a value of `parse`."""
+    full = f"{expected}, or auto (sized from the slot)"
+
+    def parse_or_auto(raw: str) -> object:
+        if raw.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ValueError(full) from None
+
+    return ValueType(expected=full, parse=parse_or_auto, render=render_scalar)
+
+
+def _parse_opt_size(raw: str) -> int | None:
+    text = raw.strip()
+    if not text or text.lower() in ("none", "0"):
+        return None
+    return parse_size(text)
+
+
 TEXT = ValueType(expected="text", parse=_parse_str, render=render_scalar, blank_is_default=False)
 NAME = ValueType(
     expected="a name", parse=lambda raw: _parse_str(raw.strip()), render=render_scalar
@@ -328,6 +351,12 @@ BOOL = ValueType(
     expected="a boolean: true/false, yes/no, on/off, 1/0", parse=_parse_bool, render=render_scalar
 )
 COUNT = int_between(1, MAX_COUNT)
+COUNT_OR_AUTO = _or_auto(COUNT.parse, COUNT.expected)
+OPT_SIZE = ValueType(
+    expected=f"{SIZE_EXPECTED}, or empty/0 for no limit", parse=_parse_opt_size, render=render_size
+)
+OPT_SIZE_OR_AUTO = _or_auto(_parse_opt_size, OPT_SIZE.expected)
+SIZE = ValueType(expected=SIZE_EXPECTED, parse=parse_size, render=render_size)
 INT_GE0 = int_between(0)
 INT_GE1 = int_between(1)
 SECONDS_GT0 = seconds(zero_ok=False, optional=False)

@@ -20,6 +20,7 @@ from .types import (
     BUILD_DIR,
     CHIRP_DEST,
     COUNT,
+    COUNT_OR_AUTO,
     DATA_DIR,
     ENV_JSON,
     EXT,
@@ -29,12 +30,15 @@ from .types import (
     NAME,
     NAME_LIST,
     OPT_SECONDS_GT0,
+    OPT_SIZE,
+    OPT_SIZE_OR_AUTO,
     PLATFORM,
     QUEUE_NAME,
     REGEX_LIST,
     SECONDS_GE0,
     SECONDS_GT0,
     SHM_SIZE,
+    SIZE,
     TASK_MODE,
     TEXT,
     ValueType,
@@ -179,11 +183,58 @@ VARIABLES: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         name="EWMS_PILOT_MAX_CONCURRENT_TASKS",
-        type=COUNT,
+        type=COUNT_OR_AUTO,
         default="1",
         section="task",
-        help="How many tasks run at the same time",
+        help="How many tasks run at the same time; `auto`: one per EWMS_PILOT_TASK_CPUS of the slot's CPUs "
+        "(HTCondor machine ad, else cgroup and CPU affinity), fewer if EWMS_PILOT_TASK_MEMORY or EWMS_PILOT_TASK_GPUS do not fit",
         field="max_concurrent_tasks",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_TASK_CPUS",
+        type=INT_GE1,
+        default="1",
+        section="task resources",
+        help="CPUs one task uses (sizes EWMS_PILOT_MAX_CONCURRENT_TASKS=auto; not enforced)",
+        field="task_cpus",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_TASK_MEMORY",
+        type=OPT_SIZE_OR_AUTO,
+        default="",
+        section="task resources",
+        help="Memory limit of each task (e.g. 2G, 512M; `auto`: the slot's memory minus 256 MiB for the pilot, "
+        "divided by the concurrency). docker/podman: `--memory` = `--memory-swap`; apptainer: `--memory` (needs cgroups); "
+        "process: address-space limit. A task over it fails as TaskOutOfMemoryError",
+        field="task_memory",
+        default_doc="no limit",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_TASK_GPUS",
+        type=INT_GE0,
+        default="0",
+        section="task resources",
+        help="GPUs each task gets from the slot's (AssignedGPUs, else CUDA_VISIBLE_DEVICES; 10000 = none): "
+        "its own CUDA_VISIBLE_DEVICES, podman `--device nvidia.com/gpu=ID`, docker `--gpus device=ID`, apptainer `--nv`. "
+        "Caps the concurrency; one-shot tasks only; untested on GPU hardware",
+        field="task_gpus",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_TASK_LOG_MAX",
+        type=OPT_SIZE,
+        default="16M",
+        section="task resources",
+        help="Most bytes kept of each task's stdout and stderr files: beyond it the head and the tail are kept "
+        "around a marker (empty or 0: keep all)",
+        field="task_log_max",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_MAX_RESULT_SIZE",
+        type=SIZE,
+        default="64M",
+        section="task resources",
+        help="Largest outfile result published; a larger one fails the task (InvalidDataFromOutfileException)",
+        field="max_result_bytes",
     ),
     *_container_vars("init", "init", "once before any event", " (empty: no init step)"),
     EnvVar(
@@ -368,7 +419,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=SECONDS_GE0,
         default="10",
         section="reliability",
-        help="Seconds running tasks get to finish after SIGTERM before they are stopped (0: none)",
+        help="Seconds running tasks get to finish after SIGTERM before they are stopped (0: none); in an HTCondor job at most its vacate time (JobMaxVacateTime, MachineMaxVacateTime) minus 5",
         field="shutdown_grace",
     ),
     EnvVar(
@@ -376,15 +427,26 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE1,
         default="3",
         section="reliability",
-        help="An event delivered this many times is not run again (it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set)",
+        help="Attempts per event: an event whose task failed this many times is not run again "
+        "(it goes to EWMS_PILOT_QUEUE_DEADLETTER, if set); evictions and crashes do not count",
         field="max_deliveries",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_MAX_REDELIVERIES",
+        type=INT_GE1,
+        default="20",
+        section="reliability",
+        help="Raw broker deliveries of one event (evictions, crashes, prefetch included): over this many "
+        "it is dead-lettered without running (the event that kills every pilot that touches it)",
+        field="max_redeliveries",
     ),
     EnvVar(
         name="EWMS_PILOT_QUEUE_DEADLETTER",
         type=QUEUE_NAME,
         default="",
         section="reliability",
-        help="Queue (on the outgoing broker) for events over EWMS_PILOT_MAX_DELIVERIES (empty: no dead-letter queue)",
+        help="Queue (on the incoming broker) for events over EWMS_PILOT_MAX_DELIVERIES or "
+        "EWMS_PILOT_MAX_REDELIVERIES (empty: no dead-letter queue; such events are dropped with an error line)",
         field="queue_deadletter",
         misspelling_refused="drop events over the delivery limit instead of keeping them",
         default_doc="none",
@@ -394,7 +456,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=INT_GE0,
         default="5",
         section="reliability",
-        help="Retries of a failed publish before the event is nacked",
+        help="Retries of a failed publish before the event is released (given back, no attempt counted)",
         field="publish_retries",
     ),
     EnvVar(

@@ -33,6 +33,8 @@ async def run_once_container(
     pilot_id: str,
     role: str,
     stop: asyncio.Event,
+    *,
+    stop_grace: float = 5.0,
 ) -> None:
     """Run `container` with the data hub mounted; raise `InitFailedError` unless it exits 0."""
     image = await runtime.prepare_image(container.image)
@@ -48,6 +50,7 @@ async def run_once_container(
             stdout_path=outputs / "stdoutfile",
             stderr_path=outputs / "stderrfile",
             timeout=container.timeout,
+            stop_grace=stop_grace,
         )
     )
     stopper = asyncio.ensure_future(stop.wait())

@@ -1,48 +1,31 @@
-"""The per-task journal `ewms-pilot-data/tasks.jsonl`: one JSON line per finished task.
+"""The per-task journal `<data dir parent>/ewms-pilot-tasks.jsonl`: one JSON line per event outcome.
 
-Written as each task ends (appended and flushed, so a crash keeps what was
-done), it lets an operator see afterwards what the pilot did; the exit
-summary's statistics are computed from the same records.
+It lives beside `ewms-pilot-data/`, not in it: 1.x's layout (every entry of
+the data dir is a directory) is what site tools walk. Appended as each event
+ends (flushed, so a crash keeps what was done); several pilots may share the
+file. A line a crashed pilot left half-written is skipped with one warning,
+and the next record starts on a fresh line, so one bad line costs one record.
 """
 
 from __future__ import annotations
 
-import dataclasses as dc
 import json
+import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from ..config.redact import scrub
 
-JOURNAL_NAME = "tasks.jsonl"
+LOGGER = logging.getLogger("ewms_pilot")
+
+JOURNAL_NAME = "ewms-pilot-tasks.jsonl"
 
 
-@dc.dataclass
-class TaskRecord:
-    """What one task did; filled in as it runs."""
-
-    task_id: str
-    pilot_id: str
-    event_id: str
-    delivery_count: int | None
-    start: float  # epoch seconds
-    end: float | None = None
-    exit_code: int | None = None
-    bytes_in: int | None = None
-    bytes_out: int | None = None
-    progress: float | None = None  # last `ewms_progress:` seen
-    status: str | None = None  # last `ewms_status:` seen
-    error: str | None = None
-    error_type: str | None = None
-    published: bool = False
-    acked: bool = False
-    nacked: bool = False
-    dead_lettered: bool = False
-
-    @property
-    def runtime(self) -> float:
-        return (self.end or self.start) - self.start
+def journal_path(data_dir_parent: Path) -> Path:
+    """Where the journal of pilots using `data_dir_parent` lives."""
+    return data_dir_parent / JOURNAL_NAME
 
 
 class Journal:
@@ -52,15 +35,40 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
 
-    def append(self, record: TaskRecord) -> None:
-        line = scrub(json.dumps(dc.asdict(record), default=str)) + "\n"  # errors may quote addresses
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record; first end a line another pilot left unterminated."""
+        line = (scrub(json.dumps(record, default=str)) + "\n").encode()  # errors may quote addresses
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                os.write(fd, line)
+            finally:
+                os.close(fd)
 
     def read(self, pilot_id: str | None = None) -> list[dict[str, Any]]:
-        """Records written so far, all or one pilot's (several pilots may share a data dir)."""
-        if not self.path.exists():
+        """Records written so far, all or one pilot's; unreadable lines are skipped with one warning."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
             return []
-        with self.path.open(encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        return [r for r in records if pilot_id is None or r.get("pilot_id") == pilot_id]
+        records: list[dict[str, Any]] = []
+        bad = 0
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(record, dict):
+                bad += 1
+                continue
+            if pilot_id is None or record.get("pilot_id") == pilot_id:
+                records.append(record)
+        if bad:
+            LOGGER.warning(f"journal {self.path}: skipped {bad} unreadable line(s)")
+        return records

@@ -14,7 +14,7 @@ LOGGER = logging.getLogger("ewms_pilot.progress")
 
 
 def status_line(tally: Tally) -> str:
-    """received / running / done / failed and the completion rate."""
+    """received / running / done / failed and the completion rate (all from the outcomes' tally)."""
     elapsed = max(time.monotonic() - tally.started_at, 1e-9)
     rate = tally.done / elapsed
     return (

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Publisher
+from .health import BrokerHealth
 
 
 async def publish_with_retry(
@@ -20,12 +21,16 @@ async def publish_with_retry(
     deadline: float,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     headers: dict[str, Any] | None = None,
+    health: BrokerHealth | None = None,
+    which: str = "outgoing",
     base_delay: float = 0.5,
     max_delay: float = 10.0,
 ) -> None:
     """Send `data`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent.
 
     `ResultRejectedError` (the broker refuses this message for good) is raised at once.
+    Every try's outcome goes to `health` (as broker `which`), so the pilot sees an outage
+    while the retries still go on.
     """
     end = time.monotonic() + deadline
     attempt = 0
@@ -33,10 +38,13 @@ async def publish_with_retry(
         try:
             # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
             await asyncio.wait_for(publisher.send(data, headers=headers), max(end - time.monotonic(), 1.0))
-            return
         except ResultRejectedError:
+            if health is not None:
+                health.ok(which)  # it answered: refusing this message is not an outage
             raise
         except (BrokerError, TimeoutError) as e:
+            if health is not None:
+                health.failed(which, e)
             attempt += 1
             left = end - time.monotonic()
             if attempt > retries or left <= 0:
@@ -45,3 +53,7 @@ async def publish_with_retry(
             delay *= random.uniform(0.5, 1.0)  # jitter: pilots that failed together retry apart
             log.warning(f"publish failed (try {attempt}/{retries + 1}), retrying in {delay:.1f}s: {e}")
             await asyncio.sleep(delay)
+        else:
+            if health is not None:
+                health.ok(which)
+            return

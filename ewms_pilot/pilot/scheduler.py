@@ -1,9 +1,10 @@
 """The pilot's main loop: take events while there are slots, end on a stop request, drain in `finally`.
 
-Only `Tally.running` counts concurrency; only `_running` holds the task
-coroutines. The subscription is polled in short slices so a stop request or a
-freed slot is acted on promptly, and a `get` is never cancelled mid-flight (a
-delivery that arrives after the stop is given straight back).
+Concurrency is counted once, from the outcomes (`Tally.running`); `_running`
+only holds the handler tasks to wait on. The subscription is polled in short
+slices so a stop request or a freed slot is acted on promptly; a delivery
+that arrives after the stop is given straight back. Every ending step takes
+its time from the one shutdown deadline (`shutdown.Shutdown`).
 """
 
 from __future__ import annotations
@@ -18,28 +19,35 @@ import uuid
 from collections.abc import Iterator
 
 from ..chirp import ChirpReporter, PilotStatus
+from ..config.banner import resources_line
 from ..config.model import PilotConfig, TaskMode
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
-from ..queues.base import Delivery, Publisher, Subscription
+from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..queues.factory import open_publisher, open_subscription
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
 from ..tasks.errors import TaskFailure
 from ..tasks.taskdir import prepare_data_dir
 from ..warm.pool import WarmPool
+from .health import BrokerHealth
 from .init_step import InitFailedError, run_init_container, run_once_container
-from .journal import JOURNAL_NAME, Journal
+from .journal import Journal, journal_path
+from .outcome import Outcome, Result
 from .ownership import sweep_orphans
-from .shutdown import StopCause, StopRequest
+from .settle import Settler
+from .shutdown import Shutdown, StopCause, StopRequest
 from .state import PilotState, Tally
 from .summary import render_summary
-from .task_handler import Critical, PublishFailedError, TaskEnvironment, TaskHandler, TaskOutcome
+from .task_handler import Critical, PublishFailedError, TaskEnvironment, TaskHandler
 
 LOGGER = logging.getLogger("ewms_pilot")
 
 POLL_SLICE = 1.0  # s: longest a single broker `get` may wait before the loop looks around
-CRITICAL_WAIT = 30.0  # s: bound on finishing in-flight publish/ack/nack at the end
-EVICTED_CRITICAL_WAIT = 2.0  # s: the same after an eviction, which must end within grace + 5 s
+CRITICAL_WAIT = 30.0  # s: bound on finishing in-flight publish/settle at an end without a deadline
+ABANDON_RESERVE = 1.0  # s of the clean-up time left when what is still publishing/settling is given up
+TEARDOWN_STOP = 1.0  # s between SIGTERM and SIGKILL for a teardown cut short by the deadline
+TEARDOWN_RESERVE = 2.0  # s of the clean-up time kept for stopping the teardown and what follows
+FINAL_STEP_MIN = 0.5  # s every last step (closing connections, chirp flush) gets, even when late
 
 
 class Pilot:
@@ -58,32 +66,23 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp = chirp or ChirpReporter.from_config(cfg)
         self.runtime = runtime or get_runtime(cfg)
-        self.stop_request: StopRequest | None = None
-        self._stop_event = asyncio.Event()
-        self._hurry = asyncio.Event()
-        self._signalled = asyncio.Event()
-        self._running: set[asyncio.Task[TaskOutcome]] = set()
+        self.shutdown = Shutdown()
+        self.failures: list[tuple[str, TaskFailure]] = []  # (task id, failure): the only list of them
+        self._running: set[asyncio.Task[Outcome]] = set()
         self._critical = Critical()
         self._last_activity = time.monotonic()
-        self._publish_failing_since: float | None = None
-        self.journal = Journal(cfg.data_dir / JOURNAL_NAME)
-        self.failures: list[tuple[str, TaskFailure]] = []  # (task id or "init", failure): the API raises from it
+        self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
+        self.journal = Journal(journal_path(cfg.data_dir_parent))
 
     # -- control ------------------------------------------------------------
 
+    @property
+    def stop_request(self) -> StopRequest | None:
+        return self.shutdown.request
+
     def request_stop(self, request: StopRequest) -> None:
-        """Stop taking events; a second request with a smaller grace hurries the drain."""
-        if self.stop_request is None or (
-            request.cause == StopCause.SIGNAL and self.stop_request.cause != StopCause.SIGNAL
-        ):
-            self.stop_request = request
-            LOGGER.warning(f"stopping: {request.reason}")
-        elif request.cause == StopCause.SIGNAL:
-            LOGGER.warning("second stop signal: stopping running tasks now")
-            self._hurry.set()
-        if request.cause == StopCause.SIGNAL:
-            self._signalled.set()
-        self._stop_event.set()
+        """Stop taking events (safe from a signal handler); a later request can only hurry the end."""
+        self.shutdown.request_stop(request)
 
     def _set_state(self, state: PilotState) -> None:
         self.state = state
@@ -97,8 +96,9 @@ class Pilot:
 
     async def run(self) -> StopRequest:
         """Run until the queue stays empty, tasks fail, a signal arrives or a broker is lost."""
-        self.chirp.start()
-        self._set_state(PilotState.STARTED)
+        self.state = PilotState.STARTED
+        self.chirp.start()  # reports Started (once) with the start time
+        LOGGER.info(resources_line(self.cfg))  # what the slot has, what the pilot uses of it
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None
@@ -109,7 +109,7 @@ class Pilot:
             await sweep_orphans(self.runtime)
             if self.cfg.init is not None:
                 self._set_state(PilotState.INIT)
-                await run_init_container(self.cfg, self.runtime, self.pilot_id, self._stop_event)
+                await run_init_container(self.cfg, self.runtime, self.pilot_id, self.shutdown.stopping)
             if self.stop_request is None:
                 if self.cfg.task_mode == TaskMode.WARM:
                     pool = WarmPool(self.cfg, self.runtime, image, self.pilot_id)
@@ -122,9 +122,11 @@ class Pilot:
                     dlq = await open_publisher(
                         dc.replace(self.cfg.incoming, queue=self.cfg.queue_deadletter)
                     )
+                if pub.max_message_bytes is not None:
+                    LOGGER.info(f"outgoing broker takes results up to {pub.max_message_bytes} bytes")
                 env = TaskEnvironment.build(self.cfg, self.runtime, image, self.pilot_id)
                 handler = TaskHandler(
-                    env, sub, pub, self._critical, deadletter=dlq,
+                    env, Settler(self.cfg, self.pilot_id, sub, pub, dlq, self.health), self._critical,
                     journal=self.journal, on_progress=self.chirp.set_task_progress, warm_pool=pool,
                 )
                 await self._consume(sub, handler)
@@ -142,9 +144,9 @@ class Pilot:
             LOGGER.exception("unexpected error")
             self._fatal(StopCause.FATAL, f"unexpected error: {type(e).__name__}: {e}", e)
         finally:
-            await self._drain(sub)
+            await self._drain()
             if pool is not None:
-                await pool.close()
+                await pool.close(self.shutdown.cleanup_budget(pool.CLOSE_TIME))
             await self._teardown()
             await self._close(sub, pub, dlq)
         request = self.stop_request or StopRequest(StopCause.FATAL, "ended without a reason")
@@ -153,16 +155,19 @@ class Pilot:
 
     def _fatal(self, cause: StopCause, reason: str, exc: BaseException) -> None:
         self.chirp.set_error(reason, "".join(traceback.format_exception(exc)))
-        self.request_stop(StopRequest(cause, reason, grace=self.cfg.shutdown_grace))
+        # the incoming broker is gone: running tasks' events can no longer be settled, and the
+        # broker redelivers them; waiting for the tasks would only delay the exit
+        grace = 0.0 if cause == StopCause.BROKER else self.cfg.shutdown_grace
+        self.request_stop(StopRequest(cause, reason, grace=grace))
 
     async def _consume(self, sub: Subscription, handler: TaskHandler) -> None:
         """Take events until a stop is requested or the queue stays empty long enough."""
         self._set_state(PilotState.AWAITING_FIRST)
         self._last_activity = time.monotonic()
         got_first = False
-        broken_since: float | None = None
         while self.stop_request is None:
-            if len(self._running) >= self.cfg.max_concurrent_tasks:
+            self._check_brokers()
+            if self.tally.running >= self.cfg.max_concurrent_tasks:
                 await self._wait_for_slot()
                 continue
             wait_limit = self.cfg.timeout_incoming if got_first else self.cfg.timeout_first_message
@@ -173,15 +178,15 @@ class Pilot:
                 break
             slice_ = min(POLL_SLICE, max(wait_limit - idle, 0.05))
             try:
-                delivery = await sub.get(slice_)
-                broken_since = None
+                delivery = await self._get(sub, slice_)
+                self.health.ok("incoming")
             except BrokerError as e:
-                broken_since = broken_since or time.monotonic()
-                down = time.monotonic() - broken_since
-                if down > self.cfg.reconnect_deadline:
-                    raise BrokerError(f"incoming broker unreachable for {down:.0f}s: {e}") from e
-                LOGGER.warning(f"incoming broker connection lost, reconnecting ({down:.0f}s so far): {e}")
-                await self._pause(min(2 + down / 4, 15))
+                self.health.failed("incoming", e)
+                down = self.health.down_for("incoming") or 0.0
+                left = self.cfg.reconnect_deadline - down
+                if left > 0:
+                    LOGGER.warning(f"incoming broker connection lost, reconnecting ({down:.0f}s so far): {e}")
+                    await self._pause(min(2 + down / 4, 15, left))  # wake up at the deadline, not after it
                 self._last_activity = time.monotonic()  # an outage is not an empty queue
                 continue
             if delivery is None:
@@ -196,152 +201,185 @@ class Pilot:
         if self._running:
             self._set_state(PilotState.PENDING_REMAINING)
 
+    def _check_brokers(self) -> None:
+        """Raise `BrokerError` once a broker has been failing for longer than the reconnect deadline."""
+        worst = self.health.worst()
+        if worst is not None and worst[1] >= self.cfg.reconnect_deadline:
+            which, down, error = worst
+            raise BrokerError(f"{which} broker unreachable for {down:.0f}s: {error}")
+
+    async def _get(self, sub: Subscription, slice_: float) -> Delivery | None:
+        """One `get`; during an outage it may not outlast the reconnect deadline (a reconnect can hang)."""
+        down = self.health.down_for("incoming")
+        if down is None:
+            return await sub.get(slice_)
+        try:
+            return await asyncio.wait_for(sub.get(slice_), max(self.cfg.reconnect_deadline - down, 0.05))
+        except TimeoutError:
+            raise BrokerError("reconnecting did not finish in time") from None
+
     def _start(self, handler: TaskHandler, delivery: Delivery) -> None:
         self.tally.received += 1
-        self.tally.running += 1
         self._last_activity = time.monotonic()
         task = asyncio.create_task(handler.run(delivery))
         self._running.add(task)
         task.add_done_callback(self._finished)
         self._report()
 
-    def _finished(self, task: asyncio.Task[TaskOutcome]) -> None:
+    def _finished(self, task: asyncio.Task[Outcome]) -> None:
         self._running.discard(task)
-        self.tally.running -= 1
         self._last_activity = time.monotonic()
-        if task.cancelled():
-            self._report()
-            return
-        exc = task.exception()
-        if exc is not None:  # a bug in the handler: never swallow it silently
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:  # a bug in the handler: never swallow it silently
             LOGGER.error("task handler crashed", exc_info=exc)
-            self.tally.failed += 1
+            self.tally.crashed += 1
             self.request_stop(StopRequest(StopCause.FATAL, f"task handler crashed: {exc!r}"))
             self._report()
             return
         outcome = task.result()
-        if outcome.no_output:
-            self.tally.no_output += 1
-        if outcome.ok:
-            self.tally.succeeded += 1
-            if outcome.record.published:
-                self._publish_failing_since = None
-        else:
-            self.tally.failed += 1
-            self.tally.dead_lettered += int(outcome.dead_lettered)
+        self.tally.add(outcome)
+        if outcome.failure is not None and outcome.result is not Result.CANCELLED:
+            self.failures.append((outcome.task_id, outcome.failure))
             self._on_failure(outcome)
         self._report()
 
-    def _on_failure(self, outcome: TaskOutcome) -> None:
-        assert outcome.failure is not None
-        self.failures.append((outcome.task_id, outcome.failure))
-        self.chirp.set_error(outcome.failure)
-        if isinstance(outcome.failure, PublishFailedError):
+    def _on_failure(self, outcome: Outcome) -> None:
+        failure = outcome.failure
+        assert failure is not None
+        self.chirp.set_error(failure)
+        if isinstance(failure, PublishFailedError):
             # the task was fine, the outgoing broker is not: not this node's fault, so no
-            # stop-on-error; but an outage longer than the reconnect deadline ends the pilot
-            now = time.monotonic()
-            self._publish_failing_since = self._publish_failing_since or now
-            down = now - self._publish_failing_since
-            if down > self.cfg.reconnect_deadline:
-                self.request_stop(
-                    StopRequest(StopCause.BROKER, f"outgoing broker unusable for {down:.0f}s: {outcome.failure.reason}")
-                )
+            # stop-on-error (an outage past the reconnect deadline ends the pilot: `_check_brokers`)
             return
         if not self.cfg.stop_listening_on_task_error:
             return
-        count = outcome.delivery.delivery_count
-        if count is not None and count > 1:
-            # The rule: an event that already failed (or was cut short) elsewhere is
-            # suspected, not this node; stopping here would let one poison event
-            # take down pilot after pilot. Only a first delivery trips stop-on-error.
+        if outcome.attempts > 0 or outcome.result is Result.SKIPPED_REDELIVERIES:
+            # The rule: an event that already failed elsewhere is suspected, not this node;
+            # stopping here would let one poison event take down pilot after pilot. Only an
+            # event that never failed before trips stop-on-error (evictions do not count).
             LOGGER.warning(
-                f"task {outcome.task_id} failed on delivery #{count} of its event: "
-                "blaming the event, not this node (stop-on-error applies to first deliveries)"
+                f"task {outcome.task_id} failed on an event that failed {outcome.attempts} time(s) before: "
+                "blaming the event, not this node (stop-on-error applies to first attempts)"
             )
             return
-        names = outcome.failure.names()
+        names = failure.names()
         if names & self.cfg.okay_errors:
-            LOGGER.info(f"failure {type(outcome.failure).__name__} is in EWMS_PILOT_OKAY_ERRORS: carrying on")
+            LOGGER.info(f"failure {type(failure).__name__} is in EWMS_PILOT_OKAY_ERRORS: carrying on")
             return
         self.request_stop(
             StopRequest(
                 StopCause.TASK_ERRORS,
-                f"task {outcome.task_id} failed ({type(outcome.failure).__name__}): {outcome.failure.reason}",
+                f"task {outcome.task_id} failed ({type(failure).__name__}): {failure.reason}",
             )
         )
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once on a stop request."""
         try:
-            await asyncio.wait_for(self._stop_event.wait(), seconds)
+            await asyncio.wait_for(self.shutdown.stopping.wait(), seconds)
         except TimeoutError:
             pass
 
     async def _wait_for_slot(self) -> None:
-        stop = asyncio.ensure_future(self._stop_event.wait())
-        try:
-            await asyncio.wait({stop, *self._running}, return_when=asyncio.FIRST_COMPLETED)
+        stop = asyncio.ensure_future(self.shutdown.stopping.wait())
+        try:  # wakes up every slice too, so a broker outage is noticed while every slot is busy
+            await asyncio.wait({stop, *self._running}, timeout=POLL_SLICE, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
 
     # -- ending ---------------------------------------------------------------
 
-    async def _drain(self, sub: Subscription | None) -> None:
-        """Let running tasks finish (within the grace for evictions), then stop the rest."""
-        if not self._running:
-            await self._critical.wait(CRITICAL_WAIT)
-            return
-        request = self.stop_request
-        grace = request.grace if request else None
-        if request and request.cause == StopCause.SIGNAL:
-            self._set_state(PilotState.DRAINING)
-        LOGGER.info(
-            f"waiting for {len(self._running)} running task(s)"
-            + (f" up to {grace:g}s" if grace is not None else "")
-        )
-        hurry = asyncio.ensure_future(self._hurry.wait())
-        try:
-            deadline = None if grace is None else time.monotonic() + grace
-            while self._running and not self._hurry.is_set():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                await asyncio.wait({hurry, *self._running}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hurry.cancel()
+    async def _drain(self) -> None:
+        """Let running tasks finish until the deadline, then stop the rest and let them settle."""
+        sd = self.shutdown
         if self._running:
+            if sd.evicted:
+                self._set_state(PilotState.DRAINING)
+            left = sd.remaining()
+            LOGGER.info(
+                f"waiting for {len(self._running)} running task(s)"
+                + (f" up to {left:.1f}s" if left is not None else "")
+            )
+            while self._running and not sd.hurried:
+                changed = asyncio.ensure_future(sd.wait_changed(None))
+                try:
+                    await asyncio.wait(
+                        {changed, *self._running}, timeout=sd.remaining(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    changed.cancel()
+        if self._running:
+            # a handler created in the loop's last round may not have run its first step yet; a
+            # cancel then would never reach its code: let every one start (and guard its event)
+            await asyncio.sleep(0)
             LOGGER.warning(f"stopping {len(self._running)} unfinished task(s); their events go back to the broker")
             for task in list(self._running):
                 task.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
-        # evicted: what is still in flight (a publish to a hung broker) may not hold up the exit;
-        # an event whose outcome is cut off stays unacked, and the broker redelivers it
-        evicted = request is not None and request.cause == StopCause.SIGNAL
-        await self._critical.wait(EVICTED_CRITICAL_WAIT if evicted else CRITICAL_WAIT)
+            if sd.hurried and self.health.down:  # a dead broker will not take what is in flight
+                self._abandon_critical()
+            # stopping a container takes its stop grace and the runtime's stop/rm; an event still
+            # being published or settled gets the same time, less a reserve to give it up in
+            await asyncio.wait(set(self._running), timeout=max(sd.cleanup_budget(CRITICAL_WAIT) - ABANDON_RESERVE, 0))
+        if not (sd.hurried and self.health.down):
+            await self._critical.wait(max(sd.cleanup_budget(CRITICAL_WAIT) - ABANDON_RESERVE, 0))
+        self._abandon_critical()
+        if self._running:  # containers still stopping (the stop cannot be skipped): the rest of the time
+            await asyncio.wait(set(self._running), timeout=max(sd.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN))
+
+    def _abandon_critical(self) -> None:
+        if self._critical.pending:
+            # out of time: what is still publishing/settling is given up; unsettled events are
+            # redelivered by the broker, and each handler records its event as left for redelivery
+            LOGGER.warning(f"giving up {self._critical.abandon()} unsettled event(s): the broker redelivers them")
 
     async def _teardown(self) -> None:
-        """Run the teardown container once (after success, failure or eviction alike)."""
+        """Run the teardown container once (after success, failure or eviction alike), within the deadline."""
         teardown = self.cfg.teardown
         if teardown is None:
             return
-        if self.stop_request is not None and self.stop_request.cause == StopCause.SIGNAL:
-            budget = max(self.cfg.shutdown_grace, 5.0)  # evicted: stay within the grace
-            teardown = dc.replace(teardown, timeout=min(teardown.timeout or budget, budget))
+        sd = self.shutdown
+        if sd.deadline is not None and sd.cleanup_budget(CRITICAL_WAIT) <= TEARDOWN_RESERVE:
+            LOGGER.error("teardown skipped: no time left before the shutdown deadline")
+            self.chirp.set_error("teardown skipped: no time left before the shutdown deadline", None)
+            return
+        stop = asyncio.Event()
+        watch = asyncio.ensure_future(self._stop_before_the_end(stop, TEARDOWN_RESERVE))
         try:
             await run_once_container(
-                self.cfg, teardown, self.runtime, self.pilot_id, "teardown", asyncio.Event()
+                self.cfg, teardown, self.runtime, self.pilot_id, "teardown", stop, stop_grace=TEARDOWN_STOP
             )
         except (InitFailedError, RuntimeUnavailableError) as e:
             LOGGER.error(f"teardown failed: {e}")
             self.chirp.set_error(f"teardown failed: {e}", None)
+        finally:
+            watch.cancel()
+
+    async def _stop_before_the_end(self, stop: asyncio.Event, reserve: float) -> None:
+        """Set `stop` once only `reserve` seconds of the clean-up time remain (re-read on every signal)."""
+        sd = self.shutdown
+        while True:
+            left = None if sd.deadline is None else sd.cleanup_budget(CRITICAL_WAIT) - reserve
+            if left is not None and left <= 0:
+                stop.set()
+                return
+            await sd.wait_changed(left)
 
     async def _close(self, *conns: Subscription | Publisher | None) -> None:
-        for conn in conns:
-            if conn is not None:
-                try:
-                    await conn.close()
-                except Exception as e:
-                    LOGGER.warning(f"closing a broker connection failed: {e!r}")
+        """Close every connection at once, within what is left of the clean-up time."""
+        live = [c for c in conns if c is not None]
+        if not live:
+            return
+        budget = max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN)
+        if self.health.down and self.shutdown.deadline is not None:
+            budget = FINAL_STEP_MIN  # a broker that is down does not answer a close either
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c.close(), budget) for c in live), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, TimeoutError):
+                LOGGER.warning(f"closing a broker connection took over {budget:.1f}s: left to the process exit")
+            elif isinstance(result, BaseException):
+                LOGGER.warning(f"closing a broker connection failed: {result!r}")
 
     async def _finish(self, request: StopRequest) -> None:
         final = {
@@ -353,13 +391,10 @@ class Pilot:
         self._report()
         records = await asyncio.to_thread(self.journal.read, self.pilot_id)
         print(render_summary(self.tally, request, records), flush=True)
-        if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0:
+        if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:
             LOGGER.warning(f"quarantine: sleeping {self.cfg.quarantine_time:g}s before exiting")
-            try:
-                await asyncio.wait_for(self._signalled.wait(), self.cfg.quarantine_time)
-            except TimeoutError:
-                pass
-        await self.chirp.aclose()
+            await self.shutdown.wait_changed(self.cfg.quarantine_time)
+        await self.chirp.aclose(max(self.shutdown.cleanup_budget(10.0), FINAL_STEP_MIN))
 
 
 @contextlib.contextmanager
@@ -372,4 +407,10 @@ def _names_variable(variable: str) -> Iterator[None]:
 
 
 async def _give_back(sub: Subscription, delivery: Delivery) -> None:
-    await sub.release(delivery)  # LEFT (logged by the subscription): the broker redelivers it
+    try:
+        settlement = await sub.release(delivery)
+    except BrokerError as e:
+        LOGGER.warning(f"release of late event {delivery.msg_id} failed; the broker redelivers it: {e}")
+        return
+    if settlement is not Settlement.RELEASED:
+        LOGGER.warning(f"late event {delivery.msg_id} not released ({settlement.value}); the broker redelivers it")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses as dc
 import enum
 import time
+from collections import Counter
+
+from ..queues.base import Settlement
+from .outcome import Outcome, Result
 
 
 class PilotState(str, enum.Enum):
@@ -23,15 +27,49 @@ class PilotState(str, enum.Enum):
 
 @dc.dataclass
 class Tally:
-    """Task counts; the only place concurrency is tracked is `running`."""
+    """Counts derived from the outcomes; concurrency is `received - finished`, nothing else."""
 
-    received: int = 0
-    running: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    no_output: int = 0
+    received: int = 0  # events handed to a task handler
+    crashed: int = 0  # handlers that raised instead of returning an outcome (a bug)
+    results: Counter[Result] = dc.field(default_factory=Counter)
+    settlements: Counter[Settlement] = dc.field(default_factory=Counter)
     started_at: float = dc.field(default_factory=time.monotonic)
+
+    def add(self, outcome: Outcome) -> None:
+        self.results[outcome.result] += 1
+        self.settlements[outcome.settlement] += 1
+
+    @property
+    def finished(self) -> int:
+        return sum(self.results.values()) + self.crashed
+
+    @property
+    def running(self) -> int:
+        return self.received - self.finished
+
+    @property
+    def succeeded(self) -> int:
+        return self.results[Result.SUCCEEDED] + self.results[Result.NO_OUTPUT]
+
+    @property
+    def no_output(self) -> int:
+        return self.results[Result.NO_OUTPUT]
+
+    @property
+    def failed(self) -> int:
+        return self.results[Result.FAILED] + self.results[Result.SKIPPED_REDELIVERIES] + self.crashed
+
+    @property
+    def cancelled(self) -> int:
+        return self.results[Result.CANCELLED]
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.settlements[Settlement.DEAD_LETTERED]
+
+    @property
+    def dropped(self) -> int:
+        return self.settlements[Settlement.DROPPED]
 
     @property
     def done(self) -> int:

@@ -7,8 +7,12 @@ import time
 from typing import Any
 
 from ..config.redact import scrub
+from ..queues.base import Settlement
 from .shutdown import StopRequest
 from .state import Tally
+
+#: settlements that leave the event in the incoming queue
+GIVEN_BACK = (Settlement.REQUEUED, Settlement.RELEASED, Settlement.LEFT)
 
 BAR_WIDTH = 30
 BINS = 8
@@ -47,16 +51,22 @@ def histogram(runtimes: list[float], bins: int = BINS, width: int = BAR_WIDTH) -
 
 
 def render_summary(tally: Tally, request: StopRequest, records: list[dict[str, Any]]) -> str:
-    """The block printed when the pilot ends; task statistics come from the journal records."""
+    """The block printed when the pilot ends: counts from the outcomes, statistics from their records."""
     elapsed = time.monotonic() - tally.started_at
+    given_back = {s.value: n for s, n in sorted(tally.settlements.items()) if s in GIVEN_BACK and n}
     lines = [
         "=" * 60,
         f"ewms-pilot finished: {request.reason} (exit code {int(request.exit_code)})",
         f"  received {tally.received}  succeeded {tally.succeeded}  failed {tally.failed}"
-        f"  dead-lettered {tally.dead_lettered}  no-output {tally.no_output}",
-        f"  wall time {elapsed:.1f}s",
+        f"  dead-lettered {tally.dead_lettered}  no-output {tally.no_output}  dropped {tally.dropped}",
     ]
-    runtimes = [r["end"] - r["start"] for r in records if r.get("end") is not None]
+    if given_back:
+        lines.append("  back in the queue: " + "  ".join(f"{k} {n}" for k, n in given_back.items()))
+    lines.append(f"  wall time {elapsed:.1f}s")
+    runtimes = [
+        r["end"] - r["start"] for r in records
+        if isinstance(r.get("end"), (int, float)) and isinstance(r.get("start"), (int, float))
+    ]
     stats = runtime_stats(runtimes)
     if stats["count"]:
         lines.append(

@@ -1,8 +1,11 @@
-"""One event, start to end: infile, container, outfile, publish, then ack or nack.
+"""One event, one straight line: receive -> stage -> run -> collect -> publish -> settle -> `Outcome`.
 
-The publish+ack step and the nack on cancellation run shielded and are
-registered with `Critical`, so a pilot being stopped waits for them before it
-closes its connections: an outcome is never lost half-way.
+Staging, running and collecting may be cancelled (the pilot is stopping);
+publishing and settling run as one `Critical` unit that a cancel of the
+handler does not cut: the handler waits for it and reports what it did. Only
+when the scheduler gives up on it (`Critical.abandon`, at the end of the
+shutdown's clean-up time) is the event recorded as left for redelivery, with
+whatever was really done by then.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
-from ..errors import BrokerError
-from ..queues import codec
-from ..queues.base import Delivery, Publisher, Settlement, Subscription
+from ..errors import BrokerError, ResultRejectedError
+from ..queues.base import Delivery, Settlement
+from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
     FailurePatternError,
     InvalidDataForInfileException,
+    ResultTooLargeError,
+    TaskCancelledError,
     TaskFailure,
     TaskTimeoutError,
+    TooManyRedeliveriesError,
     describe_failure,
     read_tail,
 )
@@ -37,8 +43,9 @@ from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id
 from ..warm.pool import WarmPool
-from .journal import Journal, TaskRecord
-from .publish import publish_with_retry
+from .journal import Journal
+from .outcome import Outcome, Result
+from .settle import Settler
 
 LOGGER = logging.getLogger("ewms_pilot.task")
 T = TypeVar("T")
@@ -55,17 +62,17 @@ def _write_event(data: Any, path: Path) -> int:
     return os.lstat(path).st_size
 
 
-def _load_result(path: Path) -> tuple[Any, int | None]:
+def _load_result(path: Path, max_bytes: int) -> tuple[Any, int | None]:
     """(publishable outfile value or NO_OUTFILE, its size in bytes); lstat: never follow a link."""
-    value = read_outfile(path)
+    value = read_outfile(path, max_bytes=max_bytes)
     if value is NO_OUTFILE:
         return value, None
     size = os.lstat(path).st_size
-    return ensure_publishable(value, path), size
+    return ensure_publishable(value, path, max_bytes=max_bytes), size
 
 
 class PublishFailedError(TaskFailure):
-    """The task succeeded but its result could not be published; the event is nacked."""
+    """The task succeeded but the outgoing broker could not take its result for now; the event is released."""
 
 
 class TaskSetupError(TaskFailure):
@@ -79,48 +86,60 @@ class TaskLog(logging.LoggerAdapter[logging.Logger]):
         return f"[task {self.extra['task'] if self.extra else '?'}] {msg}", kwargs
 
 
-@dc.dataclass(frozen=True)
-class TaskOutcome:
-    """What happened to one event (the journal record holds the details)."""
+@dc.dataclass
+class RunFacts:
+    """What is learned about one event while it is in hand; frozen into its `Outcome` at the end."""
 
     task_id: str
-    delivery: Delivery
-    failure: TaskFailure | None
-    record: TaskRecord
-    no_output: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    @property
-    def runtime(self) -> float:
-        return self.record.runtime
-
-    @property
-    def nacked(self) -> bool:
-        return self.record.nacked
-
-    @property
-    def dead_lettered(self) -> bool:
-        return self.record.dead_lettered
+    start: float  # epoch seconds
+    exit_code: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    progress: float | None = None
+    status: str | None = None
+    published: bool = False
 
 
 class Critical:
-    """Operations that must finish even when the pilot is cancelling tasks."""
+    """Publish/settle units that a cancelled handler still finishes; the scheduler bounds them."""
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Future[Any]] = set()
 
-    async def run(self, coro: Awaitable[T]) -> T:
+    def start(self, coro: Awaitable[T]) -> asyncio.Future[T]:
         fut = asyncio.ensure_future(coro)
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
-        return await asyncio.shield(fut)
+        return fut
+
+    async def run(self, coro: Awaitable[T]) -> T:
+        """Run `coro` to its end even if the caller is cancelled meanwhile (then the cancel is dropped).
+
+        Raises CancelledError only when the unit itself was abandoned.
+        """
+        fut = self.start(coro)
+        while True:
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if fut.done():
+                    raise
+                # the handler was cancelled: the unit decides the event's fate, wait for it
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     async def wait(self, timeout: float) -> None:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)
+
+    def abandon(self) -> int:
+        """Cancel what is still in flight (the pilot must exit now); how many there were."""
+        pending = list(self._pending)
+        for fut in pending:
+            fut.cancel()
+        return len(pending)
 
 
 @dc.dataclass(frozen=True)
@@ -151,7 +170,7 @@ class ProgressWatcher:
 
     def __init__(
         self,
-        record: TaskRecord,
+        record: RunFacts,
         log: TaskLog,
         report: Callable[[str, float | None, str | None], None] | None,
         patterns: tuple[re.Pattern[str], ...],
@@ -185,80 +204,173 @@ class ProgressWatcher:
             self.report(self.record.task_id, self.record.progress, self.record.status)
 
 
+
 class TaskHandler:
-    """Runs one event through the task container and settles it with the broker."""
+    """Runs one event through the task container and settles it; returns its one `Outcome`."""
 
     def __init__(
         self,
         env: TaskEnvironment,
-        subscription: Subscription,
-        publisher: Publisher,
+        settler: Settler,
         critical: Critical,
-        deadletter: Publisher | None = None,
         journal: Journal | None = None,
         on_progress: Callable[[str, float | None, str | None], None] | None = None,
         warm_pool: WarmPool | None = None,
     ) -> None:
         self.env = env
-        self.sub = subscription
-        self.pub = publisher
+        self.settler = settler
         self.critical = critical
-        self.deadletter = deadletter
         self.journal = journal
         self.on_progress = on_progress
         self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
-    def _spec(self, task_id: str, tdir: TaskDir) -> RunSpec:
-        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir)
+    def _spec(self, task_id: str, tdir: TaskDir, gpus: tuple[str, ...] = ()) -> RunSpec:
+        return self.env.specs.task(self.env.image, self.env.cfg.task, task_id, tdir, gpus)
 
-    async def run(self, delivery: Delivery) -> TaskOutcome:
-        """Process `delivery`; always settles it (ack, nack or dead-letter)."""
-        task_id = new_task_id()
-        log = TaskLog(LOGGER, {"task": task_id})
-        cfg = self.env.cfg
-        record = TaskRecord(task_id, self.env.pilot_id, delivery.msg_id, delivery.delivery_count, time.time())
-        log.info(f"event {delivery.msg_id} (delivery #{delivery.delivery_count or '?'})")
-        failure: TaskFailure | None = None
+
+    async def run(self, delivery: Delivery) -> Outcome:
+        """Process `delivery`; always returns its outcome (a cancel ends it released, never lost)."""
+        facts = RunFacts(new_task_id(), time.time())
+        log = TaskLog(LOGGER, {"task": facts.task_id})
+        log.info(
+            f"event {delivery.msg_id} (delivery #{delivery.delivery_count or '?'}, "
+            f"attempt {delivery.attempts + 1} of {self.env.cfg.max_deliveries})"
+        )
         tdir: TaskDir | None = None
-        outcome: TaskOutcome | None = None
+        value: Any = None
+        failure: TaskFailure | None = None
+        if self.settler.over_redeliveries(delivery):
+            result = Result.SKIPPED_REDELIVERIES
+            failure = TooManyRedeliveriesError(
+                f"delivered {delivery.delivery_count} times, more than EWMS_PILOT_MAX_REDELIVERIES="
+                f"{self.env.cfg.max_redeliveries}, without a task ending: not run again"
+            )
+        elif delivery.decode_error is not None:
+            result = Result.FAILED
+            failure = InvalidDataForInfileException(
+                f"event is not in oms-mqclient's format: {delivery.decode_error}"
+            )
+        else:
+            result, value, failure, tdir = await self._stage_run_collect(delivery, facts, log)
+        if failure is not None and result is not Result.CANCELLED:
+            log.error(describe_failure(facts.task_id, failure))
+            if tdir is not None:
+                await self._dump_unless_cancelled(tdir, log)
         try:
+            result, failure, settlement = await self.critical.run(
+                self._publish_and_settle(delivery, facts, result, value, failure, log)
+            )
+        except asyncio.CancelledError:  # abandoned: the pilot exits with the event unsettled
+            log.warning("pilot exiting before the event was settled: the broker will redeliver it")
+            settlement = Settlement.LEFT
+        outcome = Outcome(
+            task_id=facts.task_id,
+            pilot_id=self.env.pilot_id,
+            event_id=delivery.msg_id,
+            attempts=delivery.attempts,
+            delivery_count=delivery.delivery_count,
+            result=result,
+            failure=failure,
+            settlement=settlement,
+            published=facts.published,
+            start=facts.start,
+            end=time.time(),
+            exit_code=facts.exit_code,
+            bytes_in=facts.bytes_in,
+            bytes_out=facts.bytes_out,
+            progress=facts.progress,
+            status=facts.status,
+        )
+        await self._record(outcome, tdir, log)
+        return outcome
+
+    async def _stage_run_collect(
+        self, delivery: Delivery, facts: RunFacts, log: TaskLog
+    ) -> tuple[Result, Any, TaskFailure | None, TaskDir | None]:
+        """(result, outfile value, failure, task dir); a cancel here ends as CANCELLED."""
+        cfg = self.env.cfg
+        tdir: TaskDir | None = None
+        try:
+            tdir = await asyncio.to_thread(
+                TaskDir.create, cfg.data_dir, facts.task_id, cfg.infile_ext, cfg.outfile_ext
+            )
+            value = await self._execute(facts.task_id, tdir, delivery, facts, log)
+        except TaskFailure as f:
+            return Result.FAILED, None, f, tdir
+        except OSError as e:
+            return Result.FAILED, None, TaskSetupError(f"{type(e).__name__}: {e}"), tdir
+        except asyncio.CancelledError:
+            log.warning("pilot is stopping: task stopped, event given back to the broker")
+            return Result.CANCELLED, None, TaskCancelledError("stopped by the pilot's shutdown"), tdir
+        except Exception as e:  # a bug, or input nobody foresaw: fail this event, keep the pilot
+            log.exception("unexpected error while running the task")
+            return Result.FAILED, None, TaskSetupError(f"unexpected {type(e).__name__}: {e}"), tdir
+        return (Result.NO_OUTPUT if value is NO_OUTFILE else Result.SUCCEEDED), value, None, tdir
+
+    async def _publish_and_settle(
+        self,
+        delivery: Delivery,
+        facts: RunFacts,
+        result: Result,
+        value: Any,
+        failure: TaskFailure | None,
+        log: TaskLog,
+    ) -> tuple[Result, TaskFailure | None, Settlement]:
+        """The critical unit: publish a result, then settle; (result, failure, settlement) as they ended."""
+        settler = self.settler
+        if result is Result.CANCELLED:
+            return result, failure, await settler.release(delivery, log)
+        if result is Result.SKIPPED_REDELIVERIES:
+            assert failure is not None
+            return result, failure, await settler.failed(delivery, failure, log, ran=False)
+        if result is Result.NO_OUTPUT:
+            log.info("task wrote no outfile: nothing to publish; acking the event")
+            return result, None, await settler.ack(delivery, log)
+        if result is Result.SUCCEEDED:
             try:
-                tdir = await asyncio.to_thread(
-                    TaskDir.create, cfg.data_dir, task_id, cfg.infile_ext, cfg.outfile_ext
+                await settler.publish(value, log)
+            except ResultRejectedError as e:
+                failure = ResultTooLargeError(
+                    f"result of {facts.bytes_out} bytes refused by the outgoing broker "
+                    f"(limit {settler.pub.max_message_bytes or 'unknown'} bytes): {e}",
+                    size=facts.bytes_out,
+                    limit=settler.pub.max_message_bytes,
                 )
-                result = await self._execute(task_id, tdir, delivery, record, log)
-            except TaskFailure as f:
-                failure = f
-            except OSError as e:
-                failure = TaskSetupError(f"{type(e).__name__}: {e}")
-            except Exception as e:  # a bug, or input nobody foresaw: fail this event, keep the pilot
-                log.exception("unexpected error while running the task")
-                failure = TaskSetupError(f"unexpected {type(e).__name__}: {e}")
-            except asyncio.CancelledError:
-                log.warning("pilot is stopping: task stopped, event given back to the broker")
-                record.error, record.error_type = "stopped by pilot shutdown", "TaskCancelledError"
-                record.nacked = await self.critical.run(self._nack(delivery, log))
-                raise
-            if failure is None:
-                outcome = await self.critical.run(self._publish_and_ack(delivery, result, record, log))
-                return outcome
-            record.error, record.error_type = failure.reason, type(failure).__name__
-            log.error(describe_failure(task_id, failure))
-            if tdir is not None:
-                await self._dump_outputs(tdir, log)
-            if self._is_last_delivery(delivery):
-                record.acked = await self.critical.run(self._dead_letter(delivery, failure, log))
-                record.dead_lettered = True
+                log.error(describe_failure(facts.task_id, failure))
+                result = Result.FAILED
+            except BrokerError as e:
+                failure = PublishFailedError(f"result not published: {e}")
+                log.error(f"{failure.reason}; releasing the event so it is redone")
+                return Result.FAILED, failure, await settler.release(delivery, log)
             else:
-                record.nacked = await self.critical.run(self._nack(delivery, log))
-            outcome = TaskOutcome(task_id, delivery, failure, record)
-            return outcome
-        finally:
-            record.end = time.time()
+                facts.published = True
+                settlement = await settler.ack(delivery, log)
+                log.info(
+                    f"done in {time.time() - facts.start:.2f}s: result published"
+                    + (", event acked" if settlement == Settlement.ACKED else ", event NOT acked")
+                )
+                return result, None, settlement
+        assert failure is not None
+        return Result.FAILED, failure, await settler.failed(delivery, failure, log)
+
+    async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
+        """Journal line and task-dir clean-up; a cancel here cannot undo the (threaded) write."""
+        try:
             if self.journal is not None:
-                await asyncio.to_thread(self.journal.append, record)
+                await asyncio.to_thread(self.journal.append, outcome.record())
             if tdir is not None:
-                await self._cleanup(tdir, ok=failure is None and outcome is not None and outcome.ok, log=log)
+                await self._cleanup(tdir, ok=outcome.ok, log=log)
+        except asyncio.CancelledError:
+            pass
+        except OSError as e:
+            log.warning(f"could not write the journal record: {e}")
+
+    async def _dump_unless_cancelled(self, tdir: TaskDir, log: TaskLog) -> None:
+        """The failed task's output in the log; a stop cuts it short, it does not skip the settling."""
+        try:
+            await self._dump_outputs(tdir, log)
+        except asyncio.CancelledError:
+            log.warning("pilot is stopping: output dump cut short")
 
     async def _cleanup(self, tdir: TaskDir, *, ok: bool, log: TaskLog) -> None:
         cfg = self.env.cfg
@@ -273,29 +385,27 @@ class TaskHandler:
             log.info(f"task files kept in {tdir.root}")
 
     async def _execute(
-        self, task_id: str, tdir: TaskDir, delivery: Delivery, record: TaskRecord, log: TaskLog
+        self, task_id: str, tdir: TaskDir, delivery: Delivery, record: RunFacts, log: TaskLog
     ) -> Any:
         """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
-        if delivery.decode_error is not None:
-            raise InvalidDataForInfileException(
-                f"event {delivery.msg_id} is not in oms-mqclient's format: {delivery.decode_error}"
-            )
         record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
             return await self._execute_warm(task_id, tdir, record)
-        spec = self._spec(task_id, tdir)
-        log.debug(f"running {list(spec.argv)}")
-        watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
-        outcome = await run_to_completion(
-            self.env.runtime,
-            spec,
-            stdout_path=tdir.stdout,
-            stderr_path=tdir.stderr,
-            timeout=cfg.task.timeout,
-            stop_grace=STOP_GRACE,
-            on_line=watcher,
-        )
+        with self.env.specs.gpus.lease() as gpus:  # EWMS_PILOT_TASK_GPUS: this task's own
+            spec = self._spec(task_id, tdir, gpus)
+            log.debug(f"running {list(spec.argv)}")
+            watcher = ProgressWatcher(record, log, self.on_progress, self.env.fail_patterns)
+            outcome = await run_to_completion(
+                self.env.runtime,
+                spec,
+                stdout_path=tdir.stdout,
+                stderr_path=tdir.stderr,
+                timeout=cfg.task.timeout,
+                stop_grace=STOP_GRACE,
+                on_line=watcher,
+                log_max=cfg.task_log_max,
+            )
         record.exit_code = outcome.exit_code
         apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
@@ -303,17 +413,22 @@ class TaskHandler:
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+            killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
+            raise out_of_memory(
+                outcome.exit_code, tail, spec.memory_limit, killed_means_oom=killed_means_oom, apptainer=apptainer
+            ) or ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
 
-    async def _read_result(self, tdir: TaskDir, record: TaskRecord) -> Any:
+    async def _read_result(self, tdir: TaskDir, record: RunFacts) -> Any:
         """The outfile's value, ready to publish (or `NO_OUTFILE`), in one trip to a thread."""
-        value, record.bytes_out = await asyncio.to_thread(_load_result, tdir.outfile)
+        value, record.bytes_out = await asyncio.to_thread(
+            _load_result, tdir.outfile, self.env.cfg.max_result_bytes
+        )
         return value
 
-    async def _execute_warm(self, task_id: str, tdir: TaskDir, record: TaskRecord) -> Any:
+    async def _execute_warm(self, task_id: str, tdir: TaskDir, record: RunFacts) -> Any:
         """The event through a warm worker: same failures, same outfile handling as one-shot."""
         assert self.warm_pool is not None
         timeout = self.env.cfg.task.timeout
@@ -325,81 +440,6 @@ class TaskHandler:
             raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
         return await self._read_result(tdir, record)
 
-    async def _publish_and_ack(
-        self, delivery: Delivery, result: Any, record: TaskRecord, log: TaskLog
-    ) -> TaskOutcome:
-        cfg = self.env.cfg
-        task_id = record.task_id
-        if result is NO_OUTFILE:
-            log.info("task wrote no outfile: nothing to publish; acking the event")
-            record.acked = await self._ack(delivery, log)
-            return TaskOutcome(task_id, delivery, None, record, no_output=True)
-        try:
-            await publish_with_retry(
-                self.pub, result, retries=cfg.publish_retries, deadline=cfg.publish_deadline, log=log
-            )
-        except BrokerError as e:
-            failure = PublishFailedError(f"result not published: {e}")
-            record.error, record.error_type = failure.reason, type(failure).__name__
-            log.error(f"{failure.reason}; nacking the event so it is redone elsewhere")
-            record.nacked = await self._nack(delivery, log)
-            return TaskOutcome(task_id, delivery, failure, record)
-        record.published = True
-        record.acked = await self._ack(delivery, log)
-        log.info(
-            f"done in {time.time() - record.start:.2f}s: result published"
-            + (", event acked" if record.acked else "")
-        )
-        return TaskOutcome(task_id, delivery, None, record)
-
-    def _is_last_delivery(self, delivery: Delivery) -> bool:
-        count = delivery.delivery_count
-        return count is not None and count >= self.env.cfg.max_deliveries
-
-    async def _dead_letter(self, delivery: Delivery, failure: TaskFailure, log: TaskLog) -> bool:
-        """Park a poison event with its last error, then ack it; nack if parking fails."""
-        cfg = self.env.cfg
-        if self.deadletter is None:
-            log.error(
-                f"event {delivery.msg_id} failed {delivery.delivery_count} deliveries "
-                f"(EWMS_PILOT_MAX_DELIVERIES={cfg.max_deliveries}) and no "
-                "EWMS_PILOT_QUEUE_DEADLETTER is set: dropping it"
-            )
-            return await self._ack(delivery, log)
-        headers = codec.dead_letter_headers(
-            delivery,
-            attempts=delivery.attempts + 1,
-            error=failure.reason,
-            error_type=type(failure).__name__,
-            pilot_id=self.env.pilot_id,
-        )
-        try:
-            await publish_with_retry(
-                self.deadletter, delivery.data, headers=headers,
-                retries=cfg.publish_retries, deadline=cfg.publish_deadline, log=log,
-            )
-        except BrokerError as e:
-            log.error(f"dead-lettering failed, nacking instead: {e}")
-            await self._nack(delivery, log)
-            return False
-        log.error(
-            f"event {delivery.msg_id} failed {delivery.delivery_count} deliveries: "
-            f"moved to dead-letter queue '{cfg.queue_deadletter}'"
-        )
-        return await self._ack(delivery, log)
-
-    async def _ack(self, delivery: Delivery, log: TaskLog) -> bool:
-        return await self._settle(delivery, log, ack=True)
-
-    async def _nack(self, delivery: Delivery, log: TaskLog) -> bool:
-        return await self._settle(delivery, log, ack=False)
-
-    async def _settle(self, delivery: Delivery, log: TaskLog, *, ack: bool) -> bool:
-        """Ack or release; True only when the broker took it (else it is redelivered)."""
-        settlement = await (self.sub.ack if ack else self.sub.release)(delivery)
-        if settlement is Settlement.LEFT and ack:
-            log.warning("ack not taken: the broker will redeliver the event (duplicate result possible)")
-        return settlement in (Settlement.ACKED, Settlement.RELEASED)
 
     async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
         for name, path in (("stdout", tdir.stdout), ("stderr", tdir.stderr)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -32,11 +33,22 @@ from .mounts import require_plain_paths
 
 LOGGER = logging.getLogger(__name__)
 
-MUST_BE_PRESENT_VAR = "EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT"
+#: the 1.x name (with its leading underscore), the only one the config reads
+MUST_BE_PRESENT_VAR = "_EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT"
 #: `--bind src:dst:ro` splits on these
 BIND_FORBIDDEN_CHARS = ",:\n"
 #: default seconds allowed for one image conversion
 BUILD_TIMEOUT = 3600.0
+
+
+@functools.cache
+def memory_limit_enforceable() -> bool:
+    """Whether `apptainer run --memory` can work here: as root, or on cgroup v2 (rootless via systemd).
+
+    Elsewhere apptainer refuses to start a container with a limit, so none is passed
+    (the loader warns once: EWMS_PILOT_TASK_MEMORY is then not enforced).
+    """
+    return os.geteuid() == 0 or Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
 def build_source(image: str) -> str:
@@ -52,6 +64,26 @@ def build_source(image: str) -> str:
     return f"docker://{image}"
 
 
+#: what `apptainer run` executes; without it apptainer falls back to `/bin/sh ARGS`
+RUNSCRIPT = Path(".singularity.d") / "runscript"
+
+
+def require_runscript(sandbox: Path) -> str:
+    """`sandbox` as a string when apptainer can `run` it, else a one-line reason.
+
+    A plain root file system (a debootstrap dir, a copied rootfs) has no
+    runscript: `apptainer run` would hand the task's args to `/bin/sh`, and
+    every event would fail with "cannot open python3" instead of the pilot not
+    starting.
+    """
+    if not (sandbox / RUNSCRIPT).is_file():
+        raise RuntimeUnavailableError(
+            f"apptainer image {sandbox} has no /{RUNSCRIPT}: not an apptainer sandbox"
+            f" (make one with `apptainer build --sandbox DIR docker-archive:FILE` or from a registry)"
+        )
+    return str(sandbox)
+
+
 def sandbox_name(source: str) -> str:
     """A recognizable, file-system-safe directory name for the converted `source`."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._-")[:100]
@@ -64,6 +96,7 @@ class ApptainerRuntime(Runtime):
 
     name = "apptainer"
     mount_forbidden_chars = BIND_FORBIDDEN_CHARS
+    sees_host_gpus = True
 
     def __init__(
         self,
@@ -92,6 +125,10 @@ class ApptainerRuntime(Runtime):
             argv += ["--bind", f"{mount.source}:{mount.target}" + (":ro" if mount.readonly else "")]
         if spec.env:
             argv += ["--env-file", str(env_file_of(spec))]
+        if spec.memory_limit is not None and memory_limit_enforceable():  # through cgroups
+            argv += ["--memory", str(spec.memory_limit), "--memory-swap", str(spec.memory_limit)]
+        if spec.gpus:  # the host's GPUs are visible: CUDA_VISIBLE_DEVICES (in the env) picks this task's
+            argv.append("--nv")
         return [*argv, spec.image, *spec.argv]
 
     def env_file_text(self, env: Mapping[str, str]) -> str | None:
@@ -121,7 +158,7 @@ class ApptainerRuntime(Runtime):
         if not image or image.startswith("-"):
             raise RuntimeUnavailableError(f"invalid image reference {image!r}")
         if os.path.isdir(image):
-            return str(Path(image).resolve())
+            return require_runscript(Path(image).resolve())
         if self.image_directory_must_be_present:
             raise RuntimeUnavailableError(
                 f"apptainer image {image!r} is not an existing sandbox directory"
@@ -136,7 +173,7 @@ class ApptainerRuntime(Runtime):
         target = self.sandbox_path(image)
         if target.is_dir():
             LOGGER.info(f"using {target}, converted earlier from {image}")
-            return str(target)
+            return require_runscript(target)
         return await self._convert(image, target)
 
     async def _convert(self, image: str, target: Path) -> str:

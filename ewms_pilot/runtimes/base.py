@@ -49,6 +49,10 @@ class RunSpec:
     #: owner-only host file the client reads `env` from (container runtimes: never on argv);
     #: written just before the start and removed after the exit, see `runtimes/envfile.py`
     env_file: Path | None = None
+    #: bytes the task may use (None: no limit); each runtime enforces it its own way
+    memory_limit: int | None = None
+    #: GPU ids (as the slot lists them) this task holds; the runtime exposes only these
+    gpus: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here, once for every runtime: each value becomes exactly one
@@ -152,6 +156,13 @@ class Runtime(abc.ABC):
         except UnicodeEncodeError:
             return "is not valid Unicode text"
         return None
+
+    #: True when the task sees the host's GPUs by their host ids (CUDA_VISIBLE_DEVICES picks its own)
+    sees_host_gpus: bool = False
+
+    def limit_argv(self, spec: RunSpec) -> list[str]:
+        """A prefix that applies the spec's limits to the client process itself (none by default)."""
+        return []
 
     def process_cwd(self, spec: RunSpec) -> Path | None:
         """The client process's working directory; None = the pilot's own."""

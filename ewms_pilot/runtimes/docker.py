@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..resources.gpus import cdi_id
 from .oci import PULL_TIMEOUT, OCIRuntime
 
 
@@ -27,3 +28,8 @@ class DockerRuntime(OCIRuntime):
 
     def extra_run_options(self) -> list[str]:
         return ["--shm-size", self.shm_size] if self.shm_size else []
+
+    def gpu_options(self, gpus: tuple[str, ...]) -> list[str]:
+        # a list needs docker's CSV quoting: `"device=0,1"` (one argv element, no shell)
+        ids = ",".join(cdi_id(g) for g in gpus)
+        return ["--gpus", f'"device={ids}"' if len(gpus) > 1 else f"device={ids}"]

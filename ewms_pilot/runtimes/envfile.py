@@ -40,7 +40,7 @@ TASK_HOST_ENV_PREFIXES = ("LC_",)
 #: the pilot's own settings: never passed to a task or a container client
 PILOT_ENV_PREFIXES = ("EWMS_PILOT_", "_EWMS_PILOT_")
 
-#: an env file is private to the pilot's user
+#: an env file (or a warm worker's log) is private to the pilot's user
 ENV_FILE_MODE = 0o600
 
 
@@ -58,19 +58,41 @@ def client_env(inherited: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in inherited.items() if not k.upper().startswith(PILOT_ENV_PREFIXES)}
 
 
+def open_private(path: Path) -> int:
+    """A new file at `path` for the pilot's user only: the fd, open for writing.
+
+    The directory may be one a task can write (a warm worker sees the whole
+    data dir): neither it nor the file may be a symlink, so a task cannot
+    make the pilot write to a host file. A leftover file is replaced.
+    """
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path.name, flags, ENV_FILE_MODE, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    os.fchmod(fd, ENV_FILE_MODE)  # whatever the umask
+    return fd
+
+
 def write_env_file(path: Path, text: str) -> None:
-    """Create `path` afresh, readable by the pilot's user only (a leftover is replaced, a link never followed)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, ENV_FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(fd, ENV_FILE_MODE)  # whatever the umask
+    """Create `path` afresh with `text`, readable by the pilot's user only (`open_private`)."""
+    with os.fdopen(open_private(path), "w", encoding="utf-8") as f:
         f.write(text)
 
 
 def remove_env_file(path: Path | None) -> None:
-    """Delete an env file once its client has exited (gone already is fine)."""
-    if path is not None:
+    """Delete an env file once its client has exited (gone already, or its dir swapped: left)."""
+    if path is None:
+        return
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path.name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)

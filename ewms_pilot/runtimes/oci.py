@@ -63,6 +63,10 @@ class OCIRuntime(Runtime):
         """Options for `rm --force` so it does not wait for a stop timeout."""
         return []
 
+    @abc.abstractmethod
+    def gpu_options(self, gpus: tuple[str, ...]) -> list[str]:
+        """Options exposing exactly these GPUs (inside, they are numbered from 0)."""
+
     # -- argv --
 
     def pull_argv(self, image: str) -> list[str]:
@@ -80,6 +84,10 @@ class OCIRuntime(Runtime):
             argv += ["--mount", option + (",readonly" if mount.readonly else "")]
         if spec.env:
             argv += ["--env-file", str(env_file_of(spec))]
+        if spec.memory_limit is not None:  # swap equal to memory: no swap, a real limit
+            argv += ["--memory", f"{spec.memory_limit}b", "--memory-swap", f"{spec.memory_limit}b"]
+        if spec.gpus:
+            argv += self.gpu_options(spec.gpus)
         argv += self.extra_run_options()
         return [*argv, spec.image, *spec.argv]
 

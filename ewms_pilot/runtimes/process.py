@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from .base import RunSpec, Runtime
 from .envfile import task_host_env
+
+_PRLIMIT = shutil.which("prlimit")
 
 
 class ProcessRuntime(Runtime):
@@ -14,6 +17,15 @@ class ProcessRuntime(Runtime):
 
     name = "process"
     uses_host_paths = True
+    sees_host_gpus = True
+
+    def limit_argv(self, spec: RunSpec) -> list[str]:
+        """`prlimit --as=N --`: an address-space limit (no cgroup without root); exec'd, no preexec_fn."""
+        if spec.memory_limit is None:
+            return []
+        if _PRLIMIT is None:
+            raise ValueError("EWMS_PILOT_TASK_MEMORY needs util-linux's prlimit for the process runtime")
+        return [_PRLIMIT, f"--as={spec.memory_limit}", "--"]
 
     async def prepare_image(self, image: str) -> str:
         """Nothing to prepare: the image is ignored."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config.model import ContainerConfig, ContainerPlatform, PilotConfig
 from ..errors import ConfigError
+from ..resources.gpus import GpuPool, device_id
 from ..tasks.args import ENV_INFILE, ENV_OUTFILE, split_args, substitute, task_env
 from ..tasks.taskdir import DATA_DIR_VAR, TaskDir
 from .base import (
@@ -31,6 +32,8 @@ from .mounts import MountProblem, external_mounts, path_problem, validate_mounts
 
 #: label naming which of the pilot's containers this is (task id, warm worker, init, teardown)
 ROLE_LABEL = "ewms-pilot.task"
+#: the variable CUDA reads to pick its devices
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 #: the env file's name next to the container's pilot-side files
 ENV_FILE_SUFFIX = ".env"
 
@@ -49,6 +52,8 @@ class SpecBuilder:
     data_dir: Path  # as configured: where the pilot's files are on the host
     real_data_dir: Path  # symlinks resolved: what is bound
     external: tuple[Mount, ...]  # validated, read-only
+    task_memory: int | None = None  # bytes per task and warm worker (not init/teardown)
+    gpus: GpuPool = dc.field(default_factory=lambda: GpuPool((), 0))  # leased per one-shot task
 
     @classmethod
     def for_pilot(cls, cfg: PilotConfig, runtime: Runtime, pilot_id: str) -> SpecBuilder:
@@ -64,27 +69,42 @@ class SpecBuilder:
         if not runtime.uses_host_paths:
             _raise_data_dir_problem(cfg, path_problem(cfg.data_dir, runtime.mount_forbidden_chars))
             external = external_mounts(cfg.external_directories, runtime.mount_forbidden_chars)
-        return cls(runtime, pilot_id, owner_labels(pilot_id), cfg.data_dir, real, external)
+        gpus = GpuPool(cfg.slot.gpus if cfg.slot else (), cfg.task_gpus)
+        return cls(
+            runtime, pilot_id, owner_labels(pilot_id), cfg.data_dir, real, external, cfg.task_memory, gpus
+        )
 
     # -- the three kinds -------------------------------------------------------
 
-    def task(self, image: str, container: ContainerConfig, task_id: str, tdir: TaskDir) -> RunSpec:
-        """A one-shot task: its task-io and the data hub writable, external dirs read-only."""
+    def task(
+        self, image: str, container: ContainerConfig, task_id: str, tdir: TaskDir, gpus: tuple[str, ...] = ()
+    ) -> RunSpec:
+        """A one-shot task: its task-io and the data hub writable, external dirs read-only.
+
+        With its memory limit, and `gpus` (a lease from `self.gpus`) as the only GPUs it sees.
+        """
         if self.runtime.uses_host_paths:
-            return self._spec(
+            spec = self._spec(
                 image, container, task_id, (),
                 infile=str(tdir.infile), outfile=str(tdir.outfile), hub=str(self._hub_host()),
                 private_dir=tdir.outputs,
             )  # fmt: skip
-        io = Mount(self._bound(tdir.task_io), CONTAINER_TASK_IO)
-        hub = Mount(self._bound(self._hub_host()), CONTAINER_DATA_HUB)
-        return self._spec(
-            image, container, task_id, (io, hub),
-            infile=str(CONTAINER_TASK_IO / tdir.infile.name),
-            outfile=str(CONTAINER_TASK_IO / tdir.outfile.name),
-            hub=str(CONTAINER_DATA_HUB),
-            private_dir=tdir.outputs,
-        )  # fmt: skip
+        else:
+            io = Mount(self._bound(tdir.task_io), CONTAINER_TASK_IO)
+            hub = Mount(self._bound(self._hub_host()), CONTAINER_DATA_HUB)
+            spec = self._spec(
+                image, container, task_id, (io, hub),
+                infile=str(CONTAINER_TASK_IO / tdir.infile.name),
+                outfile=str(CONTAINER_TASK_IO / tdir.outfile.name),
+                hub=str(CONTAINER_DATA_HUB),
+                private_dir=tdir.outputs,
+            )  # fmt: skip
+        if not gpus:
+            return spec
+        env = dict(spec.env)
+        if self.runtime.sees_host_gpus:  # a container runtime exposes only these (numbered from 0)
+            env[CUDA_VISIBLE_DEVICES] = ",".join(device_id(g) for g in gpus)
+        return dc.replace(spec, gpus=gpus, env=env)
 
     def warm_worker(
         self, image: str, container: ContainerConfig, worker_id: str, private_dir: Path, extra_env: Mapping[str, str]
@@ -106,8 +126,9 @@ class SpecBuilder:
         if not self.runtime.uses_host_paths:
             own = (Mount(self._bound(self._hub_host()), CONTAINER_DATA_HUB),)
         return self._spec(
-            image, container, role, own, infile="", outfile="", hub=self.hub_path(), private_dir=private_dir
-        )
+            image, container, role, own, infile="", outfile="", hub=self.hub_path(), private_dir=private_dir,
+            limited=False,
+        )  # fmt: skip
 
     # -- paths as the task sees them ------------------------------------------------
 
@@ -142,6 +163,7 @@ class SpecBuilder:
         hub: str,
         private_dir: Path,
         interactive: bool = False,
+        limited: bool = True,  # the per-task memory limit (init/teardown: the whole slot is theirs)
     ) -> RunSpec:
         name = _container_name(self.pilot_id, what)
         # the external dirs were checked once (`for_pilot`); the pilot's own dirs are checked per spec
@@ -156,6 +178,7 @@ class SpecBuilder:
             workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
             interactive=interactive,
             env_file=None if self.runtime.uses_host_paths else private_dir / f"{name}{ENV_FILE_SUFFIX}",
+            memory_limit=self.task_memory if limited else None,
         )
 
 

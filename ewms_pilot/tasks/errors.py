@@ -159,6 +159,30 @@ class TaskTimeoutError(ContainerRunError):
         )
 
 
+class TaskOutOfMemoryError(ContainerRunError):
+    """The task went over its memory limit (EWMS_PILOT_TASK_MEMORY) and was killed or refused memory.
+
+    Built by `resources/oom.py` from the exit and the stderr tail; `limit` in bytes,
+    `peak` when the runtime tells it (None otherwise).
+    """
+
+    builtin_aliases = frozenset({"MemoryError"})
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        limit: int | None = None,
+        peak: int | None = None,
+        exit_code: int | None = None,
+        stderr_line: str = "",
+        detail: str = "",
+    ) -> None:
+        self.limit = limit
+        self.peak = peak
+        super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=detail)
+
+
 class FailurePatternError(ContainerRunError):
     """A stdout/stderr line matched a configured failure regex, even though the exit code was 0."""
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from .errors import InvalidDataForInfileException, InvalidDataFromOutfileException
 
-#: the largest result the pilot publishes; beyond it the task fails with a clear reason
+#: the largest result the pilot publishes by default (EWMS_PILOT_MAX_RESULT_SIZE); beyond it the task fails
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 #: the infile is the pilot user's only (a container reads it as root or as that user)

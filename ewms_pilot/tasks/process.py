@@ -24,11 +24,12 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
 from ..runtimes.envfile import remove_env_file
+from .logcap import CappedLog
 from .parent_death import with_parent_death_signal
 
 LOGGER = logging.getLogger(__name__)
@@ -171,15 +172,28 @@ def _deliver(on_line: Callable[[str, str], None], stream: str, raw: bytes) -> No
 
 async def _pump(
     reader: asyncio.StreamReader,
-    sink: IO[bytes],
+    sink: CappedLog,
     stream: str,
-    on_line: Callable[[str, str], None],
+    on_line: Callable[[str, str], None] | None,
 ) -> None:
     """Copy `reader` to `sink` as it comes, handing each complete line to `on_line`."""
+    try:
+        await _copy(reader, sink, stream, on_line)
+    finally:
+        sink.finish()
+
+
+async def _copy(
+    reader: asyncio.StreamReader,
+    sink: CappedLog,
+    stream: str,
+    on_line: Callable[[str, str], None] | None,
+) -> None:
     pending = b""
     while chunk := await reader.read(65536):
         sink.write(chunk)
-        sink.flush()
+        if on_line is None:
+            continue
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
@@ -190,7 +204,7 @@ async def _pump(
         while len(pending) > MAX_LINE:
             _deliver(on_line, stream, pending[:MAX_LINE])
             pending = pending[MAX_LINE:]
-    if pending:
+    if pending and on_line is not None:
         _deliver(on_line, stream, pending)
 
 
@@ -249,11 +263,13 @@ async def run_to_completion(
     stop_grace: float = 5.0,
     on_line: Callable[[str, str], None] | None = None,
     stop: asyncio.Event | None = None,
+    log_max: int | None = None,
 ) -> ProcessOutcome:
     """Run `runtime.run_argv(spec)` until it exits, times out, or `stop` is set.
 
     stdout/stderr go to the two files (through `on_line(stream, line)` as well
-    when given: stream is "stdout" or "stderr"). On asyncio cancellation the
+    when given: stream is "stdout" or "stderr"), each capped at `log_max` bytes
+    (head and tail kept, `logcap`). On asyncio cancellation the
     process is stopped the same way, then CancelledError is re-raised. When it
     returns or raises, no process of the run is left in its process group and
     no container of it is left running.
@@ -266,13 +282,14 @@ async def run_to_completion(
         with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
             runtime.write_env_file(spec)  # owner-only; the client reads it as it starts
             started = loop.time()
+            piped = on_line is not None or log_max is not None
             try:
                 _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
                 proc = await asyncio.create_subprocess_exec(
-                    *with_parent_death_signal(command),
+                    *with_parent_death_signal([*runtime.limit_argv(spec), *command]),
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE if on_line else out_file,
-                    stderr=subprocess.PIPE if on_line else err_file,
+                    stdout=subprocess.PIPE if piped else out_file,
+                    stderr=subprocess.PIPE if piped else err_file,
                     env=env,
                     cwd=cwd,
                     start_new_session=True,
@@ -284,11 +301,11 @@ async def run_to_completion(
             LOGGER.debug(f"{spec.name}: started (pid {proc.pid})")
 
             pumps: list[asyncio.Task[None]] = []
-            if on_line is not None:
+            if piped:
                 assert proc.stdout is not None and proc.stderr is not None
                 pumps = [
-                    asyncio.create_task(_pump(proc.stdout, out_file, "stdout", on_line)),
-                    asyncio.create_task(_pump(proc.stderr, err_file, "stderr", on_line)),
+                    asyncio.create_task(_pump(proc.stdout, CappedLog(out_file, log_max), "stdout", on_line)),
+                    asyncio.create_task(_pump(proc.stderr, CappedLog(err_file, log_max), "stderr", on_line)),
                 ]
 
             timed_out = stop_requested = False

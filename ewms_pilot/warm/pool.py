@@ -1,8 +1,8 @@
 """A fixed set of warm workers that the pilot streams events through.
 
-The scheduler never runs more than `max_concurrent_tasks` events at once, so
-the pool has that many slots and `run` always finds an idle one (it waits for
-one otherwise). A slot whose worker died, or was stopped after a timeout, gets
+The scheduler never runs more than `max_concurrent_tasks` events at once (it
+alone counts them), so the pool has that many slots and `run` always finds an
+idle one; finding none is a bug, raised as such. A slot whose worker died, or was stopped after a timeout, gets
 a new worker when it is next used, after a back-off that grows while workers
 keep dying without finishing an event; after `MAX_BARREN_DEATHS` such deaths
 in a row the pool gives up and fails every further event with the reason,
@@ -62,6 +62,9 @@ class _Slot:
 
 class WarmPool:
     """`size` long-lived task workers (default: `cfg.max_concurrent_tasks`)."""
+
+    #: seconds `close` takes at most when not cut shorter (EOF, then stop)
+    CLOSE_TIME = EOF_GRACE + STOP_GRACE
 
     def __init__(
         self,
@@ -133,7 +136,10 @@ class WarmPool:
 
     async def run(self, task_id: str, infile: Path, outfile: Path, timeout: float | None) -> WarmResult:
         """Run one event (its infile already written) in an idle worker."""
-        slot = await self._idle.get()
+        try:
+            slot = self._idle.get_nowait()
+        except asyncio.QueueEmpty:
+            raise RuntimeError("more events than warm workers: the scheduler's count is wrong") from None
         try:
             return await self._run_in(slot, task_id, infile, outfile, timeout)
         finally:
@@ -210,14 +216,21 @@ class WarmPool:
 
     # -- end --------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Close every worker's stdin so it exits; stop those that linger. Nothing is left running."""
+    async def close(self, budget: float | None = None) -> None:
+        """Close every worker's stdin so it exits; stop those that linger. Nothing is left running.
+
+        `budget` (the shutdown's remaining time) splits between waiting for the EOF
+        exit and stopping: a worker that ignores both is killed within it.
+        """
+        eof_grace, stop_grace = EOF_GRACE, STOP_GRACE
+        if budget is not None and budget < self.CLOSE_TIME:
+            eof_grace, stop_grace = budget * 0.4, budget * 0.4  # the rest: SIGKILL and reaping
         self._closed = True
         live = [s.worker for s in self._slots if s.worker is not None]
         for slot in self._slots:
             slot.worker = None
         ends = await asyncio.gather(
-            *(w.close(EOF_GRACE, STOP_GRACE) for w in live), return_exceptions=True
+            *(w.close(eof_grace, stop_grace) for w in live), return_exceptions=True
         )
         for worker, end in zip(live, ends, strict=True):
             if isinstance(end, BaseException):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..runtimes.base import RunSpec, Runtime
-from ..runtimes.envfile import remove_env_file
+from ..runtimes.envfile import open_private, remove_env_file
 from ..tasks.errors import extract_error_line
 from ..tasks.parent_death import with_parent_death_signal
 
@@ -96,7 +96,8 @@ class WarmWorker:
         env = self.runtime.process_env(self.spec, os.environ)
         cwd = self.runtime.process_cwd(self.spec)
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
-        log = await asyncio.to_thread(open, self.log_path, "ab")
+        # the worker sees this dir (the whole data dir is bound): never follow its links
+        log = os.fdopen(await asyncio.to_thread(open_private, self.log_path), "ab")
         try:
             # owner-only; the client reads it as it starts, removed when the worker has exited
             await asyncio.to_thread(self.runtime.write_env_file, self.spec)

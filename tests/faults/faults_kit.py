@@ -27,6 +27,7 @@ from typing import Any
 
 import mqclient
 from mq_helpers import publish_raw
+from mqclient.broker_client_interface import Message
 from pilot_proc import base_env
 
 from benchmarks.rabbitnode import free_port
@@ -220,7 +221,9 @@ async def _take(btype: str, address: str, queue: str, idle: float, expect: int |
                 d = await sub.get(idle)
                 if d is None:
                     break
-                got.append(Got(d.data, dict(d.headers)))
+                # the headers on the wire, the pilot's own included (the decode path strips those)
+                wire = d.headers if d.decode_error is not None else Message(d.msg_id, d.raw.payload).headers
+                got.append(Got(d.data, dict(wire or {})))
                 await sub.ack(d)
         finally:
             await sub.close()

@@ -1,8 +1,8 @@
 """A poison event (fails every time) among good ones, with pilots run one after another.
 
-Stop-on-error stays on (the default): only a failure on a FIRST delivery may
+Stop-on-error stays on (the default): only a failure on a FIRST attempt may
 stop a pilot, so the poison can stop at most one pilot; after
-EWMS_PILOT_MAX_DELIVERIES (default 3) tries it is parked in the dead-letter
+EWMS_PILOT_MAX_DELIVERIES (default 3) failed attempts it is parked in the dead-letter
 queue with its last error in the headers, and every good event is done.
 """
 
@@ -95,7 +95,7 @@ def test_poison_event_is_dead_lettered_and_stops_at_most_one_pilot(
             "poison dead-lettered once": [d.data for d in dead] == [POISON],
             "error type header": headers.get("ewms_pilot_error_type") == "ContainerRunError",
             "error text header": "refusing to eat " + POISON in str(headers.get("ewms_pilot_error")),
-            "deliveries header": headers.get("ewms_pilot_deliveries") == 3,
+            "attempts header": headers.get("ewms_pilot_attempts") == 3,
             "tried MAX_DELIVERIES times": tries == 3,
         }
         record.add(
@@ -105,7 +105,7 @@ def test_poison_event_is_dead_lettered_and_stops_at_most_one_pilot(
             lost=len(tally.lost) + (0 if dead else 1),
             detail=(
                 f"exit codes {codes}; poison tried {tries}x, dead-lettered {len(dead)}x with "
-                f"deliveries={headers.get('ewms_pilot_deliveries')} type={headers.get('ewms_pilot_error_type')}"
+                f"attempts={headers.get('ewms_pilot_attempts')} type={headers.get('ewms_pilot_error_type')}"
             ),
             verdict=_verdict(checks),
         )
