@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from config_env import MINIMAL as BASE_ENV
 
 from ewms_pilot.config.banner import effective_config_lines
 from ewms_pilot.config.loader import config_as_environ, load_config
@@ -27,15 +28,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 TOKEN = "tok-5ecret-do-not-print"
 URL_PASSWORD = "url-pa55word"
 
-MINIMAL = {
-    "EWMS_PILOT_TASK_IMAGE": "docker.io/library/alpine:3",
-    "EWMS_PILOT_QUEUE_INCOMING": "q-in",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "localhost",
-    "EWMS_PILOT_QUEUE_OUTGOING": "q-out",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "localhost",
-}
+MINIMAL = BASE_ENV
 
 
 def env(**changes: str | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from config_env import MINIMAL as BASE_ENV
 from mq_helpers import drain, publish
 from pilot_proc import DOUBLE, base_env, run_pilot
 
@@ -22,15 +23,7 @@ from ewms_pilot.config.loader import load_config
 from ewms_pilot.config.variables import VARIABLES
 from ewms_pilot.errors import ConfigError
 
-MINIMAL = {
-    "EWMS_PILOT_TASK_IMAGE": "docker.io/library/alpine:3",
-    "EWMS_PILOT_QUEUE_INCOMING": "q-in",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "localhost",
-    "EWMS_PILOT_QUEUE_OUTGOING": "q-out",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "localhost",
-}
+MINIMAL = BASE_ENV
 DEEP = "[" * 20000
 MAX_SECONDS = 366 * 24 * 3600  # the documented bound of every duration
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from config_env import MINIMAL as BASE_ENV
 from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot
 
@@ -24,15 +25,7 @@ from ewms_pilot.config.loader import load_config
 from ewms_pilot.errors import ConfigError
 from ewms_pilot.resources.slot import discover, parse_classad
 
-MINIMAL = {
-    "EWMS_PILOT_TASK_IMAGE": "docker.io/library/alpine:3",
-    "EWMS_PILOT_QUEUE_INCOMING": "q-in",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "localhost",
-    "EWMS_PILOT_QUEUE_OUTGOING": "q-out",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "localhost",
-}
+MINIMAL = BASE_ENV
 MiB = 2**20
 
 # as HTCondor writes .machine.ad: the slot's Memory (MB) is not the machine's TotalMemory

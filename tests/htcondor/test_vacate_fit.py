@@ -9,17 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from config_env import MINIMAL as BASE_ENV
 
 from ewms_pilot.config.loader import load_config
 
-MINIMAL = {
-    "EWMS_PILOT_TASK_IMAGE": "docker.io/library/alpine:3",
-    "EWMS_PILOT_QUEUE_INCOMING": "q-in",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": "localhost",
-    "EWMS_PILOT_QUEUE_OUTGOING": "q-out",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-    "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": "localhost",
+MINIMAL = BASE_ENV | {
     "EWMS_PILOT_SHUTDOWN_GRACE": "30",
 }
 
