@@ -14,33 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from local_helpers import put_local, take_all_local
 from pilot_proc import base_env, start_pilot, wait_pilot
-
-from ewms_pilot.config.model import BrokerConfig
-from ewms_pilot.queues.factory import open_publisher, open_subscription
 
 COPY = shlex.join(["cp", "<<INFILE>>", "<<OUTFILE>>"])
 
 
-async def _put(db: Path, queue: str, items: list[str]) -> None:
-    pub = await open_publisher(BrokerConfig(queue, "local", str(db)))
-    try:
-        for item in items:
-            await pub.send(item)
-    finally:
-        await pub.close()
-
-
-async def _take_all(db: Path, queue: str) -> list[str]:
-    sub = await open_subscription(BrokerConfig(queue, "local", str(db)), 50)
-    out = []
-    try:
-        while (d := await sub.get(0.5)) is not None:
-            out.append(d.data)
-            await sub.ack(d)
-    finally:
-        await sub.close()
-    return out
 
 
 def _env(db: Path, tmp: Path, **extra: str) -> dict[str, str]:
@@ -54,11 +33,11 @@ def _env(db: Path, tmp: Path, **extra: str) -> dict[str, str]:
 def test_pilots_share_one_database_and_drain_exactly_once(tmp_path: Path, pilots: int) -> None:
     db = tmp_path / "q.db"
     events = [f"event-{i:03d}" for i in range(500)]
-    asyncio.run(_put(db, "in", events))
+    asyncio.run(put_local(db, "in", events))
     procs = [start_pilot(_env(db, tmp_path / f"p{i}")) for i in range(pilots)]
     runs = [wait_pilot(p, 240) for p in procs]
     assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs if r.returncode]
-    out = asyncio.run(_take_all(db, "out"))
+    out = asyncio.run(take_all_local(db, "out"))
     assert Counter(out) == Counter(events)  # every output present exactly once
     worked = [int(r.stdout.split("received ")[1].split()[0]) for r in runs]
     assert sum(worked) == 500 and sum(1 for w in worked if w > 0) >= 2  # the work was shared
@@ -67,7 +46,7 @@ def test_pilots_share_one_database_and_drain_exactly_once(tmp_path: Path, pilots
 def test_sigkill_of_one_pilot_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     events = [f"e{i}" for i in range(120)]
-    asyncio.run(_put(db, "in", events))
+    asyncio.run(put_local(db, "in", events))
     slow = shlex.join([sys.executable, "-c", "import shutil,sys,time; time.sleep(0.1); shutil.copy(sys.argv[1], sys.argv[2])", "<<INFILE>>", "<<OUTFILE>>"])
     victim = start_pilot({**_env(db, tmp_path / "a"), "EWMS_PILOT_TASK_ARGS": slow})
     survivor = start_pilot({**_env(db, tmp_path / "b"), "EWMS_PILOT_TASK_ARGS": slow})
@@ -76,7 +55,7 @@ def test_sigkill_of_one_pilot_loses_nothing(tmp_path: Path) -> None:
     victim.wait()
     run = wait_pilot(survivor, 240)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = Counter(asyncio.run(_take_all(db, "out")))
+    out = Counter(asyncio.run(take_all_local(db, "out")))
     assert set(out) == set(events)  # losses never
     duplicates = sum(n - 1 for n in out.values())
     print(f"duplicates after SIGKILL: {duplicates}")
@@ -85,7 +64,7 @@ def test_sigkill_of_one_pilot_loses_nothing(tmp_path: Path) -> None:
 
 def test_status_line_updates_in_place_on_a_tty(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
-    asyncio.run(_put(db, "in", [f"e{i}" for i in range(30)]))
+    asyncio.run(put_local(db, "in", [f"e{i}" for i in range(30)]))
     slow = shlex.join([sys.executable, "-c", "import shutil,sys,time; time.sleep(0.2); shutil.copy(sys.argv[1], sys.argv[2])", "<<INFILE>>", "<<OUTFILE>>"])
     env = {**_env(db, tmp_path, EWMS_PILOT_CL_LOG="WARNING"), "EWMS_PILOT_TASK_ARGS": slow}
     leader, follower = pty.openpty()
@@ -112,7 +91,7 @@ def test_status_line_updates_in_place_on_a_tty(tmp_path: Path) -> None:
 
 def test_status_line_is_a_periodic_log_line_otherwise(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
-    asyncio.run(_put(db, "in", [f"e{i}" for i in range(10)]))
+    asyncio.run(put_local(db, "in", [f"e{i}" for i in range(10)]))
     slow = shlex.join([sys.executable, "-c", "import shutil,sys,time; time.sleep(0.3); shutil.copy(sys.argv[1], sys.argv[2])", "<<INFILE>>", "<<OUTFILE>>"])
     env = {**_env(db, tmp_path, EWMS_PILOT_CL_LOG="INFO"), "EWMS_PILOT_TASK_ARGS": slow}
     run = subprocess.run(

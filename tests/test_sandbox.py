@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from local_helpers import put_local, take_all_local
 from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
 
 from ewms_pilot.config.model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig
-from ewms_pilot.queues.factory import open_publisher, open_subscription
 from ewms_pilot.runtimes import get_runtime
 from ewms_pilot.tasks.taskdir import TaskDir
 
@@ -147,25 +147,6 @@ def test_every_container_of_a_pilot_carries_the_same_owner_labels(tmp_path: Path
 # ---------------------------------------------------------------- clean task environment
 
 
-async def _put(db: Path, queue: str, items: list[str]) -> None:
-    pub = await open_publisher(BrokerConfig(queue, "local", str(db)))
-    try:
-        for item in items:
-            await pub.send(item)
-    finally:
-        await pub.close()
-
-
-async def _take_all(db: Path, queue: str) -> list[str]:
-    sub = await open_subscription(BrokerConfig(queue, "local", str(db)), 10)
-    out = []
-    try:
-        while (d := await sub.get(0.5)) is not None:
-            out.append(d.data)
-            await sub.ack(d)
-    finally:
-        await sub.close()
-    return out
 
 
 DUMP_ENV = "import os,sys; open(sys.argv[1],'w').write(chr(10).join(k+'='+v for k,v in sorted(os.environ.items())))"
@@ -173,7 +154,7 @@ DUMP_ENV = "import os,sys; open(sys.argv[1],'w').write(chr(10).join(k+'='+v for 
 
 def test_process_task_gets_no_pilot_setting_and_no_credential(tmp_path: Path) -> None:
     db = tmp_path / "q.sqlite"
-    asyncio.run(_put(db, "in", ["ev"]))
+    asyncio.run(put_local(db, "in", ["ev"]))
     env = base_env(
         broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=tmp_path,
         task_args=shlex.join([sys.executable, "-c", DUMP_ENV, "<<OUTFILE>>"]),
@@ -187,7 +168,7 @@ def test_process_task_gets_no_pilot_setting_and_no_credential(tmp_path: Path) ->
     )  # fmt: skip
     run = run_pilot(env, timeout=DEADLINE)
     assert run.returncode == 0, run.stderr[-3000:]
-    [dump] = asyncio.run(_take_all(db, "out"))
+    [dump] = asyncio.run(take_all_local(db, "out"))
     seen = dict(line.split("=", 1) for line in dump.splitlines())
     assert CANARY not in dump
     assert not [k for k in seen if "EWMS_PILOT" in k]
@@ -297,7 +278,7 @@ def test_an_open_data_dir_left_by_an_older_pilot_is_narrowed(tmp_path: Path) -> 
 
 def test_another_local_user_can_neither_read_an_event_nor_forge_a_result(open_dir: Path) -> None:
     db = open_dir / "q.sqlite"
-    asyncio.run(_put(db, "in", ["secret event"]))
+    asyncio.run(put_local(db, "in", ["secret event"]))
     go = open_dir / "go"
     env = base_env(
         broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=open_dir,
@@ -324,7 +305,7 @@ def test_another_local_user_can_neither_read_an_event_nor_forge_a_result(open_di
         go.write_text("")
         run = wait_pilot(proc, timeout=DEADLINE)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert asyncio.run(_take_all(db, "out")) == ["own:secret event"]
+    assert asyncio.run(take_all_local(db, "out")) == ["own:secret event"]
 
 
 # ---------------------------------------------------------------- a warm worker sees the data dir
