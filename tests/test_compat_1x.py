@@ -251,6 +251,29 @@ def test_a_failed_task_is_chirped_with_its_own_traceback_and_without_per_task_no
 
 
 
+def test_a_failed_init_container_is_chirped_with_its_own_traceback(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    init = "def load():\n    raise RuntimeError('no calibration')\nload()"
+    (tmp_path / "chirp").mkdir()
+    with ChirpServer(tmp_path / "chirp") as server:
+        env = base_env(
+            broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
+            queue_out=queue_name + "o", data_dir=tmp_path, task_args="true",
+            extra={"EWMS_PILOT_HTCHIRP": "True", "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
+                   "EWMS_PILOT_INIT_ARGS": _argv(init)},
+        )  # fmt: skip
+        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+        run = run_pilot(env)
+        lines = server.ulog_lines
+    assert run.returncode == 4, run.stderr[-3000:]
+    (tb,) = [v for a, v in tms_read(lines) if a == "HTChirpEWMSPilotErrorTraceback"]
+    # the init container's own traceback, not the pilot's
+    assert tb.startswith("Traceback (most recent call last):")
+    assert "in load" in tb and tb.rstrip().endswith("RuntimeError: no calibration")
+    assert "ewms_pilot" not in tb
+
+
 def write_tms_env_file(path: Path, values: dict[str, object]) -> Path:
     """An env file as the EWMS TMS writes one: every value `str()`'d and exported."""
     path.write_text("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in values.items()))

@@ -135,7 +135,9 @@ class Pilot:
         except InitFailedError as e:
             if e.failure is not None:
                 self.failures.append(("init", e.failure))
-            self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e)
+            # chirp the init container's own traceback (as for a task), not the pilot's
+            detail = e.failure.detail if e.failure is not None else ""
+            self._fatal(StopCause.INIT_FAILED, f"init container failed: {e}", e, detail or None)
         except (BrokerUnavailableError, BrokerError) as e:
             self._fatal(StopCause.BROKER, str(e), e)
         except RuntimeUnavailableError as e:
@@ -153,8 +155,10 @@ class Pilot:
         await self._finish(request)
         return request
 
-    def _fatal(self, cause: StopCause, reason: str, exc: BaseException) -> None:
-        self.chirp.set_error(reason, "".join(traceback.format_exception(exc)))
+    def _fatal(
+        self, cause: StopCause, reason: str, exc: BaseException, traceback_text: str | None = None
+    ) -> None:
+        self.chirp.set_error(reason, traceback_text or "".join(traceback.format_exception(exc)))
         # the incoming broker is gone: running tasks' events can no longer be settled, and the
         # broker redelivers them; waiting for the tasks would only delay the exit
         grace = 0.0 if cause == StopCause.BROKER else self.cfg.shutdown_grace
