@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
 from memory_pilot import ECHO, journal, memory_config, new_queues, put
 
+from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.pilot.journal import Journal, journal_path
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause
@@ -49,3 +52,20 @@ def test_a_pilot_after_a_crashed_one_ends_normally(tmp_path: Path, capsys: pytes
     lines = journal_path(tmp_path).read_text().splitlines()
     assert lines[0] == TRUNCATED and json.loads(lines[1])["settlement"] == "acked"  # ... and alone on its line
     assert all(p.is_dir() for p in (tmp_path / "ewms-pilot-data").iterdir())
+
+
+def test_an_in_process_pilot_leaves_the_callers_umask_as_it_was(tmp_path: Path) -> None:
+    """The pilot's files are owner-only, but a library call must not change its caller's process."""
+    cfg = memory_config(new_queues(), tmp_path, ECHO)
+    before = os.umask(0o022)
+    try:
+        asyncio.run(_run_one(cfg))
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(cfg.data_dir.stat().st_mode) == 0o700  # the pilot's own files stay private
+
+
+async def _run_one(cfg: PilotConfig) -> None:
+    await put(cfg, "e1")
+    await Pilot(cfg).run()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses as dc
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -103,8 +104,9 @@ class Pilot:
         pub: Publisher | None = None
         dlq: Publisher | None = None
         pool: WarmPool | None = None
+        umask_before: int | None = None
         try:
-            await asyncio.to_thread(prepare_data_dir, self.cfg.data_dir, self.cfg.data_hub_dir)
+            umask_before = await asyncio.to_thread(prepare_data_dir, self.cfg.data_dir, self.cfg.data_hub_dir)
             image = await self.runtime.prepare_image(self.cfg.task.image)
             await sweep_orphans(self.runtime)
             if self.cfg.init is not None:
@@ -151,6 +153,8 @@ class Pilot:
                 await pool.close(self.shutdown.cleanup_budget(pool.CLOSE_TIME))
             await self._teardown()
             await self._close(sub, pub, dlq)
+            if umask_before is not None:
+                os.umask(umask_before)
         request = self.stop_request or StopRequest(StopCause.FATAL, "ended without a reason")
         await self._finish(request)
         return request

@@ -104,19 +104,22 @@ class TaskDir:
             )
 
 
-def prepare_data_dir(data_dir: Path, data_hub: Path) -> None:
+def prepare_data_dir(data_dir: Path, data_hub: Path) -> int:
     """At pilot start: umask 077, then the data dir and hub made (or narrowed to) 0700.
 
     An existing data dir left open by an older pilot is closed at its top
     level: nobody else can reach anything below it. ConfigError (exit 2)
-    when the pilot cannot do that there.
+    when the pilot cannot do that there. Returns the umask before, which the
+    pilot restores when it ends (an in-process caller keeps its own).
     """
-    os.umask(PILOT_UMASK)
+    before = os.umask(PILOT_UMASK)
     try:
         for d in (data_dir, data_hub):
             d.mkdir(PRIVATE_DIR_MODE, parents=True, exist_ok=True)
             d.chmod(PRIVATE_DIR_MODE)
     except OSError as e:
+        os.umask(before)
         raise ConfigError(
             DATA_DIR_VAR, str(data_dir.parent), f"a directory the pilot can own ({d}: {e.strerror})"
         ) from None
+    return before
