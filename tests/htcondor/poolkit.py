@@ -46,6 +46,18 @@ class PoolError(Exception):
     """The pool could not be started or a pool command failed; message says why."""
 
 
+def rabbitmq_queue_env(queue_name: str, address: str) -> dict[str, str]:
+    """The pilot settings for `<queue_name>-in` / `-out` on one RabbitMQ broker."""
+    return {
+        "EWMS_PILOT_QUEUE_INCOMING": f"{queue_name}-in",
+        "EWMS_PILOT_QUEUE_OUTGOING": f"{queue_name}-out",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
+        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": address,
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": address,
+    }
+
+
 def pool_script(*args: str, timeout: float = 1800) -> str:
     """Run scripts/htcondor-pool.sh ARGS; its stdout, or PoolError with its stderr tail."""
     res = subprocess.run(

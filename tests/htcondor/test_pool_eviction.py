@@ -21,6 +21,7 @@ from poolkit import (
     make_job_dir,
     pool_exec,
     pool_processes,
+    rabbitmq_queue_env,
     remove_job_dir,
     submit,
     tms_parse,
@@ -49,13 +50,7 @@ async def test_vacated_and_removed_pilots_release_their_events_in_time(
     site = SITE / queue_name
     site.mkdir(parents=True)
     release = site / "release"
-    env = {
-        "EWMS_PILOT_QUEUE_INCOMING": f"{queue_name}-in",
-        "EWMS_PILOT_QUEUE_OUTGOING": f"{queue_name}-out",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": rabbitmq_address,
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": rabbitmq_address,
+    env = rabbitmq_queue_env(queue_name, rabbitmq_address) | {
         "EWMS_PILOT_TASK_IMAGE": pool.task_sandbox,
         "EWMS_PILOT_TASK_ARGS": f'python3 -c "{TASK}" <<INFILE>> <<OUTFILE>> {release}',
         "EWMS_PILOT_EXTERNAL_DIRECTORIES": [str(site)],

@@ -24,6 +24,7 @@ from poolkit import (
     PoolError,
     chirp_events,
     make_job_dir,
+    rabbitmq_queue_env,
     remove_job_dir,
     submit,
     tms_parse,
@@ -182,13 +183,7 @@ async def test_vanilla_job_keeps_its_data_in_the_scratch_dir(
     the job's scratch dir, whose new files come back with the job's output."""
     await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", ["x", "y"])
     os.chown(pool_dir, SUBMITTER_UID, SUBMITTER_UID)
-    env = {
-        "EWMS_PILOT_QUEUE_INCOMING": f"{queue_name}-in",
-        "EWMS_PILOT_QUEUE_OUTGOING": f"{queue_name}-out",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": rabbitmq_address,
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": rabbitmq_address,
+    env = rabbitmq_queue_env(queue_name, rabbitmq_address) | {
         "EWMS_PILOT_CONTAINER_PLATFORM": "process",
         "EWMS_PILOT_TASK_ARGS": 'python3 -c "import sys; d=open(sys.argv[1]).read(); '
         "open(sys.argv[2],'w').write(d+d)\" <<INFILE>> <<OUTFILE>>",
