@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
+from ..resources.disk import disk_full_from_exit, disk_full_from_os_error
 from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
+    DiskFullError,
     FailurePatternError,
     InvalidDataForInfileException,
     ResultTooLargeError,
@@ -298,7 +300,8 @@ class TaskHandler:
         except TaskFailure as f:
             return Result.FAILED, None, f, tdir
         except OSError as e:
-            return Result.FAILED, None, TaskSetupError(f"{type(e).__name__}: {e}"), tdir
+            failure = disk_full_from_os_error(e, "staging the task") or TaskSetupError(f"{type(e).__name__}: {e}")
+            return Result.FAILED, None, failure, tdir
         except asyncio.CancelledError:
             log.warning("pilot is stopping: task stopped, event given back to the broker")
             return Result.CANCELLED, None, TaskCancelledError("stopped by the pilot's shutdown"), tdir
@@ -356,10 +359,10 @@ class TaskHandler:
     async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
         """Journal line and task-dir clean-up; a cancel here cannot undo the (threaded) write."""
         try:
+            if tdir is not None:  # first: on a full disk, freeing it lets the journal line be written
+                await self._cleanup(tdir, ok=outcome.ok, log=log, free=isinstance(outcome.failure, DiskFullError))
             if self.journal is not None:
                 await asyncio.to_thread(self.journal.append, outcome.record())
-            if tdir is not None:
-                await self._cleanup(tdir, ok=outcome.ok, log=log)
         except asyncio.CancelledError:
             pass
         except OSError as e:
@@ -372,11 +375,12 @@ class TaskHandler:
         except asyncio.CancelledError:
             log.warning("pilot is stopping: output dump cut short")
 
-    async def _cleanup(self, tdir: TaskDir, *, ok: bool, log: TaskLog) -> None:
+    async def _cleanup(self, tdir: TaskDir, *, ok: bool, log: TaskLog, free: bool = False) -> None:
+        """Remove the task's files after a success, keep them after a failure (unless `free`: disk full)."""
         cfg = self.env.cfg
         if ok and cfg.dump_task_output:
             await self._dump_outputs(tdir, log)
-        if ok and not cfg.keep_all_task_files:
+        if (ok or free) and not cfg.keep_all_task_files:
             try:
                 await asyncio.to_thread(tdir.remove)
             except OSError as e:
@@ -407,6 +411,8 @@ class TaskHandler:
                 log_max=cfg.task_log_max,
             )
         record.exit_code = outcome.exit_code
+        if outcome.log_error is not None:  # its output is incomplete: say why rather than judge by it
+            raise disk_full_from_os_error(outcome.log_error, "writing the task's output") or outcome.log_error
         apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
@@ -416,7 +422,9 @@ class TaskHandler:
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
             raise out_of_memory(
                 outcome.exit_code, tail, spec.memory_limit, killed_means_oom=killed_means_oom, apptainer=apptainer
-            ) or ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+            ) or disk_full_from_exit(outcome.exit_code, tail, apptainer=apptainer) or ContainerRunError.from_exit(
+                outcome.exit_code, tail, apptainer=apptainer
+            )
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
