@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses as dc
+import json
 import os
 import shlex
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from chirp_server import ChirpServer
-from mq_helpers import drain, publish
+from mq_helpers import drain, drain_with_headers, publish
 from pilot_proc import base_env, run_pilot
 
 # fails on "bad", copies the event otherwise (prints nothing secret: the task is not audited here)
@@ -90,6 +91,7 @@ def audit() -> Audit:
             "misnamed _SECRET": _canary("Sec"),
             "local-broker URL password": _canary("Local"),
             "host-less address password": _canary("NoHost"),
+            "task env API key": _canary("ApiKey"),
         }
     )
 
@@ -171,6 +173,58 @@ def test_success_and_task_failure_on_nats_with_token_url(
     assert journal and "task refused this event" in journal[0]  # the journal door is audited
     audit.assert_clean()
     assert "nats://***@127.0.0.1:4222" in audit.outputs["config --check stdout"]  # shown, masked
+
+
+# a task that fails by quoting its own secret on stderr (a client library printing its request)
+LEAKY_TASK = (
+    "import os, sys; d=open(sys.argv[1]).read()\n"
+    "if 'bad' in d: sys.exit('login refused for key ' + os.environ['API_KEY'])\n"
+    "open(sys.argv[2],'w').write(d)"
+)
+
+
+def test_broker_copies_of_a_failed_event_carry_no_secret(
+    audit: Audit, rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """(g) the error headers of a requeued and of a dead-lettered copy quote the task's stderr: masked.
+
+    A task prints its API key (a secret of EWMS_PILOT_TASK_ENV_JSON) and fails. The pilot's
+    copies of the event on RabbitMQ are read with their wire headers; a result's headers too.
+    """
+    key = audit.canaries["task env API key"]
+    q_in, q_out, q_dead = queue_name + "-in", queue_name + "-out", queue_name + "-dlq"
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=q_in, queue_out=q_out, data_dir=tmp_path,
+        task_args=shlex.join([sys.executable, "-c", LEAKY_TASK, "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={
+            "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": key}),
+            "EWMS_PILOT_QUEUE_DEADLETTER": q_dead,
+            "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
+            "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "1",
+        },
+    )
+    # 1: a first attempt fails -> requeued with its error (attempts 1), stop-on-error ends the run
+    asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad"]))
+    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true"})
+    audit.add("requeue run stderr", run.stderr)
+    assert run.returncode == 3, run.stderr[-3000:]
+    requeued = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_in))
+    # 2: the last attempt fails -> dead-lettered with its error; a good event's result beside it
+    asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad", "good"]))
+    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "1", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"})
+    audit.add("dead-letter run stderr", run.stderr)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dead = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_dead))
+    results = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_out))
+
+    copies = {"requeued copy": requeued, "dead-letter copy": dead}
+    for what, got in copies.items():
+        assert [data for data, _ in got] == ["bad"], (what, got)
+        [(_, headers)] = got
+        assert "login refused for key ***" in str(headers["ewms_pilot_error"]), (what, headers)  # said, masked
+        audit.add(f"{what} headers", json.dumps(headers))
+    assert results == [("good", {})]  # a result carries the task's output and no header of the pilot's
+    audit.assert_clean()
 
 
 def test_broker_errors_never_show_the_password(
