@@ -152,7 +152,7 @@ def test_get_max_takes_exactly_n(local: list[str]) -> None:
     _ok(queue_cli("put", *local, stdin=_lines([f"e{i}" for i in range(5)])))
     assert _get_all([*local, "--max", "2"], "5") == ["e0", "e1"]
     counts = json.loads(_ok(queue_cli("count", *local, "--json")))
-    assert counts == {"ready": 3, "in_flight": 0, "dead": 0}
+    assert counts == {"ready": 3, "in_flight": 0}
     assert _get_all(local, "0.3") == ["e2", "e3", "e4"]
 
 
@@ -164,11 +164,10 @@ def test_get_on_empty_queue_waits_timeout_then_ends(local: list[str]) -> None:
 
 def test_count_local_plain_and_json(local: list[str]) -> None:
     _ok(queue_cli("put", *local, stdin=b"1\n2\n"))
-    assert _ok(queue_cli("count", *local)).splitlines() == ["ready: 2", "in_flight: 0", "dead: 0"]
+    assert _ok(queue_cli("count", *local)).splitlines() == ["ready: 2", "in_flight: 0"]
     assert json.loads(_ok(queue_cli("count", *local, "--json"))) == {
         "ready": 2,
         "in_flight": 0,
-        "dead": 0,
     }
 
 

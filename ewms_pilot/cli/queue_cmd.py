@@ -96,7 +96,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
     count = cmds.add_parser(
         "count",
-        help="ready / in-flight / dead events (local queues only)",
+        help="ready / in-flight events (local queues only)",
     )
     _broker_args(count)
     count.add_argument("--json", action="store_true", help="print one JSON object")

@@ -53,4 +53,5 @@ def resources_line(cfg: PilotConfig) -> str:
 
     if cfg.slot is None:
         return "slot: not looked at"
-    return describe_use(cfg.slot, cfg.max_concurrent_tasks, cfg.task_memory, cfg.task_gpus)
+    line = describe_use(cfg.slot, cfg.max_concurrent_tasks, cfg.task_memory, cfg.task_gpus)
+    return line if cfg.lifetime_end is None else f"{line}; {cfg.lifetime_end.describe()}"

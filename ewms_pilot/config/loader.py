@@ -10,10 +10,12 @@ connected: a config error means nothing was consumed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..resources.lifetime import find_lifetime
 from ..resources.sizing import SizingError, size_tasks
 from ..resources.slot import discover
 from ..tasks.args import PLACEHOLDERS, split_args
@@ -276,7 +278,12 @@ def _resources(v: _Values, top: dict[str, Any]) -> None:
             LOGGER.warning(
                 "EWMS_PILOT_TASK_MEMORY is not enforced: apptainer needs root or cgroup v2 for --memory"
             )
-    top.update(max_concurrent_tasks=sizing.max_concurrent_tasks, task_memory=sizing.task_memory, slot=slot)
+    top.update(
+        max_concurrent_tasks=sizing.max_concurrent_tasks,
+        task_memory=sizing.task_memory,
+        slot=slot,
+        lifetime_end=find_lifetime(top["lifetime"], slot, time.time()),
+    )
 
 
 def load_config(

@@ -236,6 +236,18 @@ VARIABLES: tuple[EnvVar, ...] = (
         help="Largest outfile result published; a larger one fails the task (InvalidDataFromOutfileException)",
         field="max_result_bytes",
     ),
+    EnvVar(
+        name="EWMS_PILOT_LIFETIME",
+        type=OPT_SECONDS_GT0,
+        default="",
+        section="task resources",
+        help="Seconds this pilot may run (from its start). Under HTCondor the job ad's `OriginalTime` (set by EWMS) or "
+        "`AllowedJobDuration` counts too, from the job's start; the earlier end wins. No event is taken unless "
+        "EWMS_PILOT_TASK_TIMEOUT (else the longest task so far) plus 5 s fits in the time left; then the pilot "
+        "drains and exits 0, \"lifetime ending\"",
+        field="lifetime",
+        default_doc="the job ad's, else no limit",
+    ),
     *_container_vars("init", "init", "once before any event", " (empty: no init step)"),
     EnvVar(
         name="EWMS_PILOT_INIT_TIMEOUT",
