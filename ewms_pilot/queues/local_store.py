@@ -75,10 +75,14 @@ def check_address(address: str) -> Path:
             ADDRESS_VARIABLE, address, "a path to an SQLite database file (created on first use)"
         )
     path = Path(address).expanduser()
-    if path.is_dir():
-        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
     parent = path.parent
-    if not parent.is_dir():
+    try:
+        is_dir, parent_is_dir = path.is_dir(), parent.is_dir()
+    except OSError as e:  # a name too long for the filesystem (is_dir raises that one)
+        raise ConfigError(ADDRESS_VARIABLE, address, f"a usable file path ({e.strerror})") from None
+    if is_dir:
+        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
+    if not parent_is_dir:
         raise ConfigError(
             ADDRESS_VARIABLE, address, f"a file in an existing directory ({parent} does not exist)"
         )
