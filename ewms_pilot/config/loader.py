@@ -25,7 +25,7 @@ from .checks import check_loaded
 from .datadir import SCRATCH_VAR, scratch_dir
 from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig, TaskMode
 from .names import check_unknown_names, suggest, unknown_names
-from .redact import MASK, looks_secret, register_settings, scrub
+from .redact import MASK, MIN_SECRET_CHARS, looks_secret, redact_env_json, register_settings, scrub
 from .types import MAX_COUNT
 from .vacate import fit_grace, vacate_seconds
 from .variables import BY_NAME, VARIABLES, EnvVar
@@ -47,7 +47,7 @@ def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return scrub(raw)
+        return scrub(redact_env_json(name, raw))
     return raw
 
 
@@ -297,8 +297,13 @@ def load_config(
     wins over `environ`; the 1.x-compatible API passes its keyword arguments this way.
     Raises `ConfigError` for the first problem found.
     """
-    register_settings(environ)  # first: even the error about a setting must not show a secret
-    register_settings(overrides or {})
+    # first: even the error about a setting must not show a secret
+    for name in register_settings(environ) + register_settings(overrides or {}):
+        LOGGER.warning(
+            f"{name} holds a secret shorter than {MIN_SECRET_CHARS} characters: it is masked where the "
+            "pilot knows it stands (settings, addresses), but not searched for in other text "
+            "(e.g. a task's or a library's messages); use a longer one"
+        )
     given = _gather_text(environ, overrides or {})
     v = _Values(given, environ)
     check_unknown_names(environ, given, strict=v["EWMS_PILOT_STRICT_CONFIG"])
