@@ -397,8 +397,8 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
-        records = await asyncio.to_thread(self.journal.read, self.pilot_id)
-        print(render_summary(self.tally, request, records), flush=True)
+        runtimes = await asyncio.to_thread(self.journal.runtimes, self.pilot_id)
+        print(render_summary(self.tally, request, runtimes), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:
             LOGGER.warning(f"quarantine: sleeping {self.cfg.quarantine_time:g}s before exiting")
             await self.shutdown.wait_changed(self.cfg.quarantine_time)
