@@ -3,6 +3,13 @@
 # podman (with a config that works on this host's hybrid cgroups) and a tiny
 # Debian image with python3 for task containers.
 # Idempotent and quick when all is already in place; run as root.
+#
+# Self-healing, because runs get killed and the brokers are shared: a RabbitMQ
+# that accepts TCP but completes no AMQP login (seen with ~300 leftover quorum
+# queues) is restarted, and started on a fresh data dir if that does not help;
+# a policy expires test queues nobody used for TEST_QUEUE_IDLE_MS, and test
+# streams on NATS older than TEST_STREAM_MAX_AGE s are deleted, so queues of a
+# killed run never pile up (the session fixtures delete them on a normal end).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +18,14 @@ CONF="$ENV_DIR/containers.conf"
 IMAGE="localhost/ewms-pilot-test:bookworm"
 SUITE="bookworm"
 WAIT_SECONDS="${EWMS_TEST_ENV_WAIT:-90}"
+# Names of the queues tests create (tests/conftest.py `queue_name`: t + 16 hex;
+# tests/faults/conftest.py `new_queue`: f + 12 hex; both with suffixes; NATS
+# streams are `<name>-stream`); tests/test_environment.py checks the policy
+# reaches them.
+TEST_QUEUE_RE='^(t[0-9a-f]{16}|f[0-9a-f]{12})'
+TEST_QUEUE_IDLE_MS=600000 # 10 min unused: no test waits that long (pytest timeout 300 s)
+TEST_STREAM_MAX_AGE=1800  # s
+VPY="$REPO/.venv/bin/python" # pika and nats-py for the checks (scripts/test.sh makes it first)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 say() { echo "test-env: $*" >&2; }
@@ -23,9 +38,11 @@ die() {
 command -v python3 >/dev/null || die "python3 is needed for the broker probes"
 
 mkdir -p "$ENV_DIR"
-# Serialise concurrent runs (several engineers/CI may call this at once).
-exec 9>"$ENV_DIR/.lock"
-flock -w 900 9 || die "another scripts/test-env.sh has held $ENV_DIR/.lock for 15 min"
+# Serialise concurrent runs (several engineers/CI clones may call this at once: the
+# brokers and the image are the machine's, so the lock is too).
+LOCK="${EWMS_TEST_ENV_LOCK:-/tmp/ewms-test-env.lock}"
+exec 9>"$LOCK"
+flock -w 900 9 || die "another scripts/test-env.sh has held $LOCK for 15 min"
 
 # ---------------------------------------------------------------- packages
 PACKAGES=(rabbitmq-server nats-server podman runc debootstrap)
@@ -85,8 +102,8 @@ listening() { # port -> true when something accepts TCP on 127.0.0.1:port
     python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()' "$1" 2>/dev/null
 }
 
-wait_for() { # kind port name
-    local kind="$1" port="$2" name="$3" rc deadline=$((SECONDS + WAIT_SECONDS))
+answers_within() { # kind port seconds -> 0 once the probe answers, 1 when it never did
+    local kind="$1" port="$2" rc deadline=$((SECONDS + $3))
     while :; do
         rc=0
         probe "$kind" "$port" || rc=$?
@@ -94,9 +111,13 @@ wait_for() { # kind port name
         0) return 0 ;;
         3) die "a NATS server on 127.0.0.1:$port runs WITHOUT JetStream; stop it and rerun this script (it starts nats-server with -js)" ;;
         esac
-        ((SECONDS < deadline)) || die "$name did not answer on 127.0.0.1:$port within ${WAIT_SECONDS}s"
+        ((SECONDS < deadline)) || return 1
         sleep 1
     done
+}
+
+wait_for() { # kind port name
+    answers_within "$1" "$2" "$WAIT_SECONDS" || die "$3 did not answer on 127.0.0.1:$2 within ${WAIT_SECONDS}s"
 }
 
 if ! listening 5672; then
@@ -111,8 +132,72 @@ if ! listening 4222; then
         -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log 9>&- \
         || die "could not start nats-server (see /var/log/nats-server.log)"
 fi
-wait_for amqp 5672 RabbitMQ
 wait_for nats 4222 "NATS JetStream"
+
+# ---------------------------------------------------------------- broker health
+clients=0
+[[ -x "$VPY" ]] && "$VPY" -c 'import pika, nats' 2>/dev/null && clients=1
+have_clients() { ((clients)); }
+
+amqp_login() { # one real login + channel open (guest/guest) within 10 s
+    "$VPY" "$REPO/scripts/broker_checks.py" amqp-login 127.0.0.1 5672 10
+}
+
+amqp_login_within() { # SECONDS: log in, retrying until it works or SECONDS passed
+    local deadline=$((SECONDS + $1))
+    until amqp_login 2>/dev/null; do
+        ((SECONDS < deadline)) || return 1
+        sleep 2
+    done
+}
+
+rabbitmq_stop() { # stop the node; kill it when it does not answer (a hung node)
+    timeout 60 rabbitmqctl stop >/dev/null 2>&1 && return 0
+    local pidfile pid
+    for pidfile in /var/lib/rabbitmq/mnesia/*.pid; do
+        pid="$(cat "$pidfile" 2>/dev/null || true)"
+        if [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == beam.smp ]]; then
+            say "rabbitmqctl stop did not work: killing the node (pid $pid)"
+            kill -KILL "$pid" 2>/dev/null || true
+            while [[ -e "/proc/$pid" ]]; do sleep 0.5; done
+        fi
+    done
+}
+
+rabbitmq_start() {
+    rabbitmq-server -detached </dev/null >/dev/null 2>&1 9>&- || true
+}
+
+rabbitmq_usable() { # SECONDS: answers AMQP, and (with the clients) a login completes
+    answers_within amqp 5672 "$1" || return 1
+    ! have_clients || amqp_login_within "$1"
+}
+
+# a node that was just started (above) gets WAIT_SECONDS to boot
+if ! rabbitmq_usable "$WAIT_SECONDS"; then
+    have_clients && { amqp_login || true; } # its reason, once
+    say "RabbitMQ on 127.0.0.1:5672 is not usable (accepts TCP, no AMQP login within ${WAIT_SECONDS}s): restarting it"
+    rabbitmq_stop
+    rabbitmq_start
+    if ! rabbitmq_usable "$WAIT_SECONDS"; then
+        broken="/var/lib/rabbitmq/mnesia.broken-$(date +%s)"
+        say "RabbitMQ still not usable after a restart: starting it on a fresh data dir (old one: $broken)"
+        rabbitmq_stop
+        rm -rf /var/lib/rabbitmq/mnesia.broken-* # only the latest broken one is kept
+        [[ ! -d /var/lib/rabbitmq/mnesia ]] || mv /var/lib/rabbitmq/mnesia "$broken"
+        rabbitmq_start
+        rabbitmq_usable "$WAIT_SECONDS" || die "RabbitMQ is not usable even on a fresh data dir (see /var/log/rabbitmq/)"
+    fi
+fi
+rabbitmqctl set_policy --apply-to queues ewms-test-queues "$TEST_QUEUE_RE" \
+    "{\"expires\": $TEST_QUEUE_IDLE_MS}" >/dev/null || die "rabbitmqctl set_policy failed"
+if have_clients; then
+    swept="$("$VPY" "$REPO/scripts/broker_checks.py" sweep-nats nats://127.0.0.1:4222 \
+        "$TEST_QUEUE_RE.*-stream\$" "$TEST_STREAM_MAX_AGE")" || die "could not sweep leftover NATS test streams"
+    ((swept == 0)) || say "deleted $swept leftover NATS test stream(s) older than ${TEST_STREAM_MAX_AGE}s"
+else
+    say "no $VPY with pika and nats-py yet: no AMQP login check, no sweep of leftover NATS test streams"
+fi
 
 # ---------------------------------------------------------------- podman
 # crun fails on this host's hybrid cgroup layout; runc + cgroupfs work, and

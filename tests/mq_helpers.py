@@ -56,6 +56,17 @@ async def drain(
     return got
 
 
+async def drain_with_headers(broker_type: str, address: str, queue: str, timeout: float = 1) -> list[tuple[Any, dict[str, Any]]]:
+    """(data, headers) of every message until none arrives for `timeout` s: the headers as on the wire,
+    the pilot's own `ewms_pilot_*` included (the pilot's decode path strips those)."""
+    got: list[tuple[Any, dict[str, Any]]] = []
+    async with _queue(broker_type, address, queue, timeout).open_sub_manual_acking() as sub:
+        async for msg in sub.iter_messages():
+            got.append((msg.data, dict(msg.headers or {})))
+            await sub.ack(msg)
+    return got
+
+
 async def publish_raw(broker_type: str, address: str, queue: str, payloads: list[bytes]) -> None:
     """Put bytes that are NOT (necessarily) oms-mqclient messages straight into a queue."""
     if broker_type in ("local", "memory"):

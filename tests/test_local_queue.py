@@ -63,7 +63,7 @@ async def test_round_trip_keeps_data_headers_and_order(db: Path) -> None:
         await sub.ack(d)
     await sub.close()
     assert got == items
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}
 
 
 async def test_payload_is_mqclient_wire_format(db: Path) -> None:
@@ -127,7 +127,7 @@ async def test_ack_forgets_event_for_every_consumer(db: Path) -> None:
     other = await open_subscription(cfg, prefetch=1)
     assert await other.get(0.3) is None
     await other.close()
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}
 
 
 async def test_prefetch_limits_unacked_deliveries(db: Path) -> None:
@@ -139,7 +139,7 @@ async def test_prefetch_limits_unacked_deliveries(db: Path) -> None:
     start = time.monotonic()
     assert await sub.get(0.5) is None  # 3 events are ready, but 2 are unacked
     assert time.monotonic() - start >= 0.45
-    assert await local_counts(cfg) == {"ready": 3, "in_flight": 2, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 3, "in_flight": 2}
     await sub.ack(a)
     c = await sub.get(1)
     assert c is not None and c.data == 2
@@ -190,7 +190,7 @@ async def test_cancelled_get_never_strands_an_event(db: Path) -> None:
             d = await task
         except asyncio.CancelledError:
             await asyncio.sleep(0.05)  # the worker thread gives the claim back
-            assert await local_counts(cfg) == {"ready": 1, "in_flight": 0, "dead": 0}
+            assert await local_counts(cfg) == {"ready": 1, "in_flight": 0}
         else:
             assert d is not None
             await sub.release(d)
@@ -198,21 +198,6 @@ async def test_cancelled_get_never_strands_an_event(db: Path) -> None:
     d = await sub.get(1)
     assert d is not None and d.data == "x"
     await sub.close()
-
-
-async def test_dead_letter_parks_event(db: Path) -> None:
-    cfg = _cfg(db)
-    await _put(cfg, ["poison", "fine"])
-    sub = await LocalSubscription.open(cfg, prefetch=1)
-    d = await sub.get(1)
-    assert d is not None and d.data == "poison"
-    await sub.dead_letter(d, "failed 3 times")
-    d = await sub.get(1)
-    assert d is not None and d.data == "fine"
-    await sub.ack(d)
-    assert await sub.get(0.2) is None
-    await sub.close()
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 1}
 
 
 async def test_foreign_payload_is_handed_over_with_decode_error(db: Path) -> None:
@@ -267,9 +252,9 @@ async def test_expired_lease_returns_event_and_stale_ack_is_skipped(db: Path) ->
     assert d_other is not None and (d_other.data, d_other.delivery_count) == ("e", 2)
     # too late: not done, and said so; the event belongs to `other` now
     assert await slow.ack(d_slow) is Settlement.LEFT
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 1, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 1}
     await other.ack(d_other)
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}
     await slow.close()
     await other.close()
 
@@ -329,7 +314,7 @@ async def test_sigkilled_holder_events_come_back_quickly(db: Path) -> None:
     proc, taken = await asyncio.to_thread(_start_holder, db, "in", 3, 30.0)
     try:
         assert taken == [0, 1, 2]
-        assert await local_counts(cfg) == {"ready": 2, "in_flight": 3, "dead": 0}
+        assert await local_counts(cfg) == {"ready": 2, "in_flight": 3}
         os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie must count as dead too
         start = time.monotonic()
         sub = await open_subscription(cfg, prefetch=5)
@@ -419,7 +404,7 @@ async def test_four_processes_drain_500_events_exactly_once(db: Path) -> None:
     assert sorted(delivered) == list(range(500))  # every event, none twice
     assert all(count == 1 for rows in per_proc for _, count in rows)
     assert sum(1 for rows in per_proc if rows) >= 3  # really concurrent
-    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0, "dead": 0}
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}
 
 
 # --------------------------------------------------------------------------- liveness
@@ -542,8 +527,8 @@ async def test_concurrent_results_and_acks_commit_together(db: Path) -> None:
         await sub.close()
     assert settlements == [Settlement.ACKED] * 8
     assert published <= 2 and acked <= 2, (published, acked)
-    assert await local_counts(cfg_in) == {"ready": 0, "in_flight": 0, "dead": 0}
-    assert await local_counts(cfg_out) == {"ready": 8, "in_flight": 0, "dead": 0}
+    assert await local_counts(cfg_in) == {"ready": 0, "in_flight": 0}
+    assert await local_counts(cfg_out) == {"ready": 8, "in_flight": 0}
 
 
 async def test_one_unencodable_result_fails_alone(db: Path) -> None:
@@ -555,4 +540,4 @@ async def test_one_unencodable_result_fails_alone(db: Path) -> None:
         await pub.close()
     assert sent[0] is None and sent[2] is None
     assert isinstance(sent[1], BrokerError) and "publishing to local queue" in str(sent[1])
-    assert await local_counts(_cfg(db, "out")) == {"ready": 2, "in_flight": 0, "dead": 0}
+    assert await local_counts(_cfg(db, "out")) == {"ready": 2, "in_flight": 0}

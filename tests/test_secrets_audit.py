@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses as dc
+import json
 import os
 import shlex
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from chirp_server import ChirpServer
-from mq_helpers import drain, publish
+from mq_helpers import drain, drain_with_headers, publish
 from pilot_proc import base_env, run_pilot
 
 # fails on "bad", copies the event otherwise (prints nothing secret: the task is not audited here)
@@ -90,6 +91,7 @@ def audit() -> Audit:
             "misnamed _SECRET": _canary("Sec"),
             "local-broker URL password": _canary("Local"),
             "host-less address password": _canary("NoHost"),
+            "task env API key": _canary("ApiKey"),
         }
     )
 
@@ -171,6 +173,58 @@ def test_success_and_task_failure_on_nats_with_token_url(
     assert journal and "task refused this event" in journal[0]  # the journal door is audited
     audit.assert_clean()
     assert "nats://***@127.0.0.1:4222" in audit.outputs["config --check stdout"]  # shown, masked
+
+
+# a task that fails by quoting its own secret on stderr (a client library printing its request)
+LEAKY_TASK = (
+    "import os, sys; d=open(sys.argv[1]).read()\n"
+    "if 'bad' in d: sys.exit('login refused for key ' + os.environ['API_KEY'])\n"
+    "open(sys.argv[2],'w').write(d)"
+)
+
+
+def test_broker_copies_of_a_failed_event_carry_no_secret(
+    audit: Audit, rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """(g) the error headers of a requeued and of a dead-lettered copy quote the task's stderr: masked.
+
+    A task prints its API key (a secret of EWMS_PILOT_TASK_ENV_JSON) and fails. The pilot's
+    copies of the event on RabbitMQ are read with their wire headers; a result's headers too.
+    """
+    key = audit.canaries["task env API key"]
+    q_in, q_out, q_dead = queue_name + "-in", queue_name + "-out", queue_name + "-dlq"
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=q_in, queue_out=q_out, data_dir=tmp_path,
+        task_args=shlex.join([sys.executable, "-c", LEAKY_TASK, "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={
+            "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": key}),
+            "EWMS_PILOT_QUEUE_DEADLETTER": q_dead,
+            "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
+            "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "1",
+        },
+    )
+    # 1: a first attempt fails -> requeued with its error (attempts 1), stop-on-error ends the run
+    asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad"]))
+    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true"})
+    audit.add("requeue run stderr", run.stderr)
+    assert run.returncode == 3, run.stderr[-3000:]
+    requeued = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_in))
+    # 2: the last attempt fails -> dead-lettered with its error; a good event's result beside it
+    asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad", "good"]))
+    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "1", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"})
+    audit.add("dead-letter run stderr", run.stderr)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dead = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_dead))
+    results = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_out))
+
+    copies = {"requeued copy": requeued, "dead-letter copy": dead}
+    for what, got in copies.items():
+        assert [data for data, _ in got] == ["bad"], (what, got)
+        [(_, headers)] = got
+        assert "login refused for key ***" in str(headers["ewms_pilot_error"]), (what, headers)  # said, masked
+        audit.add(f"{what} headers", json.dumps(headers))
+    assert results == [("good", {})]  # a result carries the task's output and no header of the pilot's
+    audit.assert_clean()
 
 
 def test_broker_errors_never_show_the_password(
@@ -300,3 +354,66 @@ def test_consume_and_reply_exceptions_and_logs(
     if case == "no host":
         assert "EXC" in res.stdout, res.stdout + res.stderr[-2000:]
     audit.assert_clean()
+
+
+def test_short_secrets_are_masked_where_their_place_is_known(
+    nats_address: str, rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """(h) secrets of 1-3 characters: too short to hunt in free text (docs: README "Secrets"), but never
+    shown where the pilot knows them: the banner, an address, argv, chirp and the journal, on a run that
+    works and fails a task and on one the broker refuses."""
+    short = Audit(
+        {
+            "NATS URL token": "Zk~",
+            "auth token": "Zx~",
+            "task env API key": "Ak~",
+            "misnamed _PASSWORD": "Pw~",
+            "amqp password": "Qj^",
+        }
+    )
+    c = short.canaries
+    common = {
+        "EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN": c["auth token"],
+        "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": c["task env API key"], "MODE": "fast"}),
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_PASSWORD": c["misnamed _PASSWORD"],
+        "EWMS_PILOT_CL_LOG": "DEBUG",
+        "EWMS_PILOT_CL_LOG_THIRD_PARTY": "DEBUG",
+        "EWMS_PILOT_HTCHIRP": "true",
+        "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.1",
+        "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
+        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
+        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "1",
+        "EWMS_PILOT_RECONNECT_DEADLINE": "2",
+    }
+    task = shlex.join([sys.executable, "-c", TASK, "<<INFILE>>", "<<OUTFILE>>"])
+    asyncio.run(publish("nats", nats_address, queue_name + "-in", ["good", "bad"]))
+    runs = {
+        "nats": ("nats", f"nats://{c['NATS URL token']}@127.0.0.1:4222", 0),
+        "refused": ("rabbitmq", f"amqp://guest:{c['amqp password']}@{rabbitmq_address}", 5),
+    }
+    for name, (broker, address, expected) in runs.items():
+        data = tmp_path / name
+        data.mkdir()
+        with ChirpServer(data) as server:
+            env = base_env(
+                broker_type=broker, address=address, queue_in=queue_name + "-in", queue_out=queue_name + "-out",
+                data_dir=data, task_args=task, extra=common,
+            )
+            env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+            if broker == "rabbitmq":
+                env.pop("EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN")  # the address's own password is refused
+            assert _cli(short, f"{name} config --check", ["config", "--check"], env) == 0
+            assert _run(short, name, env, data, server) == expected, short.outputs[f"{name} stderr"][-3000:]
+    # a config error quoting the variable holding one
+    bad = {**env, "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": c["task env API key"], "NO NAME": "x"})}
+    assert _cli(short, "bad env json", ["config", "--check"], bad) == 2
+    assert "EWMS_PILOT_TASK_ENV_JSON" in short.outputs["bad env json stderr"]
+    # the operator is told which settings hold one (by name)
+    for name in ("EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN", "EWMS_PILOT_TASK_ENV_JSON:API_KEY",
+                 "EWMS_PILOT_QUEUE_OUTGOING_BROKER_PASSWORD", "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS"):
+        assert f"{name} holds a secret shorter than 4 characters" in short.outputs["nats stderr"] + short.outputs[
+            "refused stderr"], name
+    assert "HTChirpEWMSPilotError" in short.outputs["nats chirp"]  # the task failure went out through chirp
+    assert any(k.endswith(".jsonl") for k in short.outputs)
+    assert '"MODE": "fast"' in short.outputs["nats config --check stdout"]  # the rest of the value is shown
+    short.assert_clean()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .model import PilotConfig
-from .redact import MASK, redact_url
+from .redact import MASK, redact_env_json, redact_url
 from .variables import VARIABLES
 
 
@@ -20,6 +20,7 @@ def _shown(name: str, text: str, secret: bool) -> str:
         return MASK if text else ""
     if name.endswith("_ADDRESS"):
         text = redact_url(text)
+    text = redact_env_json(name, text)
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -52,4 +53,5 @@ def resources_line(cfg: PilotConfig) -> str:
 
     if cfg.slot is None:
         return "slot: not looked at"
-    return describe_use(cfg.slot, cfg.max_concurrent_tasks, cfg.task_memory, cfg.task_gpus)
+    line = describe_use(cfg.slot, cfg.max_concurrent_tasks, cfg.task_memory, cfg.task_gpus)
+    return line if cfg.lifetime_end is None else f"{line}; {cfg.lifetime_end.describe()}"

@@ -7,6 +7,7 @@ import enum
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..resources.lifetime import Lifetime
 from ..resources.slot import Slot
 from ..tasks.io import DEFAULT_MAX_RESULT_BYTES
 
@@ -101,6 +102,10 @@ class PilotConfig:
     task_gpus: int = 0
     task_log_max: int | None = 16 * 2**20  # bytes kept of each of a task's stdout/stderr; None = all
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    # bytes free where task dirs live to take an event; `auto` is resolved at load from the slot's
+    # disk (outside HTCondor: the free space then, which changes: not compared)
+    min_free_disk: int | None = dc.field(default=None, compare=False)
+    lifetime: float | None = None  # EWMS_PILOT_LIFETIME seconds; the end found at load: `lifetime_end`
     stop_listening_on_task_error: bool = True
     okay_errors: frozenset[str] = frozenset()
     quarantine_time: float = 0.0
@@ -129,6 +134,8 @@ class PilotConfig:
 
     # found at load, not configured: what the slot has (free disk changes: not compared)
     slot: Slot | None = dc.field(default=None, compare=False)
+    # when the pilot's time is up (EWMS_PILOT_LIFETIME or the job ad; resources/lifetime.py)
+    lifetime_end: Lifetime | None = dc.field(default=None, compare=False)
 
     @property
     def data_dir(self) -> Path:

@@ -25,9 +25,11 @@ from ..config.model import PilotConfig, TaskMode
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
 from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..queues.factory import open_publisher, open_subscription
+from ..resources.disk import DiskWatch
+from ..resources.lifetime import END_RESERVE, expected_task_seconds, task_fits
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
-from ..tasks.errors import TaskFailure
+from ..tasks.errors import DiskFullError, TaskFailure
 from ..tasks.taskdir import prepare_data_dir
 from ..warm.pool import WarmPool
 from .health import BrokerHealth
@@ -74,6 +76,10 @@ class Pilot:
         self._last_activity = time.monotonic()
         self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
         self.journal = Journal(journal_path(cfg.data_dir_parent))
+        self.disk = DiskWatch(cfg.data_dir, cfg.min_free_disk)  # free space where task dirs live
+        # the lifetime's end on the monotonic clock (a wall-clock step must not move it)
+        end = cfg.lifetime_end
+        self._lifetime_end = None if end is None else time.monotonic() + end.ends_at - time.time()
 
     # -- control ------------------------------------------------------------
 
@@ -175,6 +181,12 @@ class Pilot:
         got_first = False
         while self.stop_request is None:
             self._check_brokers()
+            if self._lifetime_ending():
+                break
+            if self._disk_short():
+                if self.stop_request is None:
+                    await self._wait_for_slot()  # a task ending may free space
+                continue
             if self.tally.running >= self.cfg.max_concurrent_tasks:
                 await self._wait_for_slot()
                 continue
@@ -199,7 +211,7 @@ class Pilot:
                 continue
             if delivery is None:
                 continue
-            if self.stop_request is not None:  # arrived while we were told to stop
+            if self.stop_request is not None or self._lifetime_ending():  # arrived too late to run
                 await self._critical.run(_give_back(sub, delivery))
                 break
             if not got_first:
@@ -208,6 +220,41 @@ class Pilot:
             self._start(handler, delivery)
         if self._running:
             self._set_state(PilotState.PENDING_REMAINING)
+
+    def _lifetime_ending(self) -> bool:
+        """True (and the stop requested) once one more task would not end within the lifetime.
+
+        Running tasks get until the lifetime's end, less the pilot's own ending (one deadline).
+        """
+        if self._lifetime_end is None:
+            return False
+        left = self._lifetime_end - time.monotonic()
+        expected = expected_task_seconds(self.cfg.task.timeout, self.tally.longest_runtime)
+        if task_fits(left, expected):
+            return False
+        assert self.cfg.lifetime_end is not None
+        basis = "EWMS_PILOT_TASK_TIMEOUT" if self.cfg.task.timeout is not None else "the longest task so far"
+        self.request_stop(StopRequest(
+            StopCause.LIFETIME,
+            f"lifetime ending: {max(left, 0):.0f}s left of {self.cfg.lifetime_end.describe()}; a task takes up to "
+            f"{expected:.0f}s ({basis})",
+            grace=max(left - END_RESERVE, 0.0),
+        ))
+        return True
+
+    def _disk_short(self) -> bool:
+        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK: no event is taken.
+
+        With no task running nothing of this pilot's can free it (a fresh reading
+        confirms): the pilot ends, its events left on the queue.
+        """
+        short = self.disk.short()
+        if short is not None and not self._running:
+            short = self.disk.short(fresh=True)  # the last task's files may be gone just now
+            if short is not None:
+                self.chirp.set_error(DiskFullError(short))
+                self.request_stop(StopRequest(StopCause.DISK_FULL, f"disk full: {short}"))
+        return short is not None
 
     def _check_brokers(self) -> None:
         """Raise `BrokerError` once a broker has been failing for longer than the reconnect deadline."""
@@ -392,6 +439,7 @@ class Pilot:
     async def _finish(self, request: StopRequest) -> None:
         final = {
             StopCause.QUEUE_EMPTY: PilotState.DONE,
+            StopCause.LIFETIME: PilotState.DONE,
             StopCause.SIGNAL: PilotState.EVICTED,
         }.get(request.cause, PilotState.FATAL)
         self._set_state(final)

@@ -1,6 +1,6 @@
 """Why a pilot stops, and the one controller that turns every stop cause into one deadline.
 
-Every cause (signal, stop-on-error, broker lost, fatal error, empty queue)
+Every cause (signal, stop-on-error, broker lost, fatal error, empty queue, lifetime)
 is a `StopRequest`. The `Shutdown` controller keeps the request that decides
 the exit code and ONE deadline: `now + grace` at the first request that
 carries a grace; a later request can only move it earlier (a second signal:
@@ -31,6 +31,7 @@ class StopCause(str, enum.Enum):
     """The kinds of ending; each maps to one exit code."""
 
     QUEUE_EMPTY = "queue-empty"  # normal end
+    LIFETIME = "lifetime"  # normal end: no task fits in the time left (resources/lifetime.py)
     TASK_ERRORS = "task-errors"  # stop-on-error tripped
     SIGNAL = "signal"  # eviction / Ctrl-C
     BROKER = "broker"  # connection lost past its deadline
@@ -38,10 +39,12 @@ class StopCause(str, enum.Enum):
     CONFIG = "config"  # a setting found invalid only when used (e.g. the local queue's path)
     FATAL = "fatal"  # unexpected exception
     RUNTIME = "runtime"  # container runtime / image unusable on this node
+    DISK_FULL = "disk-full"  # below EWMS_PILOT_MIN_FREE_DISK, and no running task to free any
 
 
 EXIT_CODES = {
     StopCause.QUEUE_EMPTY: ExitCode.OK,
+    StopCause.LIFETIME: ExitCode.OK,
     StopCause.TASK_ERRORS: ExitCode.TASK_FAILED,
     StopCause.SIGNAL: ExitCode.EVICTED,
     StopCause.BROKER: ExitCode.BROKER,
@@ -49,6 +52,7 @@ EXIT_CODES = {
     StopCause.CONFIG: ExitCode.CONFIG,
     StopCause.FATAL: ExitCode.INTERNAL,
     StopCause.RUNTIME: ExitCode.RUNTIME_UNAVAILABLE,
+    StopCause.DISK_FULL: ExitCode.DISK_FULL,
 }
 
 

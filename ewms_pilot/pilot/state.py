@@ -34,10 +34,12 @@ class Tally:
     results: Counter[Result] = dc.field(default_factory=Counter)
     settlements: Counter[Settlement] = dc.field(default_factory=Counter)
     started_at: float = dc.field(default_factory=time.monotonic)
+    longest_runtime: float = 0.0  # s: the longest event handling so far (what the lifetime must still fit)
 
     def add(self, outcome: Outcome) -> None:
         self.results[outcome.result] += 1
         self.settlements[outcome.settlement] += 1
+        self.longest_runtime = max(self.longest_runtime, outcome.runtime)
 
     @property
     def finished(self) -> int:

@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
+from ..resources.disk import disk_full_from_exit, disk_full_from_os_error
 from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
+    DiskFullError,
     FailurePatternError,
     InvalidDataForInfileException,
     ResultTooLargeError,
@@ -70,21 +72,22 @@ def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
 def _settle_files(
     journal: Journal | None, record: dict[str, Any], tdir: TaskDir | None
 ) -> tuple[OSError | None, OSError | None]:
-    """One trip to a thread after the settle: the journal line, then the task dir removed (if given).
+    """One trip to a thread after the settle: the task dir removed (if given), then the journal line.
 
+    Removal first: on a full disk, freeing it lets the journal line be written.
     Returns (journal error, removal error), for the caller to log.
     """
     journal_error = remove_error = None
-    if journal is not None:
-        try:
-            journal.append(record)
-        except OSError as e:
-            journal_error = e
     if tdir is not None:
         try:
             tdir.remove()
         except OSError as e:
             remove_error = e
+    if journal is not None:
+        try:
+            journal.append(record)
+        except OSError as e:
+            journal_error = e
     return journal_error, remove_error
 
 
@@ -331,7 +334,8 @@ class TaskHandler:
             return Result.FAILED, None, f, tdir
         except OSError as e:
             tdir = tdir or (made[0] if made else None)
-            return Result.FAILED, None, TaskSetupError(f"{type(e).__name__}: {e}"), tdir
+            failure = disk_full_from_os_error(e, "staging the task") or TaskSetupError(f"{type(e).__name__}: {e}")
+            return Result.FAILED, None, failure, tdir
         except asyncio.CancelledError:
             log.warning("pilot is stopping: task stopped, event given back to the broker")
             tdir = tdir or (made[0] if made else None)
@@ -391,7 +395,8 @@ class TaskHandler:
     async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
         """Journal line and task-dir clean-up, in one trip to a thread; a cancel cannot undo the write."""
         cfg = self.env.cfg
-        remove = tdir is not None and outcome.ok and not cfg.keep_all_task_files
+        free = isinstance(outcome.failure, DiskFullError)  # a full disk: a failed task's files go too
+        remove = tdir is not None and (outcome.ok or free) and not cfg.keep_all_task_files
         try:
             if tdir is not None and outcome.ok and cfg.dump_task_output:
                 await self._dump_outputs(tdir, log)
@@ -404,7 +409,7 @@ class TaskHandler:
             log.warning(f"could not write the journal record: {journal_error}")
         if remove_error is not None and tdir is not None:
             log.warning(f"could not remove task files in {tdir.files_at}: {remove_error}")
-        if tdir is not None and not outcome.ok:
+        if tdir is not None and not outcome.ok and not remove:
             log.info(f"task files kept in {tdir.files_at}")
 
     async def _dump_unless_cancelled(self, tdir: TaskDir, log: TaskLog) -> None:
@@ -434,6 +439,8 @@ class TaskHandler:
                 log_max=cfg.task_log_max,
             )
         record.exit_code = outcome.exit_code
+        if outcome.log_error is not None:  # its output is incomplete: say why rather than judge by it
+            raise disk_full_from_os_error(outcome.log_error, "writing the task's output") or outcome.log_error
         apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
@@ -443,7 +450,9 @@ class TaskHandler:
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
             raise out_of_memory(
                 outcome.exit_code, tail, spec.memory_limit, killed_means_oom=killed_means_oom, apptainer=apptainer
-            ) or ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+            ) or disk_full_from_exit(outcome.exit_code, tail, apptainer=apptainer) or ContainerRunError.from_exit(
+                outcome.exit_code, tail, apptainer=apptainer
+            )
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)

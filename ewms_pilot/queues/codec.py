@@ -4,6 +4,9 @@ The wire format is oms-mqclient's (`Message.serialize`: zstd JSON with `data`
 and `headers`). The pilot keeps its own bookkeeping in headers with one prefix
 (`ewms_pilot_`): they are read here and stripped, so a task and a dead-letter
 consumer see the event's own headers, and a requeued copy carries the count.
+The pilot's headers are a door out like any other: their text (a task's
+stderr in the error) is scrubbed of secrets here, where they are made. The
+event's own data and headers pass through unchanged: they are not the pilot's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from mqclient.broker_client_interface import Message
 
+from ..config.redact import scrub
 from .base import Delivery
 
 LOGGER = logging.getLogger(__name__)
@@ -71,11 +75,16 @@ def decode(msg_id: str, payload: bytes, delivery_count: int | None, raw: Any = N
     )
 
 
+def _own(headers: dict[str, Any]) -> dict[str, Any]:
+    """The pilot's own headers, their text scrubbed of secrets."""
+    return {k: scrub(v) if isinstance(v, str) else v for k, v in headers.items()}
+
+
 def requeued_payload(delivery: Delivery, error: str, error_type: str) -> bytes:
     """The copy a failed attempt puts back: same data and own headers, attempts+1, last error."""
     if delivery.decode_error is not None:
         raise ValueError(f"event {delivery.msg_id} is undecodable: it cannot carry an attempt count")
-    return encode(delivery.data, {**delivery.headers, ATTEMPTS: delivery.attempts + 1, ERROR: error, ERROR_TYPE: error_type})
+    return encode(delivery.data, {**delivery.headers, **_own({ATTEMPTS: delivery.attempts + 1, ERROR: error, ERROR_TYPE: error_type})})
 
 
 def dead_letter_headers(
@@ -84,13 +93,16 @@ def dead_letter_headers(
     """Headers of the dead-letter copy: the event's own plus the pilot's (an undecodable payload kept)."""
     headers = {
         **delivery.headers,
-        ATTEMPTS: attempts,
-        ERROR: error,
-        ERROR_TYPE: error_type,
-        DELIVERIES: delivery.delivery_count,
-        PILOT_ID: pilot_id,
+        **_own({
+            ATTEMPTS: attempts,
+            ERROR: error,
+            ERROR_TYPE: error_type,
+            DELIVERIES: delivery.delivery_count,
+            PILOT_ID: pilot_id,
+        }),
     }
     if delivery.decode_error is not None:
-        headers[DECODE_ERROR] = delivery.decode_error
+        headers.update(_own({DECODE_ERROR: delivery.decode_error}))
+        # the event's own bytes, as they came (not the pilot's text: kept unchanged)
         headers[RAW_PAYLOAD_B64] = base64.b64encode((delivery.raw_payload or b"")[:RAW_PAYLOAD_KEEP]).decode()
     return headers

@@ -292,10 +292,6 @@ class LocalSubscription(Subscription):
 
         return await self._settle(delivery, "requeue", Settlement.REQUEUED, _requeue)
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> Settlement:
-        """Park the event for good (counted as `dead`, never redelivered)."""
-        return await self._settle(delivery, "dead-letter", Settlement.DEAD_LETTERED, self._store.dead_letter, reason)
-
     # ----------------------------------------------------------- lease / close
 
     async def _renew_forever(self) -> None:
@@ -392,5 +388,5 @@ def _counts(cfg: BrokerConfig) -> dict[str, int]:
 
 
 async def local_counts(cfg: BrokerConfig) -> dict[str, int]:
-    """{"ready": n, "in_flight": n, "dead": n} for `cfg.queue` (releases dead holders' events first)."""
+    """{"ready": n, "in_flight": n} for `cfg.queue` (releases dead holders' events first)."""
     return await asyncio.to_thread(_counts, cfg)

@@ -7,7 +7,9 @@ for anything that reads-then-writes, a busy timeout for the rest).
 
 Tables:
   events(id, queue, payload, state, holder, delivery_count, enqueued_at, dead_reason)
-      state is 'ready' | 'in_flight' | 'dead'; `holder` is set only while in flight.
+      state is 'ready' | 'in_flight'; `holder` is set only while in flight. ('dead' and
+      `dead_reason` stay in file format 1 but are never written: a dead-lettered event is
+      published to the pilot's dead-letter queue, a queue like any other.)
   holders(id, queue, machine, pid, start, lease_until)
       one row per live subscription that holds (or held) events; the lease is
       on the holder, so renewing it is one row update however many events it holds.
@@ -73,10 +75,14 @@ def check_address(address: str) -> Path:
             ADDRESS_VARIABLE, address, "a path to an SQLite database file (created on first use)"
         )
     path = Path(address).expanduser()
-    if path.is_dir():
-        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
     parent = path.parent
-    if not parent.is_dir():
+    try:
+        is_dir, parent_is_dir = path.is_dir(), parent.is_dir()
+    except OSError as e:  # a name too long for the filesystem (is_dir raises that one)
+        raise ConfigError(ADDRESS_VARIABLE, address, f"a usable file path ({e.strerror})") from None
+    if is_dir:
+        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
+    if not parent_is_dir:
         raise ConfigError(
             ADDRESS_VARIABLE, address, f"a file in an existing directory ({parent} does not exist)"
         )
@@ -339,20 +345,6 @@ class LocalStore:
 
         return bool(self._write(_txn))
 
-    def dead_letter(self, claim: Claimed, holder: str, reason: str) -> bool:
-        """Park the event as dead (never redelivered); False when the claim was lost."""
-        return (
-            self._one(
-                f"UPDATE events SET state = '{DEAD}', holder = NULL, dead_reason = ? "
-                f"WHERE {self._MINE}",
-                reason,
-                claim.id,
-                holder,
-                claim.delivery_count,
-            )
-            == 1
-        )
-
     def renew(self, holder: str, lease: float) -> bool:
         """Extend the holder's lease; False when it was already swept (its events released)."""
         return (
@@ -379,11 +371,11 @@ class LocalStore:
     # ----------------------------------------------------------------- count
 
     def counts(self) -> dict[str, int]:
-        """ready / in_flight / dead for this queue, after releasing dead holders' events."""
+        """ready / in_flight for this queue, after releasing dead holders' events."""
 
         def _txn() -> dict[str, int]:
             self._sweep(time.time())
-            out = {READY: 0, IN_FLIGHT: 0, DEAD: 0}
+            out = {READY: 0, IN_FLIGHT: 0}
             for state, n in self._conn.execute(
                 "SELECT state, count(*) FROM events WHERE queue = ? GROUP BY state",
                 (self.queue,),

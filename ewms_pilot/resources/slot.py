@@ -41,6 +41,11 @@ class Slot:
     disk_bytes: int | None
     gpus: tuple[str, ...]
     source: str  # where the numbers come from, for the start line
+    # the job's walltime from its ad (`WALLTIME_ATTRS`): seconds, and
+    # the epoch the job started (JobCurrentStartDate), None when the ad does not say
+    walltime: float | None = None
+    walltime_source: str = ""
+    job_started: float | None = None
 
     def describe(self) -> str:
         """`4 CPUs, 8.0 GiB memory, 20.0 GiB disk, GPUs CUDA0,CUDA1 (HTCondor machine ad)`."""
@@ -111,6 +116,22 @@ def gpu_ids(text: str) -> tuple[str, ...]:
     """Device ids from `AssignedGPUs` / `CUDA_VISIBLE_DEVICES` text; HTCondor's "no GPU" is none."""
     ids = tuple(g for g in re.split(r"[,\s]+", text.strip()) if g)
     return () if not ids or any(g in NO_GPU_IDS for g in ids) else ids
+
+
+#: walltime attributes of a job ad, seconds: EWMS's task-management service submits every pilot
+#: with `+OriginalTime = <max worker runtime>` (the OSG convention for a job's time limit);
+#: `AllowedJobDuration` (submit: `allowed_job_duration`) is HTCondor's own, the job is held past it
+WALLTIME_ATTRS = ("OriginalTime", "AllowedJobDuration")
+JOB_START_ATTR = "JobCurrentStartDate"  # epoch seconds this run of the job started
+
+
+def job_walltime(job: Mapping[str, object]) -> tuple[float | None, str]:
+    """The shortest walltime the job ad sets (positive literal seconds), with its attribute's name."""
+    found = [(n, name) for name in WALLTIME_ATTRS if (n := _number(job, name))]
+    if not found:
+        return None, ""
+    seconds, name = min(found)
+    return seconds, f"job ad {name}"
 
 
 # -- outside HTCondor ----------------------------------------------------------------
@@ -223,12 +244,16 @@ def discover(
         assigned = machine.get("assignedgpus")
         gpus = gpu_ids(assigned) if isinstance(assigned, str) else gpu_ids(environ.get("CUDA_VISIBLE_DEVICES", ""))
         source = "HTCondor machine ad" if machine else "HTCondor job ad"
+        walltime, walltime_source = job_walltime(job)
         return Slot(
             cpus=max(1, int(cpus)) if cpus else affinity,
             memory_bytes=int(memory_mb * 2**20) if memory_mb else None,
             disk_bytes=int(disk_kb * 1024) if disk_kb else _host_disk(disk_path),
             gpus=gpus,
             source=source,
+            walltime=walltime,
+            walltime_source=walltime_source,
+            job_started=_number(job, JOB_START_ATTR) if walltime is not None else None,
         )
     quota_cpus, memory = _cgroup_limits(cgroup_root, proc_cgroup)
     cpus = affinity if quota_cpus is None else max(1, min(affinity, math.floor(quota_cpus)))

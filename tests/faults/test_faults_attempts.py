@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mq_helpers import drain, publish
+from mq_helpers import drain, drain_with_headers, publish
 from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
 
 PY = sys.executable
@@ -114,18 +114,6 @@ TOO_LARGE = (
 )
 
 
-async def _take_with_headers(address: str, queue: str) -> list[tuple[object, dict[str, object]]]:
-    import mqclient
-
-    got = []
-    q = mqclient.Queue("nats", address=address, name=queue, timeout=1, except_errors=False)
-    async with q.open_sub_manual_acking() as sub:
-        async for msg in sub.iter_messages():
-            got.append((msg.data, dict(msg.headers or {})))
-            await sub.ack(msg)
-    return got
-
-
 def test_a_result_too_large_for_nats_is_dead_lettered(
     nats_address: str, queue_name: str, tmp_path: Path, record: Any
 ) -> None:
@@ -138,7 +126,7 @@ def test_a_result_too_large_for_nats_is_dead_lettered(
                EWMS_PILOT_QUEUE_DEADLETTER=queue_name + "d", EWMS_PILOT_RECONNECT_DEADLINE="20")
     run = run_pilot(env, timeout=90)
     n_runs = len(runs.read_text().split())
-    dead = asyncio.run(_take_with_headers(nats_address, queue_name + "d"))
+    dead = asyncio.run(drain_with_headers("nats", nats_address, queue_name + "d"))
     record.add(
         case="4 MB result, outgoing NATS (max_payload 1 MB), MAX_DELIVERIES 2 + DLQ",
         broker="nats", point="publish", events=1, outputs=0, duplicates=0, lost=1 - len(dead),

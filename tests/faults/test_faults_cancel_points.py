@@ -19,7 +19,7 @@ import pytest
 from memory_pilot import ECHO, FAIL, Queues, journal, memory_config, new_queues, put, take
 
 from ewms_pilot.errors import BrokerError
-from ewms_pilot.pilot import scheduler
+from ewms_pilot.pilot import scheduler, task_handler
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
 from ewms_pilot.queues import codec
@@ -344,3 +344,35 @@ def test_a_failed_dead_lettering_is_not_counted(
     _row(record, "dead-lettering fails", rec, 0, len(left))
     assert (rec["settlement"], rec["dead_lettered"]) == ("released", False)
     assert pilot.tally.dead_lettered == 0 and [(d.data, d.attempts) for d in left] == [("e1", 2)]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["dump-finishes", "dump-hangs"])
+def test_cancel_during_the_output_dump(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finishes: bool, record: Any
+) -> None:
+    """Issue 10 item 5d: a stop while a failed task's output is dumped to the log skipped settling."""
+    cfg = memory_config(queues, tmp_path, FAIL)
+    gate = Gate()
+    dump = task_handler.TaskHandler._dump_outputs
+
+    async def gated_dump(self: task_handler.TaskHandler, tdir: Any, log: Any) -> None:
+        await gate.hold()  # the real dump, once the gate opens (a cancel cuts it here)
+        await dump(self, tdir, log)
+
+    monkeypatch.setattr(task_handler.TaskHandler, "_dump_outputs", gated_dump)
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        await put(cfg, "e1")
+        pilot = Pilot(cfg)
+        await _run_and_stop_at(pilot, gate, open_gate=finishes)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
+
+    pilot, left, out = asyncio.run(main())
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "output dump " + ("finishes" if finishes else "cut short"), rec, len(out), len(left))
+    # the task really ran and failed before the stop: one attempt, settled as such (requeued)
+    assert (rec["result"], rec["error_type"], rec["settlement"], rec["published"], rec["acked"]) == (
+        "failed", "ContainerRunError", "requeued", False, False
+    )
+    assert pilot.tally.failed == 1 and out == []
+    assert [(d.data, d.attempts) for d in left] == [("e1", 1)]
