@@ -655,6 +655,7 @@ FULL = {
     "EWMS_PILOT_TASK_LOG_MAX": "1g",
     "EWMS_PILOT_MAX_RESULT_SIZE": "1MiB",
     "EWMS_PILOT_LIFETIME": "7200",
+    "EWMS_PILOT_MIN_FREE_DISK": "256M",
     "EWMS_PILOT_INIT_IMAGE": "registry.example/init:1",
     "EWMS_PILOT_INIT_ARGS": "--fetch",
     "EWMS_PILOT_INIT_ENV_JSON": '{"I": "x"}',
@@ -719,6 +720,7 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.max_concurrent_tasks == 4
     assert (cfg.task_cpus, cfg.task_memory, cfg.task_gpus) == (2, 512 * 2**20, 0)
     assert (cfg.task_log_max, cfg.max_result_bytes) == (2**30, 2**20)
+    assert cfg.min_free_disk == 256 * 2**20
     assert cfg.lifetime == 7200 and cfg.lifetime_end is not None and cfg.lifetime_end.source == "EWMS_PILOT_LIFETIME"
     assert cfg.init is not None and cfg.teardown is not None
     assert (cfg.init.image, cfg.init.args, dict(cfg.init.env), cfg.init.timeout) == (

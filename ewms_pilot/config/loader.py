@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..resources.disk import default_min_free
 from ..resources.lifetime import find_lifetime
-from ..resources.sizing import SizingError, size_tasks
+from ..resources.sizing import AUTO, SizingError, size_tasks
 from ..resources.slot import discover
 from ..tasks.args import PLACEHOLDERS, split_args
 from .addresses import normalize_address
@@ -283,6 +284,7 @@ def _resources(v: _Values, top: dict[str, Any]) -> None:
         task_memory=sizing.task_memory,
         slot=slot,
         lifetime_end=find_lifetime(top["lifetime"], slot, time.time()),
+        min_free_disk=default_min_free(slot.disk_bytes) if top["min_free_disk"] == AUTO else top["min_free_disk"],
     )
 
 

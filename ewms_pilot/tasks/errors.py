@@ -183,6 +183,14 @@ class TaskOutOfMemoryError(ContainerRunError):
         super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=detail)
 
 
+class DiskFullError(ContainerRunError):
+    """The disk where task dirs live filled up under the task (ENOSPC / EDQUOT).
+
+    Built by `resources/disk.py`: the task said so, or the pilot could not write
+    its infile or its stdout/stderr. The pilot survives it (docs/resources.md).
+    """
+
+
 class FailurePatternError(ContainerRunError):
     """A stdout/stderr line matched a configured failure regex, even though the exit code was 0."""
 

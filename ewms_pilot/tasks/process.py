@@ -61,6 +61,7 @@ class ProcessOutcome:
     timed_out: bool  # stopped because `timeout` elapsed
     cancelled: bool  # stopped because `stop` was set (asyncio cancellation re-raises instead)
     duration: float  # seconds from start until it was over (a stop included)
+    log_error: OSError | None = None  # writing its stdout/stderr failed (a full disk): output is incomplete
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -279,7 +280,8 @@ async def run_to_completion(
     cwd = runtime.process_cwd(spec)
     loop = asyncio.get_running_loop()
     try:
-        with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
+        # unbuffered: a write that fails for space fails once, nothing is left to fail again at close
+        with open(stdout_path, "wb", buffering=0) as out_file, open(stderr_path, "wb", buffering=0) as err_file:
             runtime.write_env_file(spec)  # owner-only; the client reads it as it starts
             started = loop.time()
             piped = on_line is not None or log_max is not None
@@ -301,11 +303,12 @@ async def run_to_completion(
             LOGGER.debug(f"{spec.name}: started (pid {proc.pid})")
 
             pumps: list[asyncio.Task[None]] = []
+            caps = [CappedLog(out_file, log_max), CappedLog(err_file, log_max)]
             if piped:
                 assert proc.stdout is not None and proc.stderr is not None
                 pumps = [
-                    asyncio.create_task(_pump(proc.stdout, CappedLog(out_file, log_max), "stdout", on_line)),
-                    asyncio.create_task(_pump(proc.stderr, CappedLog(err_file, log_max), "stderr", on_line)),
+                    asyncio.create_task(_pump(proc.stdout, caps[0], "stdout", on_line)),
+                    asyncio.create_task(_pump(proc.stderr, caps[1], "stderr", on_line)),
                 ]
 
             timed_out = stop_requested = False
@@ -329,4 +332,5 @@ async def run_to_completion(
                 await uncancellable(_drain(pumps))
     finally:
         remove_env_file(spec.env_file)
-    return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started)
+    log_error = next((c.error for c in caps if c.error is not None), None)
+    return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started, log_error)
