@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import signal
 import sys
@@ -13,6 +14,8 @@ import classad2
 from chirp_server import ChirpServer
 from mq_helpers import publish
 from pilot_proc import DOUBLE, base_env, run_pilot, start_pilot, wait_pilot
+
+from ewms_pilot.pilot.journal import journal_path
 
 
 def _values(server: ChirpServer, name: str) -> list[object]:
@@ -80,3 +83,28 @@ def test_no_chirp_config_says_so_once_and_runs(rabbitmq_address: str, queue_name
     run = run_pilot(env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("HTCondor chirp unavailable") == 1
+
+
+def test_stop_on_error_ends_with_the_same_reason_on_every_pilot(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """Stop-on-error: the end reason, like the error, names the failure, not the task. TMS and a
+    `condor_q -af` over a taskforce count identical values across pilots (docs/design.md)."""
+    fail = "import sys; sys.exit('cannot read table X')"
+    ends, errors, task_ids = [], [], []
+    for n in range(2):  # two pilots, each with its own queue: each event is a first attempt
+        q = queue_name + f"p{n}"
+        asyncio.run(publish("rabbitmq", rabbitmq_address, q + "i", ["bad"]))
+        data = tmp_path / f"pilot{n}"
+        (data / "chirp").mkdir(parents=True)
+        with ChirpServer(data / "chirp") as server:
+            run = run_pilot(_env(rabbitmq_address, q, data, server, fail, EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="true"))
+            attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+        assert run.returncode == 3, run.stderr[-3000:]
+        assert attrs["HTChirpEWMSPilotStatus"] == "FatalError"
+        ends.append(attrs["HTChirpEWMSPilotEndReason"])
+        errors.append(attrs["HTChirpEWMSPilotError"])
+        task_ids += [json.loads(line)["task_id"] for line in journal_path(data).read_text().splitlines()]
+    assert len(set(task_ids)) == 2
+    assert ends[0] == ends[1] == "a task failed (ContainerRunError): exited with code 1: cannot read table X"
+    assert errors[0] == errors[1] == "ContainerRunError: exited with code 1: cannot read table X"

@@ -321,11 +321,10 @@ class Pilot:
         if names & self.cfg.okay_errors:
             LOGGER.info(f"failure {type(failure).__name__} is in EWMS_PILOT_OKAY_ERRORS: carrying on")
             return
+        # no task id: the reason goes to chirp's end reason too, which (like the error) must read
+        # the same on every pilot that hit the same failure; the task's own log line names it
         self.request_stop(
-            StopRequest(
-                StopCause.TASK_ERRORS,
-                f"task {outcome.task_id} failed ({type(failure).__name__}): {failure.reason}",
-            )
+            StopRequest(StopCause.TASK_ERRORS, f"a task failed ({type(failure).__name__}): {failure.reason}")
         )
 
     async def _pause(self, seconds: float) -> None:
@@ -445,8 +444,8 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
-        records = await asyncio.to_thread(self.journal.read, self.pilot_id)
-        print(render_summary(self.tally, request, records), flush=True)
+        runtimes = await asyncio.to_thread(self.journal.runtimes, self.pilot_id)
+        print(render_summary(self.tally, request, runtimes), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:
             LOGGER.warning(f"quarantine: sleeping {self.cfg.quarantine_time:g}s before exiting")
             await self.shutdown.wait_changed(self.cfg.quarantine_time)

@@ -196,6 +196,25 @@ class LocalStore:
             raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
         return int(cur.lastrowid or 0)
 
+    def publish_many(self, payloads: list[bytes]) -> list[int]:
+        """Append ready events in one transaction (one fsync for all); their ids once committed."""
+
+        def _txn() -> list[int]:
+            now = time.time()
+            ids = []
+            for payload in payloads:
+                cur = self._conn.execute(
+                    "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
+                    (self.queue, payload, now),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            return ids
+
+        if len(payloads) <= 1:
+            return [self.publish(p) for p in payloads]
+        result: list[int] = self._write(_txn)
+        return result
+
     # ----------------------------------------------------------------- sweep
 
     def _sweep(self, now: float, me: str | None = None) -> int:
@@ -280,6 +299,20 @@ class LocalStore:
             )
             == 1
         )
+
+    def ack_many(self, claims: list[Claimed], holder: str) -> list[bool]:
+        """`ack` for several claims in one transaction; one answer per claim."""
+        if len(claims) == 1:
+            return [self.ack(claims[0], holder)]
+
+        def _txn() -> list[bool]:
+            sql = f"DELETE FROM events WHERE {self._MINE}"
+            return [
+                self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims
+            ]
+
+        result: list[bool] = self._write(_txn)
+        return result
 
     def release(self, claim: Claimed, holder: str) -> bool:
         """Make the event ready again (first in line); False when the claim was lost."""
