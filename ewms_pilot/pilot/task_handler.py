@@ -35,6 +35,7 @@ from ..tasks.errors import (
     ResultTooLargeError,
     TaskCancelledError,
     TaskFailure,
+    TaskStalledError,
     TaskTimeoutError,
     TooManyRedeliveriesError,
     describe_failure,
@@ -437,6 +438,7 @@ class TaskHandler:
                 stop_grace=STOP_GRACE,
                 on_line=watcher,
                 log_max=cfg.task_log_max,
+                stall_timeout=cfg.task_stall_timeout,
             )
         record.exit_code = outcome.exit_code
         if outcome.log_error is not None:  # its output is incomplete: say why rather than judge by it
@@ -445,6 +447,9 @@ class TaskHandler:
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
+        if outcome.stalled:
+            tail = await asyncio.to_thread(read_tail, tdir.stderr)
+            raise TaskStalledError.after_idle(cfg.task_stall_timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
