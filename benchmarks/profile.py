@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import shutil
 import subprocess
@@ -30,6 +31,8 @@ from . import scenarios as S
 from .procwatch import WatchedProcess
 from .runs import Setup, pilot_env
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
@@ -40,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="the SVG to write (without it: no py-spy, only the figures)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--idle", action="store_true", help="sample idle threads too (wall time, not CPU)")
+    p.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (Python CPU time)")
     p.add_argument("--format", default="flamegraph", choices=("flamegraph", "raw", "speedscope"),
                    help="py-spy's output format (raw: collapsed stacks, one per line, for a text summary)")
     return p
@@ -68,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cmd = [py_spy, "record", "--rate", str(args.rate), "--nonblocking", "--format", args.format,
                    "-o", str(args.output.resolve())]
-            if args.idle:
-                cmd.append("--idle")
+            cmd += ["--idle"] if args.idle else []
+            cmd += ["--gil"] if args.gil else []
             started = time.monotonic()
             with open(workdir / "pilot.log", "wb") as log:
                 rc = subprocess.run([*cmd, "--", *pilot], env=env, cwd=workdir, stdout=log,
@@ -86,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(pilot: list[str], env: dict[str, str], workdir: Path, n: int) -> int:
     """The pilot alone: its CPU per event, peak RSS, and the steady rate from its journal's end times."""
     proc = WatchedProcess(pilot, env=env, cwd=workdir, stdout=workdir / "stdout.log", stderr=workdir / "stderr.log")
+    threads: dict[str, tuple[float, float]] = {}  # thread id -> last (utime, stime) seen
+    while not proc.exited.wait(0.05):
+        threads.update(_thread_times(proc.proc.pid))
     ended = proc.wait(600)
     ends = sorted(r["end"] for r in Journal(journal_path(workdir / "data")).read())
     steady = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else float("nan")
@@ -93,7 +100,24 @@ def _measure(pilot: list[str], env: dict[str, str], workdir: Path, n: int) -> in
     rss = (ended.peak_rss_kib or 0) / 1024
     print(f"exit {ended.returncode}; {len(ends)}/{n} journal records; steady {steady:.0f} events/s; "
           f"pilot CPU {cpu:.2f} s = {1000 * cpu / n:.2f} ms/event; peak RSS {rss:.1f} MiB")
+    main = threads.pop(f"{proc.proc.pid}", (0.0, 0.0))  # the event loop's thread
+    others = sorted(threads.values(), key=lambda t: -sum(t))
+    print(f"pilot CPU by thread (ms/event, user+system): event loop {1000 * main[0] / n:.2f}+{1000 * main[1] / n:.2f}; "
+          f"{len(others)} other threads " + ", ".join(f"{1000 * u / n:.2f}+{1000 * s / n:.2f}" for u, s in others[:6]))
     return ended.returncode if ended.returncode is not None else 1
+
+
+def _thread_times(pid: int) -> dict[str, tuple[float, float]]:
+    """{"<tid>": (utime s, stime s)} of every thread of `pid` now (Python does not name OS threads)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        out[task.name] = (int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK)
+    return out
 
 
 async def _counts(db: str) -> dict[str, int]:
