@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--events", type=int, help="events per run (default 100; smoke 5)")
     p.add_argument("--incoming-timeout", type=int, help="T = EWMS_PILOT_TIMEOUT_QUEUE_INCOMING (default 5; smoke 2)")
     p.add_argument("--with-warm", action="store_true", help="also run the warm-mode hook row (EWMS_PILOT_TASK_MODE=warm)")
+    p.add_argument("--warm-events", type=int, metavar="N",
+                   help="events per run for the warm rows and the oms-mqclient loop (default: -n); at 500+ "
+                        "events/s, 100 events measure the steady rate over a fifth of a second")
     p.add_argument("--scaling", type=_counts, default=(), metavar="N,N,...",
                    help=f"after the rounds, run '{S.SCALING_ROW.key}' once per N (e.g. 100,1000,10000)")
     p.add_argument("--stem", help="name of the report files (default latest; smoke with --smoke)")
@@ -123,6 +126,7 @@ async def _round(
     with_reference: bool,
     with_warm: bool,
     keep: bool,
+    warm_events: int | None = None,
 ) -> None:
     flip = round_no % 2 == 1  # A B in even rounds, B A in odd ones
 
@@ -137,7 +141,7 @@ async def _round(
         res.setdefault(key, []).append(r)
         _progress(f"round {round_no}: {key}: {_describe(r)}")
 
-    async def pilot(sc: S.Scenario) -> None:
+    async def pilot(sc: S.Scenario, setup: Setup = setup) -> None:
         _progress(f"round {round_no}: {sc.key} ...")
         r = await run_pilot(sc, setup, round_no)
         for attempt in range(1, HARNESS_RETRIES + 1):
@@ -164,15 +168,16 @@ async def _round(
 
     await group((S.BARE_SEQ, 1), S.OURS_C1, S.REF_C1)
     await group((S.BARE_PAR4, 4), S.OURS_C4, S.REF_C4, S.REF_C4_P4)
+    warm_setup = dc.replace(setup, n=warm_events or setup.n)
     if with_warm:
-        await pilot(S.OURS_WARM_C4)
+        await pilot(S.OURS_WARM_C4, warm_setup)
     await bare(S.BARE_PROC_PAR4, 4, None)
     await pilot(S.OURS_PROC_RMQ)
     await pilot(S.OURS_PROC_LOCAL)
     if with_warm:
-        await pilot(S.OURS_WARM_PROC_LOCAL)
-        await pilot(S.OURS_WARM_PROC_RMQ)
-        await pilot(S.MQ_LOOP)  # its bound, right after it
+        await pilot(S.OURS_WARM_PROC_LOCAL, warm_setup)
+        await pilot(S.OURS_WARM_PROC_RMQ, warm_setup)
+        await pilot(S.MQ_LOOP, warm_setup)  # its bound, right after it
 
 
 async def _scaling(counts: tuple[int, ...], setup: Setup, res: Results, *, keep: bool) -> None:
@@ -275,7 +280,8 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     facts["RabbitMQ"] += f", {broker_note}"
     params = {
         "mode": "smoke" if args.smoke else "full",
-        "events per run (N)": str(n),
+        "events per run (N)": str(n) + (f" (warm rows and the oms-mqclient loop: {args.warm_events})"
+                                         if args.with_warm and args.warm_events else ""),
         "rounds": f"{rounds} (ours and 1.0.5 alternate; the order flips every round)",
         "incoming timeout T": f"{timeout} s",
         "image": args.image,
@@ -286,7 +292,7 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     try:
         for r in range(rounds):
             asyncio.run(_round(r, setup, res, with_reference=with_reference, with_warm=args.with_warm,
-                               keep=args.keep_workdir))
+                               keep=args.keep_workdir, warm_events=args.warm_events))
         if args.scaling:
             params["scaling"] = f"{S.SCALING_ROW.key}, N = {', '.join(map(str, args.scaling))}, one run each"
             asyncio.run(_scaling(args.scaling, setup, res, keep=args.keep_workdir))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warm", action="store_true", help="EWMS_PILOT_TASK_MODE=warm (else one-shot)")
     p.add_argument("-n", "--events", type=int, default=2000)
     p.add_argument("-c", "--concurrency", type=int, default=4)
+    p.add_argument("--rabbitmq", action="store_true", help=f"RabbitMQ at {mq.RABBITMQ_ADDRESS} instead of the local queue")
     p.add_argument("-o", "--output", type=Path, help="the SVG to write (without it: no py-spy, only the figures)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--idle", action="store_true", help="sample idle threads too (wall time, not CPU)")
@@ -55,16 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is not None and not Path(py_spy).exists():
         print("benchmarks.profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
-    sc = S.Scenario("profile", S.OURS, "profile", args.concurrency, platform="process", broker="local",
+    broker = "rabbitmq" if args.rabbitmq else "local"
+    sc = S.Scenario("profile", S.OURS, "profile", args.concurrency, platform="process", broker=broker,
                     warm=args.warm)
     workdir = Path(tempfile.mkdtemp(prefix="ewms-profile-", dir="/tmp"))
+    tag = f"profile{uuid.uuid4().hex[:8]}"
+    q_in, q_out = (f"{tag}-in", f"{tag}-out") if args.rabbitmq else ("in", "out")
+    address = mq.RABBITMQ_ADDRESS if args.rabbitmq else str(workdir / "queue.sqlite")
     try:
-        db = str(workdir / "queue.sqlite")
         (workdir / "data").mkdir()
-        asyncio.run(mq.publish("local", db, "in", [f"e{i:06d}" for i in range(args.events)]))
+        asyncio.run(mq.publish(broker, address, q_in, [f"e{i:06d}" for i in range(args.events)]))
+        asyncio.run(mq.declare(broker, address, q_out))
         setup = Setup(n=args.events, incoming_timeout=1, image="", containers_conf=workdir / "none.conf",
                       ours_python=sys.executable, ref_python=None, shim_dir=None, workdir=workdir)
-        env = pilot_env(sc, setup, "in", "out", db, workdir / "data")
+        env = pilot_env(sc, setup, q_in, q_out, address, workdir / "data")
         env.pop("CONTAINERS_CONF", None)
         pilot = [sys.executable, "-m", "ewms_pilot"]
         if args.output is None:
@@ -79,12 +85,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rc = subprocess.run([*cmd, "--", *pilot], env=env, cwd=workdir, stdout=log,
                                     stderr=subprocess.STDOUT, check=False).returncode
             print(f"pilot under py-spy: exit {rc}, {time.monotonic() - started:.1f} s (start-up and T=1 s included)")
-        counts = asyncio.run(_counts(db))
-        print(f"results queued: {counts}")
+        ready = _rabbitmq_ready(q_out) if args.rabbitmq else asyncio.run(_counts(address)).get("ready")
+        print(f"results queued: {ready}")
         print("command: .venv/bin/python -m benchmarks.profile " + shlex.join(argv or sys.argv[1:]))
-        return 0 if rc == 0 and counts.get("ready") == args.events else 1
+        return 0 if rc == 0 and ready == args.events else 1
     finally:
+        if args.rabbitmq:
+            mq.delete_rabbitmq_queues([q_in, q_out])
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _rabbitmq_ready(queue: str) -> int:
+    import pika
+
+    conn = pika.BlockingConnection(mq._pika_params())
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
 
 
 def _measure(pilot: list[str], env: dict[str, str], workdir: Path, n: int) -> int:
