@@ -478,7 +478,12 @@ class TaskHandler:
         if result.timed_out:
             raise TaskTimeoutError.after(timeout or 0, result.error or "")
         if not result.ok:
-            raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
+            # a worker that died on the event (the pool replaces it) may have died of its memory limit
+            oom = result.exit_code is not None and out_of_memory(
+                result.exit_code, result.error or "", self.env.cfg.task_memory,
+                killed_means_oom=not self.env.runtime.uses_host_paths,
+            )  # fmt: skip
+            raise oom or ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
         return await self._read_result(tdir, record)
 
 
