@@ -16,3 +16,4 @@ class ExitCode(enum.IntEnum):
     BROKER = 5  # a broker could not be reached / reconnected within its deadline
     EVICTED = 6  # stopped by SIGTERM/SIGINT/SIGHUP (eviction); unfinished events were released
     RUNTIME_UNAVAILABLE = 7  # the container runtime or the task image cannot be used on this node
+    DISK_FULL = 8  # free disk stayed below EWMS_PILOT_MIN_FREE_DISK with no task running

@@ -52,6 +52,21 @@ PY
     echo "$want" >"$stamp"
 fi
 
+# ---------------------------------------------------------------- checkout access
+# Some tests run the pilot as another user (`nobody`, and the HTCondor pool's job
+# user, which sees this checkout through a bind mount). A clone into a `mktemp -d`
+# directory is 0700: then nobody else can reach the code. Grant the least that is
+# needed: read on the checkout's root, traverse (not list) on its ancestors.
+here="$(pwd -P)"
+if [[ "$(id -u)" == 0 ]]; then
+    [[ -n "$(find "$here" -maxdepth 0 -perm -o=rx)" ]] || { chmod o+rx "$here"; echo "test.sh: made $here readable by other users (tests run code as nobody)" >&2; }
+    d="$(dirname "$here")"
+    while [[ "$d" != / ]]; do
+        [[ -n "$(find "$d" -maxdepth 0 -perm -o=x)" ]] || { chmod o+x "$d"; echo "test.sh: made $d traversable by other users" >&2; }
+        d="$(dirname "$d")"
+    done
+fi
+
 # ---------------------------------------------------------------- services
 step "test environment (scripts/test-env.sh)"
 bash scripts/test-env.sh >/dev/null

@@ -647,6 +647,7 @@ FULL = {
     "EWMS_PILOT_TASK_ARGS": "--in {{INFILE}} --out {{OUTFILE}}",
     "EWMS_PILOT_TASK_ENV_JSON": '{"A": "1", "B": "two words"}',
     "EWMS_PILOT_TASK_TIMEOUT": "3600",
+    "EWMS_PILOT_TASK_STALL_TIMEOUT": "900",
     "EWMS_PILOT_TASK_MODE": "oneshot",
     "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
     "EWMS_PILOT_TASK_CPUS": "2",
@@ -655,6 +656,7 @@ FULL = {
     "EWMS_PILOT_TASK_LOG_MAX": "1g",
     "EWMS_PILOT_MAX_RESULT_SIZE": "1MiB",
     "EWMS_PILOT_LIFETIME": "7200",
+    "EWMS_PILOT_MIN_FREE_DISK": "256M",
     "EWMS_PILOT_INIT_IMAGE": "registry.example/init:1",
     "EWMS_PILOT_INIT_ARGS": "--fetch",
     "EWMS_PILOT_INIT_ENV_JSON": '{"I": "x"}',
@@ -714,11 +716,12 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.task.image == "registry.example/task:2"
     assert cfg.task.args == "--in {{INFILE}} --out {{OUTFILE}}"
     assert dict(cfg.task.env) == {"A": "1", "B": "two words"}
-    assert cfg.task.timeout == 3600
+    assert cfg.task.timeout == 3600 and cfg.task_stall_timeout == 900
     assert cfg.task_mode is TaskMode.ONESHOT
     assert cfg.max_concurrent_tasks == 4
     assert (cfg.task_cpus, cfg.task_memory, cfg.task_gpus) == (2, 512 * 2**20, 0)
     assert (cfg.task_log_max, cfg.max_result_bytes) == (2**30, 2**20)
+    assert cfg.min_free_disk == 256 * 2**20
     assert cfg.lifetime == 7200 and cfg.lifetime_end is not None and cfg.lifetime_end.source == "EWMS_PILOT_LIFETIME"
     assert cfg.init is not None and cfg.teardown is not None
     assert (cfg.init.image, cfg.init.args, dict(cfg.init.env), cfg.init.timeout) == (
@@ -917,4 +920,5 @@ def test_warm_mode_refuses_per_event_placeholders() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env)
     assert info.value.variable == "EWMS_PILOT_TASK_ARGS" and "{{INFILE}}" in str(info.value)
-    assert load_config(dict(env, EWMS_PILOT_TASK_ARGS="worker --hub <<DATA_HUB>>")).task_mode is TaskMode.WARM
+    warm = dict(env, EWMS_PILOT_TASK_ARGS="worker --hub <<DATA_HUB>>", EWMS_PILOT_TASK_STALL_TIMEOUT="")
+    assert load_config(warm).task_mode is TaskMode.WARM  # (stall detection is one-shot only)

@@ -195,6 +195,22 @@ def test_queue_broker_address(
 
 
 @FUZZ
+@given(broker_type=st.sampled_from(["local", "rabbitmq", "nats"]), name=TEXT, address=ENV_TEXT)
+def test_queue_broker_address_env(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], broker_type: str, name: str, address: str
+) -> None:
+    # the address from a variable: any name (mostly unset or no name at all), any value in it
+    with mock.patch.dict(os.environ, {"EWMS_FUZZ_ADDRESS": address}):
+        for option in (name, "EWMS_FUZZ_ADDRESS"):
+            argv = ["queue", "count", "--broker-type", broker_type, "--broker-address-env", option, "--queue", "q"]
+            code, err = main(argv), capsys.readouterr().err
+            if code == 5:  # a valid local address whose database does not exist: a broker error, one line
+                assert broker_type == "local" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+                continue
+            one_line_error_or_ok(code, err)
+
+
+@FUZZ
 @given(argv=st.lists(TEXT, max_size=6))
 def test_any_argv(clean_env: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code = main(argv)

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,11 @@ def test_missing_parent_dir_is_one_line_error(tmp_path: Path) -> None:
     assert "does not exist" in err
 
 
+def test_a_name_too_long_is_one_line_error(tmp_path: Path) -> None:
+    where = _where("local", str(tmp_path / ("q" * 300)), "q")  # over NAME_MAX: stat itself fails
+    assert "File name too long" in _error_line(queue_cli("get", *where, "--timeout", "0"), 2)
+
+
 def test_corrupt_database_is_one_line_error(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     db.write_bytes(b"\x00garbage" * 500)
@@ -278,3 +284,46 @@ def test_auth_token_is_never_printed(rabbitmq_address: str, queue_name: str) -> 
     )
     err = _error_line(res, 5)  # the broker refuses the token: a broker error, one line
     assert secret not in err and secret not in res.stdout.decode()
+
+
+@pytest.mark.nats
+def test_broker_address_from_an_env_var_keeps_its_token_out_of_ps(nats_address: str, queue_name: str) -> None:
+    """`--broker-address-env NAME`: what `ps` shows of a running `get` holds no token; the address in
+    argv works too, with a warning that names the better way."""
+    token = f"CnryArgv{uuid.uuid4().hex[:10]}"
+    address = nats_address.replace("nats://", f"nats://{token}@")  # the test server takes any token
+    env = {"EWMS_TEST_QUEUE_ADDRESS": address}
+    where = ["--broker-type", "nats", "--broker-address-env", "EWMS_TEST_QUEUE_ADDRESS", "--queue", queue_name]
+    get = subprocess.Popen(
+        [sys.executable, "-m", "ewms_pilot", "queue", "get", *where, "--max", "1", "--timeout", "60"],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        shown = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", str(get.pid)], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+        assert "queue get" in shown and "EWMS_TEST_QUEUE_ADDRESS" in shown
+        assert token not in shown
+        # the old way: given in argv, it still works, and the operator is told
+        put = queue_cli("put", "--broker-type", "nats", "--broker-address", address, "--queue", queue_name,
+                        stdin=b"hello\n")
+        assert put.returncode == 0, put.stderr.decode()
+        assert "--broker-address holds a password or token" in put.stderr.decode()
+        assert "--broker-address-env" in put.stderr.decode()
+        out, err = get.communicate(timeout=60)
+    finally:
+        get.kill()
+        get.wait()
+    assert get.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ['"hello"']
+    assert token not in (out + err + put.stdout + put.stderr).decode()
+    assert b"warning" not in err  # the recommended way is not warned about
+
+
+def test_broker_address_env_must_be_set(tmp_path: Path) -> None:
+    name = "EWMS_TEST_ADDRESS_THAT_IS_NOT_SET"
+    res = queue_cli("count", "--broker-type", "local", "--broker-address-env", name, "--queue", "q")
+    assert name in _error_line(res, 2)
+    both = queue_cli("count", "--broker-type", "local", "--broker-address", str(tmp_path / "q.db"),
+                     "--broker-address-env", name, "--queue", "q")
+    assert "--broker-address" in _error_line(both, 2)

@@ -354,3 +354,66 @@ def test_consume_and_reply_exceptions_and_logs(
     if case == "no host":
         assert "EXC" in res.stdout, res.stdout + res.stderr[-2000:]
     audit.assert_clean()
+
+
+def test_short_secrets_are_masked_where_their_place_is_known(
+    nats_address: str, rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """(h) secrets of 1-3 characters: too short to hunt in free text (docs: README "Secrets"), but never
+    shown where the pilot knows them: the banner, an address, argv, chirp and the journal, on a run that
+    works and fails a task and on one the broker refuses."""
+    short = Audit(
+        {
+            "NATS URL token": "Zk~",
+            "auth token": "Zx~",
+            "task env API key": "Ak~",
+            "misnamed _PASSWORD": "Pw~",
+            "amqp password": "Qj^",
+        }
+    )
+    c = short.canaries
+    common = {
+        "EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN": c["auth token"],
+        "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": c["task env API key"], "MODE": "fast"}),
+        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_PASSWORD": c["misnamed _PASSWORD"],
+        "EWMS_PILOT_CL_LOG": "DEBUG",
+        "EWMS_PILOT_CL_LOG_THIRD_PARTY": "DEBUG",
+        "EWMS_PILOT_HTCHIRP": "true",
+        "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.1",
+        "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
+        "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
+        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "1",
+        "EWMS_PILOT_RECONNECT_DEADLINE": "2",
+    }
+    task = shlex.join([sys.executable, "-c", TASK, "<<INFILE>>", "<<OUTFILE>>"])
+    asyncio.run(publish("nats", nats_address, queue_name + "-in", ["good", "bad"]))
+    runs = {
+        "nats": ("nats", f"nats://{c['NATS URL token']}@127.0.0.1:4222", 0),
+        "refused": ("rabbitmq", f"amqp://guest:{c['amqp password']}@{rabbitmq_address}", 5),
+    }
+    for name, (broker, address, expected) in runs.items():
+        data = tmp_path / name
+        data.mkdir()
+        with ChirpServer(data) as server:
+            env = base_env(
+                broker_type=broker, address=address, queue_in=queue_name + "-in", queue_out=queue_name + "-out",
+                data_dir=data, task_args=task, extra=common,
+            )
+            env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+            if broker == "rabbitmq":
+                env.pop("EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN")  # the address's own password is refused
+            assert _cli(short, f"{name} config --check", ["config", "--check"], env) == 0
+            assert _run(short, name, env, data, server) == expected, short.outputs[f"{name} stderr"][-3000:]
+    # a config error quoting the variable holding one
+    bad = {**env, "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": c["task env API key"], "NO NAME": "x"})}
+    assert _cli(short, "bad env json", ["config", "--check"], bad) == 2
+    assert "EWMS_PILOT_TASK_ENV_JSON" in short.outputs["bad env json stderr"]
+    # the operator is told which settings hold one (by name)
+    for name in ("EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN", "EWMS_PILOT_TASK_ENV_JSON:API_KEY",
+                 "EWMS_PILOT_QUEUE_OUTGOING_BROKER_PASSWORD", "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS"):
+        assert f"{name} holds a secret shorter than 4 characters" in short.outputs["nats stderr"] + short.outputs[
+            "refused stderr"], name
+    assert "HTChirpEWMSPilotError" in short.outputs["nats chirp"]  # the task failure went out through chirp
+    assert any(k.endswith(".jsonl") for k in short.outputs)
+    assert '"MODE": "fast"' in short.outputs["nats config --check stdout"]  # the rest of the value is shown
+    short.assert_clean()

@@ -21,7 +21,13 @@ from ewms_pilot.tasks.io import (
     read_outfile,
     write_infile,
 )
-from ewms_pilot.tasks.taskdir import TaskDir, new_task_id, normalize_ext
+from ewms_pilot.tasks.taskdir import (
+    TaskDir,
+    new_task_id,
+    normalize_ext,
+    remove_warm_root,
+    warm_root,
+)
 
 
 @pytest.fixture
@@ -405,3 +411,46 @@ def test_new_task_ids_are_short_unique_and_name_safe() -> None:
     ids = {new_task_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(re.fullmatch(r"[0-9a-f]{12}", i) for i in ids)
+
+
+def test_taskdir_remove_never_follows_a_planted_link(tmp_path: Path) -> None:
+    """A task that swapped its task-io for a link to a host dir: only its own tree goes, the host files stay."""
+    host = tmp_path / "host"
+    host.mkdir()
+    td = TaskDir.create(tmp_path / "data", new_task_id(), ".in", ".out")
+    (host / td.infile.name).write_text("host file")
+    td.task_io.rmdir()
+    td.task_io.symlink_to(host)
+    (td.outputs / "extra").write_text("a file the pilot does not know of")
+    td.remove()
+    assert not td.root.exists()
+    assert (host / td.infile.name).read_text() == "host file"
+    # a warm worker that swapped its pilot's shared task-io for a link: nothing through it goes
+    warm = TaskDir.in_shared(warm_root(tmp_path / "data", "pilot123"), new_task_id(), ".in", ".out")
+    warm.root.mkdir()
+    warm.task_io.symlink_to(host)
+    (host / warm.outfile.name).write_text("host file")
+    with pytest.raises(OSError):
+        warm.remove()
+    assert (host / warm.outfile.name).read_text() == "host file"
+
+
+def test_warm_events_share_one_dir_and_remove_only_their_files(tmp_path: Path) -> None:
+    """Warm mode makes no directory per event: two events' files side by side, each removed alone."""
+    root = warm_root(tmp_path, "pilot123")
+    a, b = (TaskDir.in_shared(root, new_task_id(), ".in", ".out") for _ in range(2))
+    for td in (a, b):
+        td.make()
+        write_infile("x", td.infile)
+        td.outfile.write_text("y")
+    assert a.task_io == b.task_io and sorted(p.name for p in a.task_io.iterdir()) == sorted(
+        p.name for td in (a, b) for p in (td.infile, td.outfile)
+    )
+    a.remove()
+    a.remove()  # already gone: fine
+    assert sorted(p.name for p in a.task_io.iterdir()) == sorted([b.infile.name, b.outfile.name])
+    remove_warm_root(root)  # b's files are kept: so is the dir
+    assert b.infile.exists()
+    b.remove()
+    remove_warm_root(root)
+    assert list(tmp_path.iterdir()) == []

@@ -305,6 +305,13 @@ def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: s
     logs = "".join(p.read_text() for p in (tmp_path / "ewms-pilot-data" / "warm-workers").glob("*.log"))
     assert "[stdout] library noise at start-up" in logs and "[stdout] {not json" in logs
     assert "dying on ev-57" in logs
+    # no directory per event: the pilot's one warm dir keeps just the three failed events' infiles
+    data = tmp_path / "ewms-pilot-data"
+    [warm_dir] = [p for p in data.iterdir() if p.name not in ("data-hub", "warm-workers")]
+    assert re.fullmatch(r"warm-[0-9a-f]{8}", warm_dir.name), sorted(data.iterdir())
+    kept = list((warm_dir / "task-io").iterdir())
+    assert all(p.name.startswith("infile-") for p in kept), kept
+    assert sorted(p.read_text() for p in kept) == ["ev-123", "ev-57", "ev-77"]
 
 
 HANGING_WORKER = r"""

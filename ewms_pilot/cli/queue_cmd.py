@@ -6,7 +6,8 @@ data as one JSON line, which `put --json` reads back unchanged.
 
 Talks to every broker through `queues.factory`, so it exercises the same code
 the pilot uses. The auth token comes from an environment variable, never from
-the command line (it would show in `ps`), and is never printed.
+the command line (it would show in `ps`), and is never printed; so may the
+address (`--broker-address-env`): one given in argv with a password is warned about.
 
 Exit codes: 0 done, 2 usage or bad input (nothing was sent), 5 broker error.
 """
@@ -24,7 +25,7 @@ from typing import Any
 from ..config import jsontext
 from ..config.addresses import normalize_address
 from ..config.model import BrokerConfig
-from ..config.redact import redact_url, register_address, register_secret
+from ..config.redact import address_secrets, redact_url, register_address, register_secret
 from ..config.types import QUEUE_NAME
 from ..errors import BrokerError, ConfigError
 from ..exitcodes import ExitCode
@@ -34,6 +35,7 @@ from .options import OneLineParser, env_name, positive_count, queue_timeout
 
 BROKER_TYPES = ("local", "rabbitmq", "nats", "pulsar")
 DEFAULT_TOKEN_ENV = "EWMS_PILOT_QUEUE_AUTH_TOKEN"
+ADDRESS_ENV_OPTION = "--broker-address-env"
 STDIN = "-"
 
 
@@ -46,10 +48,18 @@ class InputError(Exception):
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-type", required=True, choices=BROKER_TYPES)
-    p.add_argument(
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
         "--broker-address",
-        required=True,
-        help="broker URL/host, or for `local` the SQLite database file",
+        help="broker URL/host, or for `local` the SQLite database file; a password or token in it "
+        f"shows in `ps` to every user of the machine: use {ADDRESS_ENV_OPTION} for those",
+    )
+    where.add_argument(
+        ADDRESS_ENV_OPTION,
+        type=env_name,
+        metavar="NAME",
+        help="environment variable holding the broker address (instead of --broker-address: "
+        "keeps its password or token out of `ps`)",
     )
     p.add_argument("--queue", required=True, type=_queue_name, help="queue name")
     p.add_argument(
@@ -161,6 +171,16 @@ def parse_lines(sources: list[tuple[str, bytes]], as_json: bool) -> list[Any]:
 # ------------------------------------------------------------------- commands
 
 
+def _given_address(args: argparse.Namespace) -> tuple[str, str]:
+    """(the broker address, where it came from: the option or the variable it names)."""
+    if args.broker_address_env is None:
+        return args.broker_address, "--broker-address"
+    address = os.environ.get(args.broker_address_env)
+    if address is None:
+        raise ConfigError(args.broker_address_env, "<unset>", f"the broker address (named by {ADDRESS_ENV_OPTION})")
+    return address, args.broker_address_env
+
+
 def _broker_config(args: argparse.Namespace) -> BrokerConfig:
     token = os.environ.get(args.auth_token_env)
     if token is None and args.auth_token_env != DEFAULT_TOKEN_ENV:
@@ -168,11 +188,18 @@ def _broker_config(args: argparse.Namespace) -> BrokerConfig:
             args.auth_token_env, "<unset>", "the auth token (named by --auth-token-env)"
         )
     register_secret(token or "")
-    register_address(args.broker_address)
+    given, source = _given_address(args)
+    register_address(given)
     try:
-        address = normalize_address(args.broker_type, args.broker_address)
+        address = normalize_address(args.broker_type, given)
     except ValueError as e:
-        raise ConfigError("--broker-address", redact_url(args.broker_address), str(e)) from None
+        raise ConfigError(source, redact_url(given), str(e)) from None
+    if source == "--broker-address" and address_secrets(given):
+        say(
+            "ewms-pilot queue: warning: --broker-address holds a password or token, which `ps` shows "
+            f"to every user of this machine; put the address in an environment variable and pass "
+            f"{ADDRESS_ENV_OPTION} NAME"
+        )
     return BrokerConfig(
         queue=args.queue,
         broker_type=args.broker_type,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .model import PilotConfig
-from .redact import MASK, redact_url
+from .redact import MASK, redact_env_json, redact_url
 from .variables import VARIABLES
 
 
@@ -20,6 +20,7 @@ def _shown(name: str, text: str, secret: bool) -> str:
         return MASK if text else ""
     if name.endswith("_ADDRESS"):
         text = redact_url(text)
+    text = redact_env_json(name, text)
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 

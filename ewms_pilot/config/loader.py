@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..resources.disk import default_min_free
 from ..resources.lifetime import find_lifetime
-from ..resources.sizing import SizingError, size_tasks
+from ..resources.sizing import AUTO, SizingError, size_tasks
 from ..resources.slot import discover
 from ..tasks.args import PLACEHOLDERS, split_args
 from .addresses import normalize_address
@@ -24,7 +25,7 @@ from .checks import check_loaded
 from .datadir import SCRATCH_VAR, scratch_dir
 from .model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig, TaskMode
 from .names import check_unknown_names, suggest, unknown_names
-from .redact import MASK, looks_secret, register_settings, scrub
+from .redact import MASK, MIN_SECRET_CHARS, looks_secret, redact_env_json, register_settings, scrub
 from .types import MAX_COUNT
 from .vacate import fit_grace, vacate_seconds
 from .variables import BY_NAME, VARIABLES, EnvVar
@@ -46,7 +47,7 @@ def _shown(var: EnvVar | None, name: str, raw: object) -> object:
     if (var is not None and var.secret) or looks_secret(name):
         return MASK
     if isinstance(raw, str):  # any value may be (a typo'd) broker address
-        return scrub(raw)
+        return scrub(redact_env_json(name, raw))
     return raw
 
 
@@ -254,6 +255,10 @@ def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> No
 def _resources(v: _Values, top: dict[str, Any]) -> None:
     """The slot, and `auto` concurrency/memory resolved from it: the pilot only sees numbers."""
     slot = discover(v.environ, disk_path=top["data_dir_parent"])
+    if top["task_stall_timeout"] is not None and top["task_mode"] is TaskMode.WARM:
+        raise v.fail(
+            "EWMS_PILOT_TASK_STALL_TIMEOUT", "empty with EWMS_PILOT_TASK_MODE=warm (it watches one-shot tasks)"
+        )
     if top["task_gpus"] and top["task_mode"] is TaskMode.WARM:
         raise v.fail("EWMS_PILOT_TASK_GPUS", "0 with EWMS_PILOT_TASK_MODE=warm (GPUs go to one-shot tasks)")
     try:
@@ -283,6 +288,7 @@ def _resources(v: _Values, top: dict[str, Any]) -> None:
         task_memory=sizing.task_memory,
         slot=slot,
         lifetime_end=find_lifetime(top["lifetime"], slot, time.time()),
+        min_free_disk=default_min_free(slot.disk_bytes) if top["min_free_disk"] == AUTO else top["min_free_disk"],
     )
 
 
@@ -295,8 +301,13 @@ def load_config(
     wins over `environ`; the 1.x-compatible API passes its keyword arguments this way.
     Raises `ConfigError` for the first problem found.
     """
-    register_settings(environ)  # first: even the error about a setting must not show a secret
-    register_settings(overrides or {})
+    # first: even the error about a setting must not show a secret
+    for name in register_settings(environ) + register_settings(overrides or {}):
+        LOGGER.warning(
+            f"{name} holds a secret shorter than {MIN_SECRET_CHARS} characters: it is masked where the "
+            "pilot knows it stands (settings, addresses), but not searched for in other text "
+            "(e.g. a task's or a library's messages); use a longer one"
+        )
     given = _gather_text(environ, overrides or {})
     v = _Values(given, environ)
     check_unknown_names(environ, given, strict=v["EWMS_PILOT_STRICT_CONFIG"])

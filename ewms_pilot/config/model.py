@@ -97,11 +97,15 @@ class PilotConfig:
 
     # task handling
     max_concurrent_tasks: int = 1  # `auto` is resolved at load (resources/sizing.py)
+    task_stall_timeout: float | None = None  # s with no CPU use before a task is stopped; None = off
     task_cpus: int = 1
     task_memory: int | None = None  # bytes per task; None = no limit (`auto` resolved at load)
     task_gpus: int = 0
     task_log_max: int | None = 16 * 2**20  # bytes kept of each of a task's stdout/stderr; None = all
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    # bytes free where task dirs live to take an event; `auto` is resolved at load from the slot's
+    # disk (outside HTCondor: the free space then, which changes: not compared)
+    min_free_disk: int | None = dc.field(default=None, compare=False)
     lifetime: float | None = None  # EWMS_PILOT_LIFETIME seconds; the end found at load: `lifetime_end`
     stop_listening_on_task_error: bool = True
     okay_errors: frozenset[str] = frozenset()

@@ -20,8 +20,9 @@ import urllib.parse
 from collections.abc import Mapping
 
 MASK = "***"
-# shorter registered values are masked only where their place is known (URL userinfo,
-# secret variables): masking every "ab" in every log line would make logs unreadable
+# shorter registered values are masked only where their place is known (secret variables,
+# URL userinfo, secret keys of an ENV_JSON): masking every "ab" in every log line would
+# make logs unreadable. The rule for operators: README "Secrets".
 MIN_SECRET_CHARS = 4
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -157,20 +158,45 @@ def register_address(address: str) -> None:
         register_secret(secret)
 
 
-def register_settings(settings: Mapping[str, object]) -> None:
+def register_settings(settings: Mapping[str, object]) -> list[str]:
     """Register what an environment's `EWMS*` settings carry: secret-named values, address secrets.
 
     Called first thing by config loading, so even the error about a setting is scrubbed.
+    Returns the names holding a secret too short to be hunted in free text (`MIN_SECRET_CHARS`):
+    the operator is told, since it is masked only where its place is known.
     """
+    short: list[str] = []
     for name, value in settings.items():
         if not isinstance(value, str) or "EWMS" not in name.upper():
             continue
+        secrets = []
         if looks_secret(name):
-            register_secret(value)
+            secrets = [value]
         elif name.upper().endswith("_ADDRESS"):
-            register_address(value)
-        elif name.upper().endswith("_ENV_JSON"):  # a task's `{"API_KEY": ...}`
-            register_settings({f"EWMS:{k}": v for k, v in _json_object(value).items()})
+            secrets = address_secrets(value)
+        elif _holds_env_json(name):  # a task's `{"API_KEY": ...}`
+            short += register_settings({f"{name}:{k}": v for k, v in _json_object(value).items()})
+        for secret in secrets:
+            register_secret(secret)
+        if any(0 < len(s) < MIN_SECRET_CHARS for s in secrets):
+            short.append(name)
+    return short
+
+
+def _holds_env_json(name: str) -> bool:
+    return name.upper().endswith("_ENV_JSON")
+
+
+def redact_env_json(name: str, text: str) -> str:
+    """The value of `..._ENV_JSON` variable `name` with every secret-named key's value masked (any length).
+
+    Its place is known, so a secret too short for `scrub` to hunt in free text is
+    still never shown. Other variables, and text that is no JSON object, are left to `scrub`.
+    """
+    obj = _json_object(text) if _holds_env_json(name) else {}
+    if not any(looks_secret(k) for k in obj):
+        return text
+    return json.dumps({k: MASK if looks_secret(k) else v for k, v in obj.items()})
 
 
 def _json_object(text: str) -> dict[str, object]:

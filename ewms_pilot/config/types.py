@@ -356,6 +356,11 @@ OPT_SIZE = ValueType(
     expected=f"{SIZE_EXPECTED}, or empty/0 for no limit", parse=_parse_opt_size, render=render_size
 )
 OPT_SIZE_OR_AUTO = _or_auto(_parse_opt_size, OPT_SIZE.expected)
+#: a size, `auto`, or 0 for off; "off" is written back as 0 (empty would mean the default, `auto`)
+SIZE_AUTO_OR_OFF = dc.replace(
+    _or_auto(_parse_opt_size, f"{SIZE_EXPECTED}, or 0 for none"),
+    render=lambda value: "0" if value is None else render_scalar(value),
+)
 SIZE = ValueType(expected=SIZE_EXPECTED, parse=parse_size, render=render_size)
 INT_GE0 = int_between(0)
 INT_GE1 = int_between(1)

@@ -39,6 +39,7 @@ from .types import (
     SECONDS_GT0,
     SHM_SIZE,
     SIZE,
+    SIZE_AUTO_OR_OFF,
     TASK_MODE,
     TEXT,
     ValueType,
@@ -174,6 +175,16 @@ VARIABLES: tuple[EnvVar, ...] = (
         misspelling_refused=_NO_LIMIT,
     ),
     EnvVar(
+        name="EWMS_PILOT_TASK_STALL_TIMEOUT",
+        type=OPT_SECONDS_GT0,
+        default="",
+        section="task",
+        help="Seconds a one-shot task may use no CPU at all before it is stopped as TaskStalledError (a "
+        "TaskTimeoutError): process/apptainer read its process group, podman/docker its container's cgroup",
+        field="task_stall_timeout",
+        default_doc="off",
+    ),
+    EnvVar(
         name="EWMS_PILOT_TASK_MODE",
         type=TASK_MODE,
         default="oneshot",
@@ -247,6 +258,16 @@ VARIABLES: tuple[EnvVar, ...] = (
         "drains and exits 0, \"lifetime ending\"",
         field="lifetime",
         default_doc="the job ad's, else no limit",
+    ),
+    EnvVar(
+        name="EWMS_PILOT_MIN_FREE_DISK",
+        type=SIZE_AUTO_OR_OFF,
+        default="auto",
+        section="task resources",
+        help="Free space needed where task dirs live to take an event (`auto`: 1G, or 10% of the slot's disk if "
+        "less; 0: no check). Below it no event is taken while tasks run; with none running the pilot ends "
+        "(exit 8). A task that fills the disk fails as DiskFullError",
+        field="min_free_disk",
     ),
     *_container_vars("init", "init", "once before any event", " (empty: no init step)"),
     EnvVar(

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +51,35 @@ class Journal:
 
     def read(self, pilot_id: str | None = None) -> list[dict[str, Any]]:
         """Records written so far, all or one pilot's; unreadable lines are skipped with one warning."""
+        return list(self.records(pilot_id))
+
+    def records(self, pilot_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """`read`, one record at a time: a long journal is streamed, never held whole in memory."""
         try:
-            raw = self.path.read_bytes()
+            f = self.path.open("rb")
         except FileNotFoundError:
-            return []
-        records: list[dict[str, Any]] = []
+            return
         bad = 0
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if not isinstance(record, dict):
-                bad += 1
-                continue
-            if pilot_id is None or record.get("pilot_id") == pilot_id:
-                records.append(record)
+        with f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    bad += 1
+                    continue
+                if not isinstance(record, dict):
+                    bad += 1
+                    continue
+                if pilot_id is None or record.get("pilot_id") == pilot_id:
+                    yield record
         if bad:
             LOGGER.warning(f"journal {self.path}: skipped {bad} unreadable line(s)")
-        return records
+
+    def runtimes(self, pilot_id: str) -> list[float]:
+        """end - start of each of one pilot's records (what the exit summary's statistics need)."""
+        return [
+            r["end"] - r["start"] for r in self.records(pilot_id)
+            if isinstance(r.get("end"), (int, float)) and isinstance(r.get("start"), (int, float))
+        ]

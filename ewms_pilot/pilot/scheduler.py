@@ -25,10 +25,11 @@ from ..config.model import PilotConfig, TaskMode
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
 from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..queues.factory import open_publisher, open_subscription
+from ..resources.disk import DiskWatch
 from ..resources.lifetime import END_RESERVE, expected_task_seconds, task_fits
 from ..runtimes import get_runtime
 from ..runtimes.base import Runtime, RuntimeUnavailableError
-from ..tasks.errors import TaskFailure
+from ..tasks.errors import DiskFullError, TaskFailure
 from ..tasks.taskdir import prepare_data_dir
 from ..warm.pool import WarmPool
 from .health import BrokerHealth
@@ -75,6 +76,7 @@ class Pilot:
         self._last_activity = time.monotonic()
         self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
         self.journal = Journal(journal_path(cfg.data_dir_parent))
+        self.disk = DiskWatch(cfg.data_dir, cfg.min_free_disk)  # free space where task dirs live
         # the lifetime's end on the monotonic clock (a wall-clock step must not move it)
         end = cfg.lifetime_end
         self._lifetime_end = None if end is None else time.monotonic() + end.ends_at - time.time()
@@ -181,6 +183,10 @@ class Pilot:
             self._check_brokers()
             if self._lifetime_ending():
                 break
+            if self._disk_short():
+                if self.stop_request is None:
+                    await self._wait_for_slot()  # a task ending may free space
+                continue
             if self.tally.running >= self.cfg.max_concurrent_tasks:
                 await self._wait_for_slot()
                 continue
@@ -235,6 +241,20 @@ class Pilot:
             grace=max(left - END_RESERVE, 0.0),
         ))
         return True
+
+    def _disk_short(self) -> bool:
+        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK: no event is taken.
+
+        With no task running nothing of this pilot's can free it (a fresh reading
+        confirms): the pilot ends, its events left on the queue.
+        """
+        short = self.disk.short()
+        if short is not None and not self._running:
+            short = self.disk.short(fresh=True)  # the last task's files may be gone just now
+            if short is not None:
+                self.chirp.set_error(DiskFullError(short))
+                self.request_stop(StopRequest(StopCause.DISK_FULL, f"disk full: {short}"))
+        return short is not None
 
     def _check_brokers(self) -> None:
         """Raise `BrokerError` once a broker has been failing for longer than the reconnect deadline."""
@@ -301,11 +321,10 @@ class Pilot:
         if names & self.cfg.okay_errors:
             LOGGER.info(f"failure {type(failure).__name__} is in EWMS_PILOT_OKAY_ERRORS: carrying on")
             return
+        # no task id: the reason goes to chirp's end reason too, which (like the error) must read
+        # the same on every pilot that hit the same failure; the task's own log line names it
         self.request_stop(
-            StopRequest(
-                StopCause.TASK_ERRORS,
-                f"task {outcome.task_id} failed ({type(failure).__name__}): {failure.reason}",
-            )
+            StopRequest(StopCause.TASK_ERRORS, f"a task failed ({type(failure).__name__}): {failure.reason}")
         )
 
     async def _pause(self, seconds: float) -> None:
@@ -425,8 +444,8 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
-        records = await asyncio.to_thread(self.journal.read, self.pilot_id)
-        print(render_summary(self.tally, request, records), flush=True)
+        runtimes = await asyncio.to_thread(self.journal.runtimes, self.pilot_id)
+        print(render_summary(self.tally, request, runtimes), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:
             LOGGER.warning(f"quarantine: sleeping {self.cfg.quarantine_time:g}s before exiting")
             await self.shutdown.wait_changed(self.cfg.quarantine_time)

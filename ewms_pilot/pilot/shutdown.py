@@ -39,6 +39,7 @@ class StopCause(str, enum.Enum):
     CONFIG = "config"  # a setting found invalid only when used (e.g. the local queue's path)
     FATAL = "fatal"  # unexpected exception
     RUNTIME = "runtime"  # container runtime / image unusable on this node
+    DISK_FULL = "disk-full"  # below EWMS_PILOT_MIN_FREE_DISK, and no running task to free any
 
 
 EXIT_CODES = {
@@ -51,6 +52,7 @@ EXIT_CODES = {
     StopCause.CONFIG: ExitCode.CONFIG,
     StopCause.FATAL: ExitCode.INTERNAL,
     StopCause.RUNTIME: ExitCode.RUNTIME_UNAVAILABLE,
+    StopCause.DISK_FULL: ExitCode.DISK_FULL,
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
 
 from ..config.redact import scrub
 from ..queues.base import Settlement
@@ -50,8 +49,8 @@ def histogram(runtimes: list[float], bins: int = BINS, width: int = BAR_WIDTH) -
     ]
 
 
-def render_summary(tally: Tally, request: StopRequest, records: list[dict[str, Any]]) -> str:
-    """The block printed when the pilot ends: counts from the outcomes, statistics from their records."""
+def render_summary(tally: Tally, request: StopRequest, runtimes: list[float]) -> str:
+    """The block printed when the pilot ends: counts from the outcomes, statistics from their records' runtimes."""
     elapsed = time.monotonic() - tally.started_at
     given_back = {s.value: n for s, n in sorted(tally.settlements.items()) if s in GIVEN_BACK and n}
     lines = [
@@ -63,10 +62,6 @@ def render_summary(tally: Tally, request: StopRequest, records: list[dict[str, A
     if given_back:
         lines.append("  back in the queue: " + "  ".join(f"{k} {n}" for k, n in given_back.items()))
     lines.append(f"  wall time {elapsed:.1f}s")
-    runtimes = [
-        r["end"] - r["start"] for r in records
-        if isinstance(r.get("end"), (int, float)) and isinstance(r.get("start"), (int, float))
-    ]
     stats = runtime_stats(runtimes)
     if stats["count"]:
         lines.append(

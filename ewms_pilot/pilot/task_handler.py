@@ -23,16 +23,19 @@ from typing import Any, TypeVar
 from ..config.model import PilotConfig
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Delivery, Settlement
+from ..resources.disk import disk_full_from_exit, disk_full_from_os_error
 from ..resources.oom import out_of_memory
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import (
     ContainerRunError,
+    DiskFullError,
     FailurePatternError,
     InvalidDataForInfileException,
     ResultTooLargeError,
     TaskCancelledError,
     TaskFailure,
+    TaskStalledError,
     TaskTimeoutError,
     TooManyRedeliveriesError,
     describe_failure,
@@ -41,7 +44,7 @@ from ..tasks.errors import (
 from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
 from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
-from ..tasks.taskdir import TaskDir, new_task_id
+from ..tasks.taskdir import TaskDir, new_task_id, warm_root
 from ..warm.pool import WarmPool
 from .journal import Journal
 from .outcome import Outcome, Result
@@ -56,10 +59,37 @@ OUTPUT_DUMP_BYTES = 64 * 1024
 STOP_GRACE = 3.0
 
 
-def _write_event(data: Any, path: Path) -> int:
-    """Write the infile; its size in bytes."""
-    write_infile(data, path)
-    return os.lstat(path).st_size
+def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
+    """One trip to a thread before the run: the task's directories, then its infile; the infile's size.
+
+    `made` gets the task dir once it exists, so a failed infile write still finds it to keep.
+    """
+    tdir.make()
+    made.append(tdir)
+    write_infile(data, tdir.infile)
+    return os.lstat(tdir.infile).st_size
+
+
+def _settle_files(
+    journal: Journal | None, record: dict[str, Any], tdir: TaskDir | None
+) -> tuple[OSError | None, OSError | None]:
+    """One trip to a thread after the settle: the task dir removed (if given), then the journal line.
+
+    Removal first: on a full disk, freeing it lets the journal line be written.
+    Returns (journal error, removal error), for the caller to log.
+    """
+    journal_error = remove_error = None
+    if tdir is not None:
+        try:
+            tdir.remove()
+        except OSError as e:
+            remove_error = e
+    if journal is not None:
+        try:
+            journal.append(record)
+        except OSError as e:
+            journal_error = e
+    return journal_error, remove_error
 
 
 def _load_result(path: Path, max_bytes: int) -> tuple[Any, int | None]:
@@ -289,21 +319,31 @@ class TaskHandler:
     ) -> tuple[Result, Any, TaskFailure | None, TaskDir | None]:
         """(result, outfile value, failure, task dir); a cancel here ends as CANCELLED."""
         cfg = self.env.cfg
+        made: list[TaskDir] = []  # the task dir, once it exists
+        if self.warm_pool is not None:  # one dir for all of this pilot's warm events
+            root = warm_root(cfg.data_dir, self.env.pilot_id)
+            layout = TaskDir.in_shared(root, facts.task_id, cfg.infile_ext, cfg.outfile_ext)
+        else:
+            layout = TaskDir.layout(cfg.data_dir, facts.task_id, cfg.infile_ext, cfg.outfile_ext)
         tdir: TaskDir | None = None
         try:
-            tdir = await asyncio.to_thread(
-                TaskDir.create, cfg.data_dir, facts.task_id, cfg.infile_ext, cfg.outfile_ext
-            )
-            value = await self._execute(facts.task_id, tdir, delivery, facts, log)
+            facts.bytes_in = await asyncio.to_thread(_stage_files, layout, delivery.data, made)
+            tdir = layout
+            value = await self._execute(facts.task_id, tdir, facts, log)
         except TaskFailure as f:
+            tdir = tdir or (made[0] if made else None)
             return Result.FAILED, None, f, tdir
         except OSError as e:
-            return Result.FAILED, None, TaskSetupError(f"{type(e).__name__}: {e}"), tdir
+            tdir = tdir or (made[0] if made else None)
+            failure = disk_full_from_os_error(e, "staging the task") or TaskSetupError(f"{type(e).__name__}: {e}")
+            return Result.FAILED, None, failure, tdir
         except asyncio.CancelledError:
             log.warning("pilot is stopping: task stopped, event given back to the broker")
+            tdir = tdir or (made[0] if made else None)
             return Result.CANCELLED, None, TaskCancelledError("stopped by the pilot's shutdown"), tdir
         except Exception as e:  # a bug, or input nobody foresaw: fail this event, keep the pilot
             log.exception("unexpected error while running the task")
+            tdir = tdir or (made[0] if made else None)
             return Result.FAILED, None, TaskSetupError(f"unexpected {type(e).__name__}: {e}"), tdir
         return (Result.NO_OUTPUT if value is NO_OUTFILE else Result.SUCCEEDED), value, None, tdir
 
@@ -354,16 +394,24 @@ class TaskHandler:
         return Result.FAILED, failure, await settler.failed(delivery, failure, log)
 
     async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
-        """Journal line and task-dir clean-up; a cancel here cannot undo the (threaded) write."""
+        """Journal line and task-dir clean-up, in one trip to a thread; a cancel cannot undo the write."""
+        cfg = self.env.cfg
+        free = isinstance(outcome.failure, DiskFullError)  # a full disk: a failed task's files go too
+        remove = tdir is not None and (outcome.ok or free) and not cfg.keep_all_task_files
         try:
-            if self.journal is not None:
-                await asyncio.to_thread(self.journal.append, outcome.record())
-            if tdir is not None:
-                await self._cleanup(tdir, ok=outcome.ok, log=log)
+            if tdir is not None and outcome.ok and cfg.dump_task_output:
+                await self._dump_outputs(tdir, log)
+            journal_error, remove_error = await asyncio.to_thread(
+                _settle_files, self.journal, outcome.record(), tdir if remove else None
+            )
         except asyncio.CancelledError:
-            pass
-        except OSError as e:
-            log.warning(f"could not write the journal record: {e}")
+            return
+        if journal_error is not None:
+            log.warning(f"could not write the journal record: {journal_error}")
+        if remove_error is not None and tdir is not None:
+            log.warning(f"could not remove task files in {tdir.files_at}: {remove_error}")
+        if tdir is not None and not outcome.ok and not remove:
+            log.info(f"task files kept in {tdir.files_at}")
 
     async def _dump_unless_cancelled(self, tdir: TaskDir, log: TaskLog) -> None:
         """The failed task's output in the log; a stop cuts it short, it does not skip the settling."""
@@ -372,24 +420,9 @@ class TaskHandler:
         except asyncio.CancelledError:
             log.warning("pilot is stopping: output dump cut short")
 
-    async def _cleanup(self, tdir: TaskDir, *, ok: bool, log: TaskLog) -> None:
+    async def _execute(self, task_id: str, tdir: TaskDir, record: RunFacts, log: TaskLog) -> Any:
+        """Container (infile written) → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
-        if ok and cfg.dump_task_output:
-            await self._dump_outputs(tdir, log)
-        if ok and not cfg.keep_all_task_files:
-            try:
-                await asyncio.to_thread(tdir.remove)
-            except OSError as e:
-                log.warning(f"could not remove task files {tdir.root}: {e}")
-        elif not ok:
-            log.info(f"task files kept in {tdir.root}")
-
-    async def _execute(
-        self, task_id: str, tdir: TaskDir, delivery: Delivery, record: RunFacts, log: TaskLog
-    ) -> Any:
-        """Infile → container → outfile; raises `TaskFailure` for anything the task got wrong."""
-        cfg = self.env.cfg
-        record.bytes_in = await asyncio.to_thread(_write_event, delivery.data, tdir.infile)
         if self.warm_pool is not None:
             return await self._execute_warm(task_id, tdir, record)
         with self.env.specs.gpus.lease() as gpus:  # EWMS_PILOT_TASK_GPUS: this task's own
@@ -405,18 +438,26 @@ class TaskHandler:
                 stop_grace=STOP_GRACE,
                 on_line=watcher,
                 log_max=cfg.task_log_max,
+                stall_timeout=cfg.task_stall_timeout,
             )
         record.exit_code = outcome.exit_code
+        if outcome.log_error is not None:  # its output is incomplete: say why rather than judge by it
+            raise disk_full_from_os_error(outcome.log_error, "writing the task's output") or outcome.log_error
         apptainer = self.env.runtime.name == "apptainer"
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
+        if outcome.stalled:
+            tail = await asyncio.to_thread(read_tail, tdir.stderr)
+            raise TaskStalledError.after_idle(cfg.task_stall_timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
             raise out_of_memory(
                 outcome.exit_code, tail, spec.memory_limit, killed_means_oom=killed_means_oom, apptainer=apptainer
-            ) or ContainerRunError.from_exit(outcome.exit_code, tail, apptainer=apptainer)
+            ) or disk_full_from_exit(outcome.exit_code, tail, apptainer=apptainer) or ContainerRunError.from_exit(
+                outcome.exit_code, tail, apptainer=apptainer
+            )
         if watcher.pattern_hit is not None:
             raise FailurePatternError.matched(*watcher.pattern_hit)
         return await self._read_result(tdir, record)
@@ -437,7 +478,12 @@ class TaskHandler:
         if result.timed_out:
             raise TaskTimeoutError.after(timeout or 0, result.error or "")
         if not result.ok:
-            raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
+            # a worker that died on the event (the pool replaces it) may have died of its memory limit
+            oom = result.exit_code is not None and out_of_memory(
+                result.exit_code, result.error or "", self.env.cfg.task_memory,
+                killed_means_oom=not self.env.runtime.uses_host_paths,
+            )  # fmt: skip
+            raise oom or ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
         return await self._read_result(tdir, record)
 
 

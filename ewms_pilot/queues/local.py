@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..config.model import BrokerConfig
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
@@ -47,6 +48,8 @@ from .local_store import Claimed, LocalStore, check_address
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 LEASE = 30.0  # seconds an unrenewed claim survives
 RENEW_EVERY = 5.0  # seconds between lease renewals (while the subscription is open)
@@ -68,6 +71,59 @@ class _Worker:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+class _Batcher(Generic[ItemT, ResultT]):
+    """Calls that arrive while the worker thread is busy are run together, in one transaction.
+
+    This is group commit: four concurrent results cost one `BEGIN ... COMMIT`
+    (one fsync) instead of four, and each caller still returns only once its
+    own item is committed. `run_many` runs on the worker thread and gives one
+    result (or exception) per item; an item whose caller gave up (cancelled)
+    before its turn is left out.
+    """
+
+    def __init__(self, worker: _Worker, run_many: Callable[[list[ItemT]], list[ResultT | BaseException]]) -> None:
+        self._worker = worker
+        self._run_many = run_many
+        self._lock = threading.Lock()
+        self._queued: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+
+    async def __call__(self, item: ItemT) -> ResultT:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ResultT] = loop.create_future()
+        with self._lock:
+            self._queued.append((item, fut))
+            first = len(self._queued) == 1
+        if first:  # else a drain is already queued on the worker: it takes this item too
+            self._worker.submit(self._drain, loop)
+        return await fut
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: everything queued so far, in one `run_many` call."""
+        with self._lock:
+            batch, self._queued = self._queued, []
+        batch = [(item, fut) for item, fut in batch if not fut.cancelled()]
+        if not batch:
+            return
+        try:
+            results = self._run_many([item for item, _ in batch])
+        except BaseException as e:  # the whole transaction failed: every item with it
+            results = [e] * len(batch)
+        try:
+            loop.call_soon_threadsafe(_resolve, [fut for _, fut in batch], results)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+
+def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    for fut, result in zip(futures, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _where(cfg: BrokerConfig) -> str:
@@ -113,6 +169,7 @@ class LocalSubscription(Subscription):
         self._next_sweep = 0.0  # monotonic; 0 = sweep on the first claim
         self._closed = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
+        self._acks: _Batcher[Claimed, bool] = _Batcher(worker, self._ack_many)
 
     @classmethod
     async def open(
@@ -188,6 +245,13 @@ class LocalSubscription(Subscription):
         self, delivery: Delivery, verb: str, done: Settlement, fn: Callable[..., bool], *args: Any
     ) -> Settlement:
         """`done` when the store changed the claim; LEFT (with the reason logged) otherwise."""
+        return await self._settle_with(
+            delivery, verb, done, lambda claim: self._worker.call(fn, claim, self.holder, *args)
+        )
+
+    async def _settle_with(
+        self, delivery: Delivery, verb: str, done: Settlement, change: Callable[[Claimed], Awaitable[bool]]
+    ) -> Settlement:
         claim = delivery.raw
         if not isinstance(claim, Claimed):
             raise TypeError(f"{verb}: not a delivery from a local queue: {delivery!r}")
@@ -200,7 +264,7 @@ class LocalSubscription(Subscription):
             LOGGER.warning(f"cannot {verb} event {claim.id}: subscription closed, it is redelivered")
             return Settlement.LEFT
         try:
-            changed = await self._worker.call(fn, claim, self.holder, *args)
+            changed = await change(claim)
         except BrokerError as e:  # still claimed by this holder: released at close or when its lease ends
             LOGGER.warning(f"cannot {verb} event {claim.id} ({e}): it is redelivered later")
             return Settlement.LEFT
@@ -209,8 +273,12 @@ class LocalSubscription(Subscription):
             return Settlement.LEFT
         return done
 
+    def _ack_many(self, claims: list[Claimed]) -> list[bool | BaseException]:
+        return list(self._store.ack_many(claims, self.holder))
+
     async def ack(self, delivery: Delivery) -> Settlement:
-        return await self._settle(delivery, "ack", Settlement.ACKED, self._store.ack)
+        """Acks that meet on the worker thread are committed together (`_Batcher`)."""
+        return await self._settle_with(delivery, "ack", Settlement.ACKED, self._acks)
 
     async def release(self, delivery: Delivery) -> Settlement:
         return await self._settle(delivery, "release", Settlement.RELEASED, self._store.release)
@@ -271,6 +339,7 @@ class LocalPublisher(Publisher):
         self._worker = worker
         self._store = store
         self._closed = False
+        self._sends: _Batcher[tuple[Any, dict[str, Any] | None], int] = _Batcher(worker, self._publish_many)
 
     @classmethod
     async def open(cls, cfg: BrokerConfig) -> LocalPublisher:
@@ -279,16 +348,21 @@ class LocalPublisher(Publisher):
         LOGGER.info(f"opened {_where(cfg)} for publishing")
         return cls(cfg, worker, store)
 
-    def _publish(self, data: Any, headers: dict[str, Any] | None) -> int:
-        return self._store.publish(codec.encode(data, headers))
+    def _publish_many(self, items: list[tuple[Any, dict[str, Any] | None]]) -> list[int | BaseException]:
+        """Worker thread: encode each item (a bad one fails alone), then commit the rest together."""
+        encoded: list[bytes | BaseException] = []
+        for data, headers in items:
+            try:
+                encoded.append(codec.encode(data, headers))
+            except TypeError as e:  # not JSON-serialisable: the caller's mistake, say so plainly
+                encoded.append(BrokerError(f"publishing to {_where(self._cfg)} failed: {e}"))
+        ids = iter(self._store.publish_many([p for p in encoded if isinstance(p, bytes)]))
+        return [p if isinstance(p, BaseException) else next(ids) for p in encoded]
 
     async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
         if self._closed:
             raise BrokerError(f"{_where(self._cfg)}: publisher is closed")
-        try:
-            await self._worker.call(self._publish, data, headers)
-        except TypeError as e:  # not JSON-serialisable: the caller's mistake, say so plainly
-            raise BrokerError(f"publishing to {_where(self._cfg)} failed: {e}") from e
+        await self._sends((data, headers))
 
     async def close(self) -> None:
         if self._closed:

@@ -75,10 +75,14 @@ def check_address(address: str) -> Path:
             ADDRESS_VARIABLE, address, "a path to an SQLite database file (created on first use)"
         )
     path = Path(address).expanduser()
-    if path.is_dir():
-        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
     parent = path.parent
-    if not parent.is_dir():
+    try:
+        is_dir, parent_is_dir = path.is_dir(), parent.is_dir()
+    except OSError as e:  # a name too long for the filesystem (is_dir raises that one)
+        raise ConfigError(ADDRESS_VARIABLE, address, f"a usable file path ({e.strerror})") from None
+    if is_dir:
+        raise ConfigError(ADDRESS_VARIABLE, address, "a file path, not a directory")
+    if not parent_is_dir:
         raise ConfigError(
             ADDRESS_VARIABLE, address, f"a file in an existing directory ({parent} does not exist)"
         )
@@ -192,6 +196,25 @@ class LocalStore:
             raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
         return int(cur.lastrowid or 0)
 
+    def publish_many(self, payloads: list[bytes]) -> list[int]:
+        """Append ready events in one transaction (one fsync for all); their ids once committed."""
+
+        def _txn() -> list[int]:
+            now = time.time()
+            ids = []
+            for payload in payloads:
+                cur = self._conn.execute(
+                    "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
+                    (self.queue, payload, now),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            return ids
+
+        if len(payloads) <= 1:
+            return [self.publish(p) for p in payloads]
+        result: list[int] = self._write(_txn)
+        return result
+
     # ----------------------------------------------------------------- sweep
 
     def _sweep(self, now: float, me: str | None = None) -> int:
@@ -276,6 +299,20 @@ class LocalStore:
             )
             == 1
         )
+
+    def ack_many(self, claims: list[Claimed], holder: str) -> list[bool]:
+        """`ack` for several claims in one transaction; one answer per claim."""
+        if len(claims) == 1:
+            return [self.ack(claims[0], holder)]
+
+        def _txn() -> list[bool]:
+            sql = f"DELETE FROM events WHERE {self._MINE}"
+            return [
+                self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims
+            ]
+
+        result: list[bool] = self._write(_txn)
+        return result
 
     def release(self, claim: Claimed, holder: str) -> bool:
         """Make the event ready again (first in line); False when the claim was lost."""

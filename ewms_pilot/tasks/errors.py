@@ -159,6 +159,22 @@ class TaskTimeoutError(ContainerRunError):
         )
 
 
+class TaskStalledError(TaskTimeoutError):
+    """The task used no CPU for EWMS_PILOT_TASK_STALL_TIMEOUT seconds (hung, or waiting for ever) and was stopped."""
+
+    @classmethod
+    def after_idle(cls, idle: float, stderr_tail: str = "", *, apptainer: bool = False) -> TaskStalledError:
+        """`used no CPU for 600 s[; last stderr line: <line>]`."""
+        line = extract_error_line(stderr_tail, apptainer=apptainer)
+        tail = f"; last stderr line: {line}" if line else ""
+        return cls(
+            f"used no CPU for {idle:g} s (EWMS_PILOT_TASK_STALL_TIMEOUT){tail}",
+            timeout=idle,
+            stderr_line=line,
+            detail=extract_detail(stderr_tail, apptainer=apptainer),
+        )
+
+
 class TaskOutOfMemoryError(ContainerRunError):
     """The task went over its memory limit (EWMS_PILOT_TASK_MEMORY) and was killed or refused memory.
 
@@ -181,6 +197,14 @@ class TaskOutOfMemoryError(ContainerRunError):
         self.limit = limit
         self.peak = peak
         super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=detail)
+
+
+class DiskFullError(ContainerRunError):
+    """The disk where task dirs live filled up under the task (ENOSPC / EDQUOT).
+
+    Built by `resources/disk.py`: the task said so, or the pilot could not write
+    its infile or its stdout/stderr. The pilot survives it (docs/resources.md).
+    """
 
 
 class FailurePatternError(ContainerRunError):

@@ -25,16 +25,25 @@ class CappedLog:
         self._tail = bytearray()
         self.cut = 0  # bytes dropped between head and tail
         self._finished = False
+        # the first failed write (a full disk): later output is dropped, the task's pipe still read
+        self.error: OSError | None = None
+
+    def _put(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.sink.write(data)
+            self.sink.flush()
+        except OSError as e:
+            self.error = e
 
     def write(self, chunk: bytes) -> None:
         if self.limit is None:
-            self.sink.write(chunk)
-            self.sink.flush()
+            self._put(chunk)
             return
         if self._head_left > 0:
             head = chunk[: self._head_left]
-            self.sink.write(head)
-            self.sink.flush()
+            self._put(head)
             self._head_left -= len(head)
             chunk = chunk[len(head) :]
         if chunk:
@@ -49,8 +58,5 @@ class CappedLog:
         if self._finished or self.limit is None:
             return
         self._finished = True
-        if self.cut:
-            self.sink.write(MARKER % (self.cut, self.limit))
-        self.sink.write(bytes(self._tail))
-        self.sink.flush()
+        self._put((MARKER % (self.cut, self.limit) if self.cut else b"") + bytes(self._tail))
         self._tail.clear()

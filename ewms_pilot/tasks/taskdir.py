@@ -4,6 +4,8 @@
 <data_dir>/<task id>/task-io/outfile-<id><ext>
 <data_dir>/<task id>/outputs/stdoutfile           (pilot-side only)
 <data_dir>/<task id>/outputs/stderrfile
+<data_dir>/warm-<pilot id>/task-io/infile-<id><ext>   (warm mode: one dir for all events)
+<data_dir>/warm-<pilot id>/task-io/outfile-<id><ext>
 
 Everything under the data dir is the pilot user's only (dirs 0700, files 0600,
 process umask 077): an event, a result or a task's env is nobody else's to
@@ -14,6 +16,7 @@ docs/sandbox.md for a site that runs tasks as yet another uid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses as dc
 import os
 import shutil
@@ -51,9 +54,23 @@ def _check_task_id(task_id: str) -> None:
         raise ValueError(f"task id {task_id!r} is not a single file name")
 
 
+def warm_root(data_dir: Path, pilot_id: str) -> Path:
+    """The one directory that holds every warm-mode event's files of one pilot (made once, not per event)."""
+    return data_dir / f"warm-{pilot_id}"
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @dc.dataclass(frozen=True)
 class TaskDir:
-    """The host paths of one task's files."""
+    """The host paths of one task's files.
+
+    One-shot tasks get a tree of their own (`root` = `<data_dir>/<task id>`),
+    made before the run and removed after it. Warm-mode events share their
+    pilot's `warm_root` (`shared`): their files are named by task id, so an
+    event costs two files, never a directory made and removed.
+    """
 
     root: Path
     task_io: Path
@@ -62,12 +79,22 @@ class TaskDir:
     outputs: Path
     stdout: Path
     stderr: Path
+    shared: bool = False  # root and task_io belong to many events (warm mode): only the files are the event's
 
     @classmethod
     def layout(cls, data_dir: Path, task_id: str, infile_ext: str, outfile_ext: str) -> TaskDir:
         """The paths for `task_id`, without touching the filesystem."""
         _check_task_id(task_id)
-        root = data_dir / task_id
+        return cls._at(data_dir / task_id, task_id, infile_ext, outfile_ext, shared=False)
+
+    @classmethod
+    def in_shared(cls, root: Path, task_id: str, infile_ext: str, outfile_ext: str) -> TaskDir:
+        """The paths of one warm-mode event's files under the shared `root` (`warm_root`)."""
+        _check_task_id(task_id)
+        return cls._at(root, task_id, infile_ext, outfile_ext, shared=True)
+
+    @classmethod
+    def _at(cls, root: Path, task_id: str, infile_ext: str, outfile_ext: str, *, shared: bool) -> TaskDir:
         task_io = root / "task-io"
         outputs = root / "outputs"
         return cls(
@@ -78,30 +105,124 @@ class TaskDir:
             outputs=outputs,
             stdout=outputs / "stdoutfile",
             stderr=outputs / "stderrfile",
+            shared=shared,
         )
 
     @classmethod
     def create(cls, data_dir: Path, task_id: str, infile_ext: str, outfile_ext: str) -> TaskDir:
         """Make the directories for a new task (`FileExistsError` if the id was used)."""
         td = cls.layout(data_dir, task_id, infile_ext, outfile_ext)
-        data_dir.mkdir(PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-        for d in (td.root, td.task_io, td.outputs):
-            d.mkdir(PRIVATE_DIR_MODE)
+        td.make()
         return td
 
+    @property
+    def files_at(self) -> Path:
+        """Where this task's files are (what a log line points to)."""
+        return self.task_io if self.shared else self.root
+
+    def make(self) -> None:
+        """Make the directories (`FileExistsError` if a task's own id was used; shared ones may exist).
+
+        The data dir normally exists (`prepare_data_dir`, at start): then a task's root is one mkdir.
+        """
+        dirs = (self.root, self.task_io) if self.shared else (self.root, self.task_io, self.outputs)
+        try:
+            os.mkdir(self.root, PRIVATE_DIR_MODE)
+        except FileNotFoundError:  # the data dir itself is not there (yet, or any more)
+            self.root.parent.mkdir(PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            os.mkdir(self.root, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if not self.shared:
+                raise
+        for d in dirs[1:]:
+            try:
+                os.mkdir(d, PRIVATE_DIR_MODE)
+            except FileExistsError:
+                if not self.shared:
+                    raise
+
     def remove(self) -> None:
-        """Delete the task's tree; parts already gone are fine, other errors raise."""
+        """Delete the task's files (and its own tree); parts already gone are fine, other errors raise.
 
-        def _ignore_missing(func: Callable[..., Any], path: str, exc: BaseException) -> None:
-            if not isinstance(exc, FileNotFoundError):
-                raise exc
+        The usual tree (the files the pilot knows of) goes with a few unlinks and
+        rmdirs through directory fds that never follow a link; anything else in
+        a task's own tree (extra files, a link it planted) falls back to `shutil.rmtree`.
+        """
+        if self.shared:
+            self._remove_files()
+            return
+        try:
+            self._remove_known()
+        except OSError:  # ENOTEMPTY, EISDIR, ELOOP ...: not the usual tree
+            _rmtree(self.root)
 
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(self.root, onexc=_ignore_missing)
-        else:
-            shutil.rmtree(
-                self.root, onerror=lambda func, path, info: _ignore_missing(func, path, info[1])
-            )
+    def _remove_files(self) -> None:
+        """Shared dir: only this event's two names (a directory made at one of them included)."""
+        try:
+            root_fd = os.open(self.root, _DIR_FLAGS)
+        except FileNotFoundError:
+            return
+        try:
+            fd = os.open(self.task_io.name, _DIR_FLAGS, dir_fd=root_fd)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(root_fd)
+        try:
+            for path in (self.infile, self.outfile):
+                try:
+                    os.unlink(path.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                except IsADirectoryError:
+                    _rmtree(path.name, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _remove_known(self) -> None:
+        """Remove the known files and directories; OSError when there is anything else."""
+        try:
+            root_fd = os.open(self.root, _DIR_FLAGS)
+        except FileNotFoundError:
+            return
+        try:
+            for sub, names in ((self.task_io, (self.infile, self.outfile)), (self.outputs, (self.stdout, self.stderr))):
+                try:
+                    fd = os.open(sub.name, _DIR_FLAGS, dir_fd=root_fd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    for path in names:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path.name, dir_fd=fd)
+                finally:
+                    os.close(fd)
+                os.rmdir(sub.name, dir_fd=root_fd)
+        finally:
+            os.close(root_fd)
+        os.rmdir(self.root)
+
+
+def remove_warm_root(root: Path) -> None:
+    """At the end of a warm pool: the shared dir goes if no event's files were kept in it."""
+    for d in (root / "task-io", root):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (a failed event's files), or replaced: left for a look
+            return
+
+
+def _rmtree(path: Path | str, dir_fd: int | None = None) -> None:
+    def _ignore_missing(func: Callable[..., Any], path: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise exc
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_ignore_missing, dir_fd=dir_fd)
+    else:
+        shutil.rmtree(path, onerror=lambda func, p, info: _ignore_missing(func, p, info[1]), dir_fd=dir_fd)
 
 
 def prepare_data_dir(data_dir: Path, data_hub: Path) -> int:

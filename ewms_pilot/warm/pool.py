@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config.model import PilotConfig
 from ..runtimes.base import RunSpec, Runtime, RuntimeUnavailableError
 from ..runtimes.spec import SpecBuilder
+from ..tasks.taskdir import remove_warm_root, warm_root
 from .protocol import ENV_TASK_MODE, WARM, encode_request
 from .worker_proc import Exited, WarmWorker
 
@@ -248,3 +249,4 @@ class WarmPool:
                     worker.log_path.unlink()
         with contextlib.suppress(OSError):
             self.log_dir.rmdir()  # only when empty: crash logs stay for a look
+        remove_warm_root(warm_root(self.cfg.data_dir, self.pilot_id))  # kept events' files stay too

@@ -1,0 +1,127 @@
+"""Issue 14 item 6: the disk watchdog, on a real small file system (an 8 MiB tmpfs as the data dir).
+
+A task that fills the disk fails as DiskFullError (the pilot and the other
+tasks go on); below EWMS_PILOT_MIN_FREE_DISK no event is taken while tasks
+run, and taking resumes when they free the space; with nothing running the
+pilot ends (exit 8), its events left on the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from config_env import MINIMAL
+from memory_pilot import journal, memory_config, new_queues, put, take
+
+from ewms_pilot.config.loader import config_as_environ, load_config
+from ewms_pilot.exitcodes import ExitCode
+from ewms_pilot.pilot.scheduler import Pilot
+from ewms_pilot.pilot.shutdown import StopCause, StopRequest
+from ewms_pilot.resources.disk import DEFAULT_MIN_FREE
+
+MiB = 2**20
+
+
+def _task(side: Path) -> str:
+    """`fill`: write until the disk is full; `hog`: 5 MiB, 4 s; else 0.2 s. `side` gets the hog's times."""
+    return (
+        "import os,sys,time\n"
+        "d=open(sys.argv[1]).read(); here=os.path.dirname(sys.argv[2])\n"
+        "if d=='fill':\n"
+        "    f=open(os.path.join(here,'fill'),'wb')\n"
+        "    while True: f.write(b'x'*65536); f.flush()\n"
+        "if d=='hog':\n"
+        "    open(os.path.join(here,'hog'),'wb').write(b'x'*5*1024*1024)\n"
+        f"    t=time.time(); time.sleep(4); open({str(side)!r},'w').write(f'{{t}} {{time.time()}}')\n"
+        "else: time.sleep(0.2)\n"
+        "open(sys.argv[2],'w').write(d)\n"
+    )
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _run(cfg_items: tuple[object, ...], cfg: object) -> StopRequest:
+    async def main() -> StopRequest:
+        await put(cfg, *cfg_items)  # type: ignore[arg-type]
+        return await Pilot(cfg).run()  # type: ignore[arg-type]
+
+    return asyncio.run(main())
+
+
+def test_a_task_that_fills_the_disk_fails_as_disk_full_and_the_rest_go_on(small_disk: Path, tmp_path: Path) -> None:
+    q = new_queues()
+    cfg = memory_config(
+        q, small_disk, _task(tmp_path / "side"), EWMS_PILOT_MIN_FREE_DISK="1M",
+        EWMS_PILOT_OKAY_ERRORS="DiskFullError", EWMS_PILOT_MAX_DELIVERIES="1",
+    )  # fmt: skip
+    request = _run(("fill", "a", "b"), cfg)
+    assert request.cause is StopCause.QUEUE_EMPTY, request.reason
+    records = {r["error_type"] or r["result"]: r for r in journal(small_disk)}
+    assert set(records) == {"DiskFullError", "succeeded"} and len(journal(small_disk)) == 3
+    assert "No space left on device" in records["DiskFullError"]["error"]
+    assert not list((small_disk / "ewms-pilot-data").glob("*/task-io/fill"))  # its files freed the disk
+
+
+def test_below_the_minimum_no_event_is_taken_until_running_tasks_free_space(
+    small_disk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "ewms_pilot")
+    q = new_queues()
+    side = tmp_path / "side"
+    cfg = memory_config(q, small_disk, _task(side), EWMS_PILOT_MIN_FREE_DISK="4M", EWMS_PILOT_MAX_CONCURRENT_TASKS="2")
+    request = _run(("hog", *[f"q{i}" for i in range(12)]), cfg)
+    assert request.cause is StopCause.QUEUE_EMPTY, request.reason
+    filled, hog_exit = map(float, side.read_text().split())
+    records = journal(small_disk)
+    assert len(records) == 13 and all(r["result"] == "succeeded" for r in records)
+    hog = next(r for r in records if r["end"] - r["start"] >= 4)
+    quick = sorted(r["start"] for r in records if r is not hog)
+    # a reading is at most 1 s old: from then on until the hog's files are gone, nothing starts
+    assert [t for t in quick if filled + 2.0 <= t < hog_exit] == []
+    assert any(t >= hog_exit for t in quick)  # taking resumed
+    assert "below EWMS_PILOT_MIN_FREE_DISK" in caplog.text and "taking events again" in caplog.text
+
+
+def test_with_nothing_running_a_full_disk_ends_the_pilot_and_leaves_the_events(small_disk: Path, tmp_path: Path) -> None:
+    (small_disk / "ballast").write_bytes(b"x" * int(7.5 * MiB))
+    q = new_queues()
+    cfg = memory_config(q, small_disk, _task(tmp_path / "side"), EWMS_PILOT_MIN_FREE_DISK="1M")
+
+    async def main() -> tuple[StopRequest, int]:
+        await put(cfg, "a", "b")
+        request = await Pilot(cfg).run()
+        return request, len(await take(cfg, q.incoming))
+
+    request, left = asyncio.run(main())
+    assert request.cause is StopCause.DISK_FULL and request.exit_code == ExitCode.DISK_FULL == 8
+    assert "below EWMS_PILOT_MIN_FREE_DISK=1 MiB" in request.reason
+    assert left == 2
+
+
+def test_the_default_minimum_is_1g_or_a_tenth_of_a_small_slot(tmp_path: Path) -> None:
+    ad = tmp_path / ".machine.ad"
+    ad.write_text("Cpus = 1\nMemory = 2048\nDisk = 2000000\n")  # KB: ~1.9 GiB
+    env = {**MINIMAL, "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path), "_CONDOR_MACHINE_AD": str(ad)}
+    assert load_config(env).min_free_disk == 200_000 * 1024
+    ad.write_text("Cpus = 1\nMemory = 2048\nDisk = 200000000\n")
+    assert load_config(env).min_free_disk == DEFAULT_MIN_FREE
+    off = load_config({**env, "EWMS_PILOT_MIN_FREE_DISK": "0"})
+    assert off.min_free_disk is None
+    assert load_config(config_as_environ(off)).min_free_disk is None  # "off" survives a round trip
