@@ -647,6 +647,7 @@ FULL = {
     "EWMS_PILOT_TASK_ARGS": "--in {{INFILE}} --out {{OUTFILE}}",
     "EWMS_PILOT_TASK_ENV_JSON": '{"A": "1", "B": "two words"}',
     "EWMS_PILOT_TASK_TIMEOUT": "3600",
+    "EWMS_PILOT_TASK_STALL_TIMEOUT": "900",
     "EWMS_PILOT_TASK_MODE": "oneshot",
     "EWMS_PILOT_MAX_CONCURRENT_TASKS": "4",
     "EWMS_PILOT_TASK_CPUS": "2",
@@ -715,7 +716,7 @@ def test_full_config_every_setting_lands() -> None:
     assert cfg.task.image == "registry.example/task:2"
     assert cfg.task.args == "--in {{INFILE}} --out {{OUTFILE}}"
     assert dict(cfg.task.env) == {"A": "1", "B": "two words"}
-    assert cfg.task.timeout == 3600
+    assert cfg.task.timeout == 3600 and cfg.task_stall_timeout == 900
     assert cfg.task_mode is TaskMode.ONESHOT
     assert cfg.max_concurrent_tasks == 4
     assert (cfg.task_cpus, cfg.task_memory, cfg.task_gpus) == (2, 512 * 2**20, 0)
@@ -919,4 +920,5 @@ def test_warm_mode_refuses_per_event_placeholders() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env)
     assert info.value.variable == "EWMS_PILOT_TASK_ARGS" and "{{INFILE}}" in str(info.value)
-    assert load_config(dict(env, EWMS_PILOT_TASK_ARGS="worker --hub <<DATA_HUB>>")).task_mode is TaskMode.WARM
+    warm = dict(env, EWMS_PILOT_TASK_ARGS="worker --hub <<DATA_HUB>>", EWMS_PILOT_TASK_STALL_TIMEOUT="")
+    assert load_config(warm).task_mode is TaskMode.WARM  # (stall detection is one-shot only)

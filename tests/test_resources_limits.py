@@ -13,11 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from memory_pilot import journal, memory_config, new_queues, put, take
 from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot
 
 from ewms_pilot.config import ContainerConfig
 from ewms_pilot.config.loader import load_config
+from ewms_pilot.pilot.scheduler import Pilot
+from ewms_pilot.pilot.shutdown import StopCause
 from ewms_pilot.runtimes.apptainer import ApptainerRuntime
 from ewms_pilot.runtimes.base import Runtime
 from ewms_pilot.runtimes.docker import DockerRuntime
@@ -229,3 +232,59 @@ def test_apptainer_memory_limit_only_where_cgroups_allow(tmp_path: Path, caplog:
     else:  # not root, cgroup v1: said once at load, instead of apptainer failing every task
         assert "--memory" not in argv
         assert any("EWMS_PILOT_TASK_MEMORY is not enforced" in r.getMessage() for r in caplog.records)
+
+
+# -- warm workers killed for memory --------------------------------------------------------
+
+# a warm worker without json (the test image has python3-minimal): requests are ASCII JSON
+# with three string fields; "BIG" allocates 200 MB, nothing catches what that raises
+HUNGRY_WORKER = (
+    "import sys\n"
+    "for line in sys.stdin:\n"
+    "    p = line.split('\"'); tid, infile, outfile = p[3], p[7], p[11]\n"
+    "    d = open(infile).read()\n"
+    "    if d == 'BIG': x = bytearray(200*1024*1024); x[-1] = 1\n"
+    "    open(outfile, 'w').write(d + d)\n"
+    "    print('{\"id\": \"%s\", \"ok\": true}' % tid, flush=True)\n"
+)
+
+
+def _warm_oom(tmp_path: Path, python: str, memory: str, **extra: str) -> list[dict[str, object]]:
+    """ok1, BIG, ok2, ok3 through one warm worker slot; the journal records."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "w.py").write_text(HUNGRY_WORKER)
+    q = new_queues()
+    cfg = memory_config(
+        q, tmp_path / "data", "", EWMS_PILOT_TASK_MODE="warm", EWMS_PILOT_TASK_MEMORY=memory,
+        EWMS_PILOT_TASK_ARGS=shlex.join([python, str(scripts / "w.py")]),
+        EWMS_PILOT_EXTERNAL_DIRECTORIES=str(scripts), EWMS_PILOT_OKAY_ERRORS="TaskOutOfMemoryError",
+        EWMS_PILOT_MAX_DELIVERIES="1", **extra,
+    )  # fmt: skip
+
+    async def main() -> None:
+        await put(cfg, "ok1", "BIG", "ok2", "ok3")
+        assert (await Pilot(cfg).run()).cause is StopCause.QUEUE_EMPTY
+        assert sorted(d.data for d in await take(cfg, q.outgoing)) == ["ok1ok1", "ok2ok2", "ok3ok3"]
+
+    asyncio.run(main())
+    return journal(tmp_path / "data")
+
+
+def _only_big_ran_out_of_memory(records: list[dict[str, object]], how: str) -> None:
+    failed = [r for r in records if r["result"] == "failed"]
+    assert len(records) == 4 and len(failed) == 1, records
+    assert failed[0]["error_type"] == "TaskOutOfMemoryError", failed
+    assert how in str(failed[0]["error"])  # and the worker after it (a new one) did ok2, ok3
+
+
+def test_a_warm_worker_refused_memory_fails_its_event_as_out_of_memory(tmp_path: Path) -> None:
+    _only_big_ran_out_of_memory(_warm_oom(tmp_path, sys.executable, "128M"), "MemoryError")
+
+
+@pytest.mark.podman
+def test_a_warm_container_killed_for_memory_fails_its_event_as_out_of_memory(tmp_path: Path, podman_image: str) -> None:
+    records = _warm_oom(
+        tmp_path, "python3", "64m", EWMS_PILOT_CONTAINER_PLATFORM="podman", EWMS_PILOT_TASK_IMAGE=podman_image
+    )
+    _only_big_ran_out_of_memory(records, "killed at its 64 MiB memory limit (exit code 137)")

@@ -255,6 +255,10 @@ def _cross_checks(v: _Values, top: dict[str, Any], incoming: BrokerConfig) -> No
 def _resources(v: _Values, top: dict[str, Any]) -> None:
     """The slot, and `auto` concurrency/memory resolved from it: the pilot only sees numbers."""
     slot = discover(v.environ, disk_path=top["data_dir_parent"])
+    if top["task_stall_timeout"] is not None and top["task_mode"] is TaskMode.WARM:
+        raise v.fail(
+            "EWMS_PILOT_TASK_STALL_TIMEOUT", "empty with EWMS_PILOT_TASK_MODE=warm (it watches one-shot tasks)"
+        )
     if top["task_gpus"] and top["task_mode"] is TaskMode.WARM:
         raise v.fail("EWMS_PILOT_TASK_GPUS", "0 with EWMS_PILOT_TASK_MODE=warm (GPUs go to one-shot tasks)")
     try:

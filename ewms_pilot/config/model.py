@@ -97,6 +97,7 @@ class PilotConfig:
 
     # task handling
     max_concurrent_tasks: int = 1  # `auto` is resolved at load (resources/sizing.py)
+    task_stall_timeout: float | None = None  # s with no CPU use before a task is stopped; None = off
     task_cpus: int = 1
     task_memory: int | None = None  # bytes per task; None = no limit (`auto` resolved at load)
     task_gpus: int = 0

@@ -175,6 +175,16 @@ VARIABLES: tuple[EnvVar, ...] = (
         misspelling_refused=_NO_LIMIT,
     ),
     EnvVar(
+        name="EWMS_PILOT_TASK_STALL_TIMEOUT",
+        type=OPT_SECONDS_GT0,
+        default="",
+        section="task",
+        help="Seconds a one-shot task may use no CPU at all before it is stopped as TaskStalledError (a "
+        "TaskTimeoutError): process/apptainer read its process group, podman/docker its container's cgroup",
+        field="task_stall_timeout",
+        default_doc="off",
+    ),
+    EnvVar(
         name="EWMS_PILOT_TASK_MODE",
         type=TASK_MODE,
         default="oneshot",

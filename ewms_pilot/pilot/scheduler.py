@@ -321,11 +321,10 @@ class Pilot:
         if names & self.cfg.okay_errors:
             LOGGER.info(f"failure {type(failure).__name__} is in EWMS_PILOT_OKAY_ERRORS: carrying on")
             return
+        # no task id: the reason goes to chirp's end reason too, which (like the error) must read
+        # the same on every pilot that hit the same failure; the task's own log line names it
         self.request_stop(
-            StopRequest(
-                StopCause.TASK_ERRORS,
-                f"task {outcome.task_id} failed ({type(failure).__name__}): {failure.reason}",
-            )
+            StopRequest(StopCause.TASK_ERRORS, f"a task failed ({type(failure).__name__}): {failure.reason}")
         )
 
     async def _pause(self, seconds: float) -> None:

@@ -35,6 +35,7 @@ from ..tasks.errors import (
     ResultTooLargeError,
     TaskCancelledError,
     TaskFailure,
+    TaskStalledError,
     TaskTimeoutError,
     TooManyRedeliveriesError,
     describe_failure,
@@ -437,6 +438,7 @@ class TaskHandler:
                 stop_grace=STOP_GRACE,
                 on_line=watcher,
                 log_max=cfg.task_log_max,
+                stall_timeout=cfg.task_stall_timeout,
             )
         record.exit_code = outcome.exit_code
         if outcome.log_error is not None:  # its output is incomplete: say why rather than judge by it
@@ -445,6 +447,9 @@ class TaskHandler:
         if outcome.timed_out:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
+        if outcome.stalled:
+            tail = await asyncio.to_thread(read_tail, tdir.stderr)
+            raise TaskStalledError.after_idle(cfg.task_stall_timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer
@@ -473,7 +478,12 @@ class TaskHandler:
         if result.timed_out:
             raise TaskTimeoutError.after(timeout or 0, result.error or "")
         if not result.ok:
-            raise ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
+            # a worker that died on the event (the pool replaces it) may have died of its memory limit
+            oom = result.exit_code is not None and out_of_memory(
+                result.exit_code, result.error or "", self.env.cfg.task_memory,
+                killed_means_oom=not self.env.runtime.uses_host_paths,
+            )  # fmt: skip
+            raise oom or ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
         return await self._read_result(tdir, record)
 
 

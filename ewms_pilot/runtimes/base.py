@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses as dc
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 # Where a task inside a container sees the pilot's directories.
@@ -167,6 +167,16 @@ class Runtime(abc.ABC):
     def process_cwd(self, spec: RunSpec) -> Path | None:
         """The client process's working directory; None = the pilot's own."""
         return None
+
+    async def cpu_reader(self, spec: RunSpec, client_pid: int) -> Callable[[], float | None] | None:
+        """How to read the task's CPU seconds so far (EWMS_PILOT_TASK_STALL_TIMEOUT); None: cannot.
+
+        By default the process group the pilot started (its leader `client_pid`): the task
+        runs under the client (process, apptainer).
+        """
+        from ..tasks.stall import group_cpu  # local: keeps this interface module light
+
+        return lambda: group_cpu(client_pid)
 
     async def remove_leftovers(self, label_key: str, label_value: str) -> list[str]:
         """Remove containers labelled `label_key=label_value`; returns what was removed.

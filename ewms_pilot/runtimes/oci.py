@@ -19,10 +19,12 @@ How a container dies with its pilot:
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from ..tasks.stall import process_tree_reader
 from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError, env_file_of
 from .commands import run_command
 from .mounts import require_plain_paths
@@ -36,6 +38,9 @@ MOUNT_FORBIDDEN_CHARS = ',"\n'
 INSPECT_TIMEOUT = 60.0
 #: default seconds allowed for one pull
 PULL_TIMEOUT = 1800.0
+#: looking up a starting container's pid (stall detection): tries, seconds apart
+PID_TRIES = 60
+PID_RETRY = 0.5
 
 
 class OCIRuntime(Runtime):
@@ -104,6 +109,21 @@ class OCIRuntime(Runtime):
             if problem is not None:
                 raise ValueError(f"environment variable {key} {problem}")
         return "".join(f"{key}={value}\n" for key, value in env.items())
+
+    async def cpu_reader(self, spec: RunSpec, client_pid: int) -> Callable[[], float | None] | None:
+        """The container's cgroup (else process group), from its main pid (`inspect`, retried while it starts).
+
+        The task runs under the runtime's monitor, not under the client the pilot started.
+        """
+        for _ in range(PID_TRIES):
+            got = await run_command(
+                [self.binary, "inspect", "--format", "{{.State.Pid}}", spec.name], timeout=INSPECT_TIMEOUT
+            )
+            text = got.stdout.strip()
+            if got.ok and text.isdigit() and int(text) > 0:
+                return await asyncio.to_thread(process_tree_reader, int(text))
+            await asyncio.sleep(PID_RETRY)
+        return None
 
     def stop_argv(self, name: str, grace: float) -> list[str] | None:
         return [self.binary, "stop", "-t", str(int(grace)), name]

@@ -159,6 +159,22 @@ class TaskTimeoutError(ContainerRunError):
         )
 
 
+class TaskStalledError(TaskTimeoutError):
+    """The task used no CPU for EWMS_PILOT_TASK_STALL_TIMEOUT seconds (hung, or waiting for ever) and was stopped."""
+
+    @classmethod
+    def after_idle(cls, idle: float, stderr_tail: str = "", *, apptainer: bool = False) -> TaskStalledError:
+        """`used no CPU for 600 s[; last stderr line: <line>]`."""
+        line = extract_error_line(stderr_tail, apptainer=apptainer)
+        tail = f"; last stderr line: {line}" if line else ""
+        return cls(
+            f"used no CPU for {idle:g} s (EWMS_PILOT_TASK_STALL_TIMEOUT){tail}",
+            timeout=idle,
+            stderr_line=line,
+            detail=extract_detail(stderr_tail, apptainer=apptainer),
+        )
+
+
 class TaskOutOfMemoryError(ContainerRunError):
     """The task went over its memory limit (EWMS_PILOT_TASK_MEMORY) and was killed or refused memory.
 

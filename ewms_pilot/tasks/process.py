@@ -31,6 +31,7 @@ from ..runtimes.commands import run_command
 from ..runtimes.envfile import remove_env_file
 from .logcap import CappedLog
 from .parent_death import with_parent_death_signal
+from .stall import wait_for_stall
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class ProcessOutcome:
     cancelled: bool  # stopped because `stop` was set (asyncio cancellation re-raises instead)
     duration: float  # seconds from start until it was over (a stop included)
     log_error: OSError | None = None  # writing its stdout/stderr failed (a full disk): output is incomplete
+    stalled: bool = False  # stopped because it used no CPU for `stall_timeout` s (tasks/stall.py)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -220,15 +222,20 @@ async def _drain(pumps: list[asyncio.Task[None]]) -> None:
 
 
 async def _wait_for_end(
-    proc: asyncio.subprocess.Process, timeout: float | None, stop: asyncio.Event | None
-) -> tuple[bool, bool]:
-    """(timed_out, stop_requested), or (False, False) when the client exited by itself."""
+    proc: asyncio.subprocess.Process,
+    timeout: float | None,
+    stop: asyncio.Event | None,
+    stall: asyncio.Future[None] | None = None,
+) -> tuple[bool, bool, bool]:
+    """(timed_out, stop_requested, stalled), all False when the client exited by itself."""
     exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
     waiters: set[asyncio.Future[Any]] = {exited}
     stop_waiter: asyncio.Task[bool] | None = None
     if stop is not None:
         stop_waiter = asyncio.ensure_future(stop.wait())
         waiters.add(stop_waiter)
+    if stall is not None:
+        waiters.add(stall)
     try:
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -236,10 +243,12 @@ async def _wait_for_end(
             if not waiter.done():
                 waiter.cancel()
     if exited in done:
-        return False, False
+        return False, False, False
     if stop_waiter is not None and stop_waiter in done:
-        return False, True
-    return True, False
+        return False, True, False
+    if stall is not None and stall in done:
+        return False, False, True
+    return True, False, False
 
 
 def _require_executable(cmd: str, env: Mapping[str, str] | None, cwd: Path | None) -> None:
@@ -265,12 +274,14 @@ async def run_to_completion(
     on_line: Callable[[str, str], None] | None = None,
     stop: asyncio.Event | None = None,
     log_max: int | None = None,
+    stall_timeout: float | None = None,
 ) -> ProcessOutcome:
     """Run `runtime.run_argv(spec)` until it exits, times out, or `stop` is set.
 
     stdout/stderr go to the two files (through `on_line(stream, line)` as well
     when given: stream is "stdout" or "stderr"), each capped at `log_max` bytes
-    (head and tail kept, `logcap`). On asyncio cancellation the
+    (head and tail kept, `logcap`). With `stall_timeout`, a task whose CPU
+    time does not grow for that long is stopped (`stalled`). On asyncio cancellation the
     process is stopped the same way, then CancelledError is re-raised. When it
     returns or raises, no process of the run is left in its process group and
     no container of it is left running.
@@ -311,11 +322,21 @@ async def run_to_completion(
                     asyncio.create_task(_pump(proc.stderr, caps[1], "stderr", on_line)),
                 ]
 
-            timed_out = stop_requested = False
+            timed_out = stop_requested = stalled = False
+            stall = None
+            if stall_timeout is not None:
+                pid = proc.pid
+                stall = asyncio.ensure_future(
+                    wait_for_stall(lambda: runtime.cpu_reader(spec, pid), stall_timeout, spec.name)
+                )
             try:
-                timed_out, stop_requested = await _wait_for_end(proc, timeout, stop)
-                if timed_out or stop_requested:
-                    why = f"timed out after {timeout:g}s" if timed_out else "stop requested"
+                timed_out, stop_requested, stalled = await _wait_for_end(proc, timeout, stop, stall)
+                if timed_out or stop_requested or stalled:
+                    why = (
+                        f"timed out after {timeout:g}s" if timed_out
+                        else f"used no CPU for {stall_timeout:g}s" if stalled
+                        else "stop requested"
+                    )  # fmt: skip
                     LOGGER.info(f"{spec.name}: {why}: stopping it")
                     await uncancellable(terminate(runtime, spec, proc, stop_grace))
             except BaseException:  # cancelled (or a bug): stop it before letting go
@@ -333,4 +354,4 @@ async def run_to_completion(
     finally:
         remove_env_file(spec.env_file)
     log_error = next((c.error for c in caps if c.error is not None), None)
-    return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started, log_error)
+    return ProcessOutcome(proc.returncode, timed_out, stop_requested, ended - started, log_error, stalled)

@@ -92,7 +92,8 @@ class WarmWorker:
 
     async def start(self) -> None:
         """Start the process; raises OSError when the runtime's argv cannot be started."""
-        argv = with_parent_death_signal(self.runtime.run_argv(self.spec))  # a SIGKILLed pilot takes its workers along
+        # a SIGKILLed pilot takes its workers along; the limit prefix: the process runtime's memory limit
+        argv = with_parent_death_signal([*self.runtime.limit_argv(self.spec), *self.runtime.run_argv(self.spec)])
         env = self.runtime.process_env(self.spec, os.environ)
         cwd = self.runtime.process_cwd(self.spec)
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
