@@ -252,3 +252,27 @@ def test_readme_rabbitmq_podman_example_runs(tmp_path: Path, rabbitmq_address: s
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(res.stdout.split()) == ['"HELLO"', '"WORLD"']
 
+
+
+def test_quick_start_demo_runs_on_a_fresh_clone(tmp_path: Path) -> None:
+    """README "Quick start": `bash scripts/demo.sh` in a clean copy of the repo (no .venv yet)
+    makes its venv, installs the pilot there and prints one result per demo event."""
+    clone = tmp_path / "clone"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            (clone / rel).write_bytes((REPO / rel).read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EWMS_PILOT_") and k != "VIRTUAL_ENV"}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    res = subprocess.run(
+        ["bash", "scripts/demo.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 6, res.stdout
+    assert (clone / ".venv" / "bin" / "ewms-pilot").is_file()
