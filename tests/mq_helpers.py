@@ -123,3 +123,25 @@ async def _nats_raw(address: str, queue: str, payloads: list[bytes]) -> None:
             await js.publish(f"{queue}-subject", p)
     finally:
         await nc.close()
+
+
+async def nats_consumer_with_ack_wait(address: str, queue: str, ack_wait: float) -> None:
+    """Create oms-mqclient's stream and durable consumer (`psub`) first, with a short ack_wait.
+
+    oms-mqclient (nats-py) binds to a consumer that exists; its own would keep JetStream's
+    default of 30 s, which tests about redelivery after ack_wait would otherwise wait out.
+    """
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    nc = await nats.connect(address, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream(timeout=10)
+        subject = f"{queue}-subject"
+        await js.add_stream(name=f"{queue}-stream", subjects=[subject])  # oms-mqclient's names
+        await js.add_consumer(
+            f"{queue}-stream",
+            ConsumerConfig(durable_name="psub", name="psub", filter_subject=subject, ack_wait=ack_wait),
+        )
+    finally:
+        await nc.close()

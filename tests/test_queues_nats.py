@@ -16,6 +16,7 @@ import socket
 from urllib.parse import urlsplit
 
 import pytest
+from mq_helpers import nats_consumer_with_ack_wait
 
 from ewms_pilot.config.model import BrokerConfig
 from ewms_pilot.errors import ResultRejectedError
@@ -29,27 +30,9 @@ def _cfg(address: str, queue: str) -> BrokerConfig:
     return BrokerConfig(queue=queue, broker_type="nats", address=address)
 
 
-async def _consumer_with_ack_wait(address: str, queue: str, ack_wait: float) -> None:
-    """Create oms-mqclient's stream and durable consumer (`psub`) first, with a short ack_wait."""
-    import nats
-    from nats.js.api import ConsumerConfig
-
-    nc = await nats.connect(address, connect_timeout=5, max_reconnect_attempts=0)
-    try:
-        js = nc.jetstream(timeout=10)
-        subject = f"{queue}-subject"
-        await js.add_stream(name=f"{queue}-stream", subjects=[subject])
-        await js.add_consumer(
-            f"{queue}-stream",
-            ConsumerConfig(durable_name="psub", name="psub", filter_subject=subject, ack_wait=ack_wait),
-        )
-    finally:
-        await nc.close()
-
-
 async def test_held_event_is_renewed_past_ack_wait(nats_address: str, queue_name: str) -> None:
     """Held for 4 x ack_wait, it is never handed to another subscription; then the ack is taken."""
-    await _consumer_with_ack_wait(nats_address, queue_name, ACK_WAIT)
+    await nats_consumer_with_ack_wait(nats_address, queue_name, ACK_WAIT)
     cfg = _cfg(nats_address, queue_name)
     pub = await open_publisher(cfg)
     await pub.send("long")

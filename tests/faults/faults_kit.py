@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mqclient
-from mq_helpers import publish_raw
+from mq_helpers import nats_consumer_with_ack_wait, publish_raw
 from mqclient.broker_client_interface import Message
 from pilot_proc import base_env
 
@@ -34,9 +34,12 @@ from benchmarks.rabbitnode import free_port
 
 PY = sys.executable
 PILOT_ID = re.compile(r"ewms-pilot-([0-9a-f]{8})-")
-#: JetStream's default ack_wait (mqclient's durable "psub" consumer keeps it):
-#: an event held by a SIGKILLed pilot comes back only after this long
-NATS_ACK_WAIT = 30.0
+#: ack_wait of the consumer the NATS scenarios about redelivery create first
+#: (`short_ack_wait`): an event held by a SIGKILLed pilot comes back only after
+#: this long. oms-mqclient's own consumer keeps JetStream's default, 30 s, which
+#: the pilot handles the same way (it reads ack_wait from the consumer).
+NATS_ACK_WAIT = 5.0
+JETSTREAM_ACK_WAIT = 30.0  # JetStream's default: the ack_wait of oms-mqclient's own consumer
 
 
 def task_args(code: str, *extra: str, python: str = PY) -> str:
@@ -202,6 +205,11 @@ async def _put(btype: str, address: str, queue: str, items: Iterable[Any], heade
     async with _mq_queue(btype, address, queue, 1).open_pub() as pub:
         for item in items:
             await pub.send(item)
+
+
+def short_ack_wait(address: str, queue: str) -> None:
+    """Give `queue` (NATS) the consumer with ack_wait NATS_ACK_WAIT, before any pilot opens it."""
+    asyncio.run(nats_consumer_with_ack_wait(address, queue, NATS_ACK_WAIT))
 
 
 def put(btype: str, address: str, queue: str, items: Iterable[Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from faults_kit import (
-    NATS_ACK_WAIT,
+    JETSTREAM_ACK_WAIT,
     NatsServer,
     PilotProcess,
     Tally,
@@ -54,7 +54,7 @@ def private_rabbit() -> Iterator[RabbitNode]:
 
 def _settle_left(btype: str, address: str, qin: str, tally: Tally) -> list[Any]:
     """What is still in the incoming queue; on NATS wait out ack_wait if outputs are missing."""
-    idle = NATS_ACK_WAIT + 2 if btype == "nats" and tally.lost else 1
+    idle = JETSTREAM_ACK_WAIT + 2 if btype == "nats" and tally.lost else 1
     return take_data(btype, address, qin, idle=idle)
 
 

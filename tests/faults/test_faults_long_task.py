@@ -1,9 +1,11 @@
 """A task longer than the broker's hold on its event must still run once.
 
 NATS JetStream redelivers an event its consumer has not acked within
-`ack_wait` (30 s for oms-mqclient's consumer) — to another pilot, while the
-first still runs it — unless the holder keeps renewing it (in-progress acks).
-Real shared NATS on 127.0.0.1:4222; two real pilot processes on one queue.
+`ack_wait` — to another pilot, while the first still runs it — unless the
+holder keeps renewing it (in-progress acks). Real shared NATS on
+127.0.0.1:4222; two real pilot processes on one queue whose consumer has a
+short ack_wait (oms-mqclient's keeps JetStream's 30 s; the pilot reads it from
+the consumer either way), so the test waits seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from faults_kit import (
     nats_unfinished,
     pilot_env,
     put,
+    short_ack_wait,
     take_data,
     task_args,
     wait_until,
 )
 
-TASK_SECONDS = 40.0  # > NATS_ACK_WAIT: without renewal the event is redelivered mid-run
+TASK_SECONDS = 3 * NATS_ACK_WAIT  # without renewal the event is redelivered mid-run, twice
 #: the task notes each run in argv[3], then takes argv[4] seconds
 TASK = (
     "import sys,time; d=open(sys.argv[1]).read(); open(sys.argv[3],'a').write('run\\n')\n"
@@ -35,8 +38,9 @@ TASK = (
 def test_nats_task_longer_than_ack_wait_runs_once(
     nats_address: str, new_queue: Any, tmp_path: Path, record: Any
 ) -> None:
-    """40 s task, two pilots on one queue: exactly one run and one result (about 50 s)."""
+    """A task three ack_waits long, two pilots on one queue: exactly one run and one result."""
     qin, qout = new_queue("i"), new_queue("o")
+    short_ack_wait(nats_address, qin)
     put("nats", nats_address, qin, ["long"])
     runs = tmp_path / "runs"
     args = task_args(TASK, str(runs), str(TASK_SECONDS))

@@ -24,6 +24,7 @@ from faults_kit import (
     pilot_env,
     processes_mentioning,
     put,
+    short_ack_wait,
     take_data,
     task_args,
     wait_until,
@@ -63,6 +64,8 @@ def _scenario(
     btype: str, address: str, qin: str, qout: str, kill_at: tuple[str, float], tmp: Path
 ) -> KillResult:
     events = [f"{qin}-e{i:02d}" for i in range(N_EVENTS)]
+    if btype == "nats":
+        short_ack_wait(address, qin)
     put(btype, address, qin, events)
     env = pilot_env(
         btype, address, qin, qout, tmp, task_args(SLEEPY),
