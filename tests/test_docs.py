@@ -250,7 +250,7 @@ def test_readme_rabbitmq_podman_example_runs(tmp_path: Path, rabbitmq_address: s
     assert rabbitmq_address in block
     res = _run_block(block.replace(". .venv/bin/activate", f". {Path(sys.executable).parent}/activate"), REPO)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(res.stdout.split()) == ['"HELLO"', '"WORLD"']
+    assert sorted(line for line in res.stdout.splitlines() if line.startswith('"')) == ['"HELLO"', '"WORLD"']
 
 
 
