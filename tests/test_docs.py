@@ -194,9 +194,10 @@ def test_benchmark_options_table_matches_the_harness() -> None:
 # --------------------------------------------------------------------------- commands the docs show, run
 
 
-def _block_starting(doc: Path, first_line: str) -> str:
-    blocks = [b for b in _code_blocks(doc) if b.startswith(first_line)]
-    assert len(blocks) == 1, f"{doc.name}: no single shell block starting {first_line!r}"
+def _block_with(doc: Path, line: str) -> str:
+    """The one shell block of `doc` that has a line starting with `line`."""
+    blocks = [b for b in _code_blocks(doc) if any(ln.startswith(line) for ln in b.splitlines())]
+    assert len(blocks) == 1, f"{doc.name}: {len(blocks)} shell blocks with a line starting {line!r}"
     return blocks[0]
 
 
@@ -212,7 +213,7 @@ def _run_block(block: str, cwd: Path, timeout: float = 120) -> subprocess.Comple
 
 def test_local_queue_doc_example_runs(tmp_path: Path) -> None:
     """docs/local-queue.md's first example, run in an empty directory: results and an empty queue."""
-    block = _block_starting(REPO / "docs" / "local-queue.md", "export EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE=local")
+    block = _block_with(REPO / "docs" / "local-queue.md", "export EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE=local")
     res = _run_block(block, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "results.jsonl").read_text().splitlines() == ['"hello"', '"world"']
@@ -222,7 +223,7 @@ def test_local_queue_doc_example_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("doc", [README, REPO / "examples" / "htcondor" / "README.md"], **_IDS)
 def test_env_file_check_command_runs(doc: Path) -> None:
     """'Check an env file before you submit': exit 0, the settings printed, the tokens masked."""
-    block = _block_starting(doc, "(set -a; . examples/htcondor/ewms_htcondor_envfile.sh;")
+    block = _block_with(doc, "(set -a; . examples/htcondor/ewms_htcondor_envfile.sh;")
     res = _run_block(block, REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "EWMS_PILOT_QUEUE_INCOMING=my-workflow-in" in res.stdout
@@ -230,7 +231,7 @@ def test_env_file_check_command_runs(doc: Path) -> None:
 
 
 def test_readme_local_example_command_runs(tmp_path: Path) -> None:
-    block = _block_starting(README, "bash examples/local/run.sh")
+    block = _block_with(README, "bash examples/local/run.sh")
     res = _run_block(f"export WORK_DIR={shlex.quote(str(tmp_path))}\n{block}", REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"words=9 lines=1 chars=43"' in res.stdout.splitlines()
@@ -241,7 +242,7 @@ def test_readme_local_example_command_runs(tmp_path: Path) -> None:
 def test_readme_rabbitmq_podman_example_runs(tmp_path: Path, rabbitmq_address: str, queue_name: str) -> None:
     """README "Running a pilot against RabbitMQ with podman", as written but for fresh queue names
     (the broker is shared) and a fresh data dir."""
-    block = _block_starting(README, ". .venv/bin/activate && . scripts/env.sh")
+    block = _block_with(README, "ewms-pilot queue put --broker-type rabbitmq")
     names = {"in": f"{queue_name}-in", "out": f"{queue_name}-out"}
     for old, new in names.items():
         block, n = re.subn(rf"((?:--queue |EWMS_PILOT_QUEUE_(?:INCOMING|OUTGOING)=)){old}\b", rf"\g<1>{new}", block)
