@@ -8,11 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-# Tests run this checkout's code as other users too (`nobody`, the HTCondor pool's
-# job user): a clone in a private directory (`mktemp -d` makes it 0700) must let
-# them in. Files and dirs inside are as git made them (umask 022).
-[[ -r . && -x . ]] && chmod go+rx . 2>/dev/null || true
-
 # ---------------------------------------------------------------- venv
 pick_python() {
     local py
