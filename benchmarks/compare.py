@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses as dc
 import json
 import os
 import shutil
@@ -24,9 +25,10 @@ from . import mq
 from . import scenarios as S
 from .bare import BareResult, run_bare
 from .facts import load_average, machine_facts
+from .plot import plot_rows, text_chart, write_png
 from .rabbitnode import private_rabbit
 from .refenv import ReferenceInstallError, ensure_reference
-from .report import Results, render, to_json
+from .report import Results, render, scaling_key, to_json
 from .runs import RunResult, Setup, cleanup_run_dir, run_pilot
 from .shim import write_docker_shim
 
@@ -45,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--events", type=int, help="events per run (default 100; smoke 5)")
     p.add_argument("--incoming-timeout", type=int, help="T = EWMS_PILOT_TIMEOUT_QUEUE_INCOMING (default 5; smoke 2)")
     p.add_argument("--with-warm", action="store_true", help="also run the warm-mode hook row (EWMS_PILOT_TASK_MODE=warm)")
+    p.add_argument("--warm-events", type=int, metavar="N",
+                   help="events per run for the warm rows and the oms-mqclient loop (default: -n); at 500+ "
+                        "events/s, 100 events measure the steady rate over a fifth of a second")
+    p.add_argument("--scaling", type=_counts, default=(), metavar="N,N,...",
+                   help=f"after the rounds, run '{S.SCALING_ROW.key}' once per N (e.g. 100,1000,10000)")
+    p.add_argument("--stem", help="name of the report files (default latest; smoke with --smoke)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--image", default=os.environ.get("EWMS_TEST_IMAGE", DEFAULT_IMAGE))
     p.add_argument("--keep-workdir", action="store_true", help="keep every run's directory and logs")
@@ -55,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private-rabbitmq", action="store_true",
                    help="start a private RabbitMQ node for this benchmark (away from the shared broker's other users)")
     return p
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,N,... (whole numbers), got {text!r}") from None
+    if any(n < 2 for n in counts):
+        raise argparse.ArgumentTypeError("every N must be at least 2")
+    return counts
+
+
+def _stem(args: argparse.Namespace) -> str:
+    return args.stem or ("smoke" if args.smoke else "latest")
 
 
 def _containers_conf() -> Path:
@@ -104,6 +126,7 @@ async def _round(
     with_reference: bool,
     with_warm: bool,
     keep: bool,
+    warm_events: int | None = None,
 ) -> None:
     flip = round_no % 2 == 1  # A B in even rounds, B A in odd ones
 
@@ -118,7 +141,7 @@ async def _round(
         res.setdefault(key, []).append(r)
         _progress(f"round {round_no}: {key}: {_describe(r)}")
 
-    async def pilot(sc: S.Scenario) -> None:
+    async def pilot(sc: S.Scenario, setup: Setup = setup) -> None:
         _progress(f"round {round_no}: {sc.key} ...")
         r = await run_pilot(sc, setup, round_no)
         for attempt in range(1, HARNESS_RETRIES + 1):
@@ -145,18 +168,44 @@ async def _round(
 
     await group((S.BARE_SEQ, 1), S.OURS_C1, S.REF_C1)
     await group((S.BARE_PAR4, 4), S.OURS_C4, S.REF_C4, S.REF_C4_P4)
+    warm_setup = dc.replace(setup, n=warm_events or setup.n)
     if with_warm:
-        await pilot(S.OURS_WARM_C4)
+        await pilot(S.OURS_WARM_C4, warm_setup)
     await bare(S.BARE_PROC_PAR4, 4, None)
     await pilot(S.OURS_PROC_RMQ)
     await pilot(S.OURS_PROC_LOCAL)
     if with_warm:
-        await pilot(S.OURS_WARM_PROC_LOCAL)
+        await pilot(S.OURS_WARM_PROC_LOCAL, warm_setup)
+        await pilot(S.OURS_WARM_PROC_RMQ, warm_setup)
+        await pilot(S.MQ_LOOP, warm_setup)  # its bound, right after it
+
+
+async def _scaling(counts: tuple[int, ...], setup: Setup, res: Results, *, keep: bool) -> None:
+    """The scaling row once per N: the pilot's cost per event must not grow with N."""
+    for n in counts:
+        key = scaling_key(n)
+        _progress(f"scaling: {S.SCALING_ROW.key} with N={n} ...")
+        r = await run_pilot(S.SCALING_ROW, dc.replace(setup, n=n), 0)
+        res.setdefault(key, []).append(r)
+        _progress(f"scaling: N={n}: {_describe(r)}")
+        if not keep:
+            cleanup_run_dir(r)
+
+
+def _chart(res: Results, results_dir: Path, stem: str, title: str) -> list[str]:
+    """The PNG next to the Markdown (matplotlib), else the bars as text for the report."""
+    rows = plot_rows(res)
+    png = results_dir / f"{stem}.png"
+    if write_png(rows, png, title):
+        _progress(f"plot written to {png}")
+        return []
+    _progress("matplotlib is not installed: the plot goes into the report as text")
+    return text_chart(rows)
 
 
 def _render_only(args: argparse.Namespace) -> int:
     """Rebuild the Markdown from a saved JSON (after a change to the report, without re-measuring)."""
-    stem = "smoke" if args.smoke else "latest"
+    stem = _stem(args)
     saved = json.loads((args.results_dir / f"{stem}.json").read_text())
     res: Results = {
         key: [BareResult(**r) if key.startswith("bare-") else RunResult(**r) for r in runs]
@@ -164,10 +213,12 @@ def _render_only(args: argparse.Namespace) -> int:
     }
     notes = _local_queue_note(res)
     if not any(sc.key in res for sc in S.WARM_ROWS):
-        notes.update({sc.key: WARM_NOTE for sc in S.WARM_ROWS})
+        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, S.MQ_LOOP)})
     timeout = float(saved["params"]["incoming timeout T"].split()[0])
+    chart = _chart(res, args.results_dir, stem, f"ewms-pilot benchmark, {saved['facts'].get('date', '')}")
     text, tg = render(res, facts=saved["facts"], params=saved["params"], notes=notes,
-                      with_reference=any(k.startswith("ref-") for k in res), incoming_timeout=timeout)
+                      with_reference=any(k.startswith("ref-") for k in res), incoming_timeout=timeout,
+                      chart=chart)
     print(text)
     (args.results_dir / f"{stem}.md").write_text(text + "\n")
     (args.results_dir / f"{stem}.json").write_text(
@@ -229,7 +280,8 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     facts["RabbitMQ"] += f", {broker_note}"
     params = {
         "mode": "smoke" if args.smoke else "full",
-        "events per run (N)": str(n),
+        "events per run (N)": str(n) + (f" (warm rows and the oms-mqclient loop: {args.warm_events})"
+                                         if args.with_warm and args.warm_events else ""),
         "rounds": f"{rounds} (ours and 1.0.5 alternate; the order flips every round)",
         "incoming timeout T": f"{timeout} s",
         "image": args.image,
@@ -240,7 +292,10 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     try:
         for r in range(rounds):
             asyncio.run(_round(r, setup, res, with_reference=with_reference, with_warm=args.with_warm,
-                               keep=args.keep_workdir))
+                               keep=args.keep_workdir, warm_events=args.warm_events))
+        if args.scaling:
+            params["scaling"] = f"{S.SCALING_ROW.key}, N = {', '.join(map(str, args.scaling))}, one run each"
+            asyncio.run(_scaling(args.scaling, setup, res, keep=args.keep_workdir))
     finally:
         if not args.keep_workdir and not any(not x.ok for runs in res.values() for x in runs):
             shutil.rmtree(workdir, ignore_errors=True)
@@ -248,13 +303,14 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     params["benchmark duration"] = f"{time.monotonic() - started:.0f} s"
     notes = _local_queue_note(res)
     if not args.with_warm:
-        notes.update({sc.key: WARM_NOTE for sc in S.WARM_ROWS})
+        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, S.MQ_LOOP)})
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = _stem(args)
+    chart = _chart(res, args.results_dir, stem, f"ewms-pilot benchmark, {facts.get('date', '')}")
     text, tg = render(res, facts=facts, params=params, notes=notes, with_reference=with_reference,
-                      incoming_timeout=timeout)
+                      incoming_timeout=timeout, chart=chart)
     print(text)
     print("\n".join(f"{t.verdict}: {t.name} — {t.detail}" for t in tg))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "smoke" if args.smoke else "latest"
     (args.results_dir / f"{stem}.md").write_text(text + "\n")
     (args.results_dir / f"{stem}.json").write_text(json.dumps(to_json(res, tg, facts, params, notes), indent=1) + "\n")
     failed = [x for runs in res.values() for x in runs if not x.ok]

@@ -25,6 +25,7 @@ BARE_FOR = {
     S.OURS_PROC_RMQ.key: S.BARE_PROC_PAR4,
     S.OURS_PROC_LOCAL.key: S.BARE_PROC_PAR4,
     S.OURS_WARM_PROC_LOCAL.key: S.BARE_PROC_PAR4,
+    S.OURS_WARM_PROC_RMQ.key: S.MQ_LOOP.key,  # the RabbitMQ round-trip bound (a RunResult, same fields)
 }
 PAIRS = (
     (S.OURS_C1, S.REF_C1),
@@ -71,7 +72,15 @@ FIGURES: tuple[tuple[str, Getter, int], ...] = (
     ("exit after last output (s)", _ok(lambda r: r.exit_after_last_s), 2),
     ("pilot peak RSS, VmHWM (MiB)", _ok(lambda r: r.peak_rss_mib), 1),
     ("pilot CPU, utime+stime (s)", _ok(lambda r: r.cpu_s), 2),
+    ("pilot CPU per event (ms)", _ok(lambda r: r.cpu_ms_per_event), 2),
 )
+TPUT, STEADY, RSS, CPU_PER_EVENT = FIGURES[1][1], FIGURES[2][1], FIGURES[7][1], FIGURES[9][1]
+#: issue 15's limits
+WARM_LOCAL_STEADY = 1500.0
+WARM_RMQ_STEADY = 500.0
+PROCESS_OF_BARE = 0.9
+WARM_CPU_MS = 1.0
+RSS_MIB = 40.0
 
 
 def figure(res: Results, key: str, getter: Getter) -> Summary | None:
@@ -154,6 +163,58 @@ def targets(res: Results, incoming_timeout: float) -> list[Target]:
     out.append(_judge("process runtime + local queue ≥ 100 events/s at c4", v, 100, lambda v, t: v >= t,
                       (f"steady {v:.0f} events/s; start → last output {e2e.median:.0f} events/s"
                        if v is not None and e2e else "local queue row failed or not run")))
+    return out + fast_path_targets(res)
+
+
+def _median(res: Results, key: str, getter: Getter) -> float | None:
+    summary = figure(res, key, getter)
+    return summary.median if summary else None
+
+
+def _bare_steady(run: RunResult, res: Results) -> float | None:
+    """The pilot's steady rate over the same round's bare steady rate (start-up excluded on both sides)."""
+    bare = _bare_of(run, res)
+    if not run.ok or bare is None or not run.period_s or not bare.period_s:
+        return None
+    return bare.period_s / run.period_s
+
+
+def fast_path_targets(res: Results) -> list[Target]:
+    """Issue 15: the pilot's own cost where the task costs nothing (warm mode, process runtime)."""
+    out: list[Target] = []
+    v = _median(res, S.OURS_WARM_PROC_LOCAL.key, STEADY)
+    out.append(_judge(f"warm, local queue, c4: ≥ {WARM_LOCAL_STEADY:g} events/s steady", v, WARM_LOCAL_STEADY,
+                      lambda v, t: v >= t, f"{v:.0f} events/s" if v is not None else "warm rows not run"))
+    v = _median(res, S.OURS_WARM_PROC_RMQ.key, STEADY)
+    loop = _median(res, S.MQ_LOOP.key, STEADY)
+    share = f"; the bare oms-mqclient loop's bound: {loop:.0f} events/s, ours = {v / loop:.0%} of it" if (
+        v is not None and loop) else ""
+    out.append(_judge(f"warm, RabbitMQ, c4: ≥ {WARM_RMQ_STEADY:g} events/s steady", v, WARM_RMQ_STEADY,
+                      lambda v, t: v >= t, (f"{v:.0f} events/s" + share) if v is not None else "warm rows not run"))
+    v = _median(res, S.OURS_PROC_LOCAL.key, _bare_steady)
+    out.append(_judge(f"one-shot process runtime, local queue, c4: ≥ {PROCESS_OF_BARE:.0%} of bare host processes ×4",
+                      v, PROCESS_OF_BARE, lambda v, t: v >= t,
+                      f"{v:.0%} (steady rates, same round)" if v is not None else "needs both"))
+    warm_cpu = {sc.key: _median(res, sc.key, CPU_PER_EVENT) for sc in S.WARM_ROWS}
+    measured = {k: c for k, c in warm_cpu.items() if c is not None}
+    plain = ", ".join(f"{k}: {c:.2f} ms" for k, c in measured.items())
+    marginal = marginal_cpu_ms(res)
+    if marginal:  # judged without the start-up: the cost of one more event, from the scaling runs
+        (n0, n1), per_event = marginal[-1]
+        out.append(_judge(f"pilot CPU per event ≤ {WARM_CPU_MS:g} ms in warm mode", per_event, WARM_CPU_MS,
+                          lambda v, t: v <= t,
+                          f"{per_event:.2f} ms per extra event ({S.SCALING_ROW.key}, N {n0} → {n1}); "
+                          f"CPU / N with start-up (~0.3 s) included, N of the rounds: {plain or 'not run'}"))
+    else:
+        worst = max(measured.values(), default=None)
+        out.append(_judge(f"pilot CPU per event ≤ {WARM_CPU_MS:g} ms in warm mode (every warm row)", worst,
+                          WARM_CPU_MS, lambda v, t: v <= t, (plain or "not run") + " (start-up included)"))
+    rss = {sc.key: _median(res, sc.key, RSS) for sc in (*S.OURS_ROWS, *S.WARM_ROWS)}
+    rss_measured = {k: m for k, m in rss.items() if m is not None}
+    worst = max(rss_measured.values(), default=None)
+    top = max(rss_measured, key=lambda k: rss_measured[k]) if rss_measured else None
+    out.append(_judge(f"pilot peak RSS ≤ {RSS_MIB:g} MiB (every ours row)", worst, RSS_MIB, lambda v, t: v <= t,
+                      f"worst {top}: {worst:.1f} MiB" if worst is not None else "not measured"))
     return out
 
 
@@ -204,12 +265,62 @@ def _bare_table(res: Results) -> list[str]:
         if not runs:
             continue
         wall = summarize(r.wall_s if r.ok else None for r in runs)
-        per = summarize(r.per_task_s * 1000 if r.per_task_s else None for r in runs)
+        per = summarize(1000 * r.wall_s / r.n if r.ok and r.wall_s else None for r in runs)
         tp = summarize(r.throughput for r in runs)
         per_ms = summarize(r.period_s * 1000 if r.ok and r.period_s else None for r in runs)
         lines.append(
             f"| {label} | {_status(res, key)} | {_cell(wall, 2)} | {_cell(per, 1)} | {_cell(tp, 2)} | {_cell(per_ms, 1)} |"
         )
+    return [*lines, ""]
+
+
+SCALING_PREFIX = "scaling-"
+
+
+def _scaling_runs(res: Results) -> list[tuple[int, RunResult]]:
+    """(N, its run) of the scaling table, by N, successful runs only."""
+    out = []
+    for key, runs in res.items():
+        if key.startswith(SCALING_PREFIX):
+            ok = [r for r in runs if r.ok and r.cpu_s is not None]
+            if ok:
+                out.append((int(key[len(SCALING_PREFIX):]), ok[0]))
+    return sorted(out, key=lambda nr: nr[0])
+
+
+def marginal_cpu_ms(res: Results) -> list[tuple[tuple[int, int], float]]:
+    """((N before, N), ms of pilot CPU per extra event) between successive scaling runs: start-up cancels out."""
+    runs = _scaling_runs(res)
+    return [
+        ((n0, n1), 1000 * (r1.cpu_s - r0.cpu_s) / (n1 - n0))  # type: ignore[operator]
+        for (n0, r0), (n1, r1) in zip(runs, runs[1:], strict=False)
+    ]
+
+
+def scaling_key(n: int) -> str:
+    return f"{SCALING_PREFIX}{n}"
+
+
+def _scaling_table(res: Results) -> list[str]:
+    """Cost per event against N: it must stay flat (nothing scans the journal, queue or task dirs per event)."""
+    keys = sorted((k for k in res if k.startswith(SCALING_PREFIX)), key=lambda k: int(k[len(SCALING_PREFIX):]))
+    if not keys:
+        return []
+    marginal = {n1: ms for (_, n1), ms in marginal_cpu_ms(res)}
+    lines = [
+        f"## Scaling: {S.SCALING_ROW.label}", "",
+        "Flat is the goal: nothing in the pilot may scan the journal, the queue file or the task dirs per event.",
+        "CPU / N includes the start-up (imports, connections: ~0.3 s); the marginal column does not.", "",
+        "| events N | status | steady rate (events/s) | throughput, start → last output (events/s) "
+        "| pilot CPU / N (ms) | pilot CPU per extra event since the previous N (ms) | pilot peak RSS (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in keys:
+        n = int(key[len(SCALING_PREFIX):])
+        cells = [_cell(figure(res, key, g), d) for g, d in ((STEADY, 0), (TPUT, 0), (CPU_PER_EVENT, 2))]
+        cells.append(f"{marginal[n]:.2f}" if n in marginal else "—")
+        cells.append(_cell(figure(res, key, RSS), 1))
+        lines.append(f"| {n} | {_status(res, key)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -232,6 +343,7 @@ def render(
     notes: dict[str, str],
     with_reference: bool,
     incoming_timeout: float,
+    chart: list[str] | None = None,
 ) -> tuple[str, list[Target]]:
     """The whole report (Markdown) and the judged targets."""
     tg = targets(res, incoming_timeout)
@@ -250,10 +362,13 @@ def render(
     else:
         lines += ["## Side by side", "", "Reference not run (smoke mode without `--with-reference`).", ""]
     lines += ["## Ours alone", ""]
-    rows = [*S.OURS_ROWS, *S.WARM_ROWS]
+    rows = [*S.OURS_ROWS, *S.WARM_ROWS, S.MQ_LOOP]
     lines += _ours_only_table(res, rows, notes)
     lines += ["## Bare baselines (same rounds)", ""]
     lines += _bare_table(res)
+    lines += _scaling_table(res)
+    if chart:
+        lines += ["## Steady rate per row", "", "```", *chart, "```", ""]
     lines += _failures(res)
     return "\n".join(lines), tg
 

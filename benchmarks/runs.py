@@ -80,6 +80,11 @@ class RunResult:
         """Events per second between the first and the last output (start-up excluded)."""
         return 1 / self.period_s if self.ok and self.period_s else None
 
+    @property
+    def cpu_ms_per_event(self) -> float | None:
+        """The pilot's own CPU (utime + stime, no children) per event, in ms."""
+        return 1000 * self.cpu_s / self.n if self.ok and self.cpu_s is not None and self.n else None
+
 
 def _clean_base_env(conf: Path) -> dict[str, str]:
     drop = ("EWMS_PILOT_", "_EWMS_PILOT_")
@@ -182,8 +187,9 @@ async def run_pilot(sc: Scenario, setup: Setup, round_no: int) -> RunResult:
     env = pilot_env(sc, setup, q_in, q_out, address, data_dir)
     # cwd = the run dir: `-m ewms_pilot` puts the cwd first on sys.path, so the
     # reference must never start inside this repo (it would import ours)
+    program = [str(Path(__file__).with_name(sc.program))] if sc.program else ["-m", "ewms_pilot"]
     proc = WatchedProcess(
-        [python, "-m", "ewms_pilot"],
+        [python, *program],
         env=env,
         cwd=run_dir,
         stdout=run_dir / "stdout.log",

@@ -44,7 +44,8 @@ class Scenario:
     platform: str = "podman"  # podman | process (ours); the reference always goes through `docker`
     broker: str = "rabbitmq"  # rabbitmq | local
     prefetch: int | None = None  # None: the pilot's default
-    warm: bool = False  # EWMS_PILOT_TASK_MODE=warm (hook; not implemented in the pilot yet)
+    warm: bool = False  # EWMS_PILOT_TASK_MODE=warm
+    program: str | None = None  # run this script (given the same env) instead of `-m ewms_pilot`
 
 
 OURS_C1 = Scenario("ours-podman-c1", OURS, "ours, podman, concurrency 1", 1)
@@ -75,7 +76,23 @@ OURS_WARM_PROC_LOCAL = Scenario(
     broker="local",
     warm=True,
 )
-WARM_ROWS = (OURS_WARM_C4, OURS_WARM_PROC_LOCAL)
+OURS_WARM_PROC_RMQ = Scenario(
+    "ours-process-rabbitmq-warm-c4",
+    OURS,
+    "ours, process runtime, RabbitMQ, concurrency 4, warm mode",
+    4,
+    platform="process",
+    warm=True,
+)
+WARM_ROWS = (OURS_WARM_C4, OURS_WARM_PROC_LOCAL, OURS_WARM_PROC_RMQ)
+#: the RabbitMQ bound: a bare oms-mqclient consume -> publish (confirmed) -> ack loop, one event at a
+#: time (benchmarks/mqloop.py), measured like a pilot; run with the warm rows
+MQ_LOOP = Scenario(
+    "loop-mqclient", OURS, "bare oms-mqclient consumer + publisher loop (RabbitMQ, one at a time)", 1,
+    platform="process", program="mqloop.py",
+)
+#: events per run of the scaling table (`--scaling`): warm mode, local queue
+SCALING_ROW = OURS_WARM_PROC_LOCAL
 
 #: bare baselines measured in every round (not pilots)
 BARE_SEQ = "bare-podman-seq"
