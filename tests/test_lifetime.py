@@ -100,3 +100,42 @@ def test_the_earlier_end_wins_and_is_shown(tmp_path: Path) -> None:
     longer = load_config({**env, "EWMS_PILOT_LIFETIME": "86400"}).lifetime_end
     assert longer is not None and longer.source == "job ad OriginalTime"
     assert load_config({**MINIMAL, "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path)}).lifetime_end is None
+
+
+# fails at once on "bad", else sleeps as many seconds as the event says
+FAIL_OR_SLEEP = (
+    "import sys,time; d=open(sys.argv[1]).read()\n"
+    "if d == 'bad': sys.exit('refused')\n"
+    "time.sleep(float(d)); open(sys.argv[2],'w').write(d)"
+)
+
+
+def test_a_stop_for_another_cause_still_ends_within_the_walltime(tmp_path: Path) -> None:
+    """Stop-on-error (which waits for running tasks) beside a 60 s task: the pilot still exits before
+    its walltime, the long task stopped and its event released 5 s before the end."""
+    db = tmp_path / "q.db"
+    asyncio.run(put_local(db, "in", ["bad", "60"]))
+    job_start = int(time.time())
+    walltime_end = job_start + 12
+    ad = tmp_path / ".job.ad"
+    ad.write_text(f"OriginalTime = 12\nJobCurrentStartDate = {job_start}\n")
+    env = base_env(
+        broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=tmp_path / "p",
+        task_args=shlex.join([sys.executable, "-c", FAIL_OR_SLEEP, "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={
+            "_CONDOR_JOB_AD": str(ad), "EWMS_PILOT_MAX_CONCURRENT_TASKS": "2",
+            "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true", "EWMS_PILOT_MAX_DELIVERIES": "3",
+        },
+    )  # fmt: skip
+    run = run_pilot(env, 90)
+    ended = time.time()
+    assert run.returncode == 3, run.stderr[-3000:]  # the stop's own cause decides the exit
+    assert "stopping: " in run.stderr and "lifetime ending" not in run.stdout
+    assert ended <= walltime_end, f"pilot ended {ended - walltime_end:.1f}s after its walltime"
+    records = {r["result"]: r for r in journal(tmp_path / "p")}
+    assert set(records) == {"failed", "cancelled"}, records
+    cancelled = records["cancelled"]
+    assert cancelled["settlement"] == "released"
+    # it had until 5 s before the end (the one deadline), then was stopped and released before the end
+    assert walltime_end - END_RESERVE <= cancelled["end"] <= walltime_end
+    assert sorted(asyncio.run(take_all_local(db, "in"))) == ["60", "bad"]  # both back for another pilot

@@ -69,7 +69,6 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp = chirp or ChirpReporter.from_config(cfg)
         self.runtime = runtime or get_runtime(cfg)
-        self.shutdown = Shutdown()
         self.failures: list[tuple[str, TaskFailure]] = []  # (task id, failure): the only list of them
         self._running: set[asyncio.Task[Outcome]] = set()
         self._critical = Critical()
@@ -80,6 +79,9 @@ class Pilot:
         # the lifetime's end on the monotonic clock (a wall-clock step must not move it)
         end = cfg.lifetime_end
         self._lifetime_end = None if end is None else time.monotonic() + end.ends_at - time.time()
+        # every stop's running tasks get at most until the lifetime's end, less the pilot's own ending
+        ceiling = None if self._lifetime_end is None else self._lifetime_end - END_RESERVE
+        self.shutdown = Shutdown(ceiling=ceiling)
 
     # -- control ------------------------------------------------------------
 
@@ -224,7 +226,7 @@ class Pilot:
     def _lifetime_ending(self) -> bool:
         """True (and the stop requested) once one more task would not end within the lifetime.
 
-        Running tasks get until the lifetime's end, less the pilot's own ending (one deadline).
+        Running tasks get until the lifetime's end, less the pilot's own ending: the shutdown's ceiling.
         """
         if self._lifetime_end is None:
             return False
@@ -238,7 +240,6 @@ class Pilot:
             StopCause.LIFETIME,
             f"lifetime ending: {max(left, 0):.0f}s left of {self.cfg.lifetime_end.describe()}; a task takes up to "
             f"{expected:.0f}s ({basis})",
-            grace=max(left - END_RESERVE, 0.0),
         ))
         return True
 
