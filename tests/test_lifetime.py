@@ -94,7 +94,8 @@ def test_the_earlier_end_wins_and_is_shown(tmp_path: Path) -> None:
     from_ad = load_config(env).lifetime_end
     assert from_ad is not None and from_ad.source == "job ad OriginalTime"
     assert abs(from_ad.ends_at - (int(now) - 600 + 3600)) < 1e-6  # counted from the job's start
-    assert "lifetime 3600s (job ad OriginalTime)" in resources_line(load_config(env))
+    ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(now) - 600 + 3600))  # a date, not only a time
+    assert f"lifetime 3600s (job ad OriginalTime), ends {ends}" in resources_line(load_config(env))
     shorter = load_config({**env, "EWMS_PILOT_LIFETIME": "60"}).lifetime_end
     assert shorter is not None and shorter.source == "EWMS_PILOT_LIFETIME"
     longer = load_config({**env, "EWMS_PILOT_LIFETIME": "86400"}).lifetime_end
