@@ -8,11 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-# Tests run this checkout's code as other users too (`nobody`, the HTCondor pool's
-# job user): a clone in a private directory (`mktemp -d` makes it 0700) must let
-# them in. Files and dirs inside are as git made them (umask 022).
-[[ -r . && -x . ]] && chmod go+rx . 2>/dev/null || true
-
 # ---------------------------------------------------------------- venv
 pick_python() {
     local py
@@ -93,15 +88,19 @@ pytest_rc() { # NAME RC: record a pytest exit status
     esac
 }
 
-# The whole suite: the HTCondor pool tests run in a second pytest process, started
-# now (they mostly wait for HTCondor: negotiation, job starts, a vacate; first the
-# pilot image is rebuilt when the code changed), the rest in this one; the pool's
-# report is printed when both are done.
+# The whole suite runs as two pytest processes at once (the machine has 2 cores and
+# many tests mostly wait). ALONGSIDE is started now (first the HTCondor pool tests,
+# which wait on negotiation, job starts, a vacate, and rebuild the pilot image when
+# the code changed; then other long tests that mostly wait on containers and
+# brokers); the rest runs after ruff and mypy, the timing-sensitive fault suite
+# last (by then ALONGSIDE is mostly done). The ALONGSIDE report is printed at the end.
+ALONGSIDE=(tests/htcondor tests/test_image.py tests/test_examples.py tests/test_benchmarks_smoke.py
+    tests/test_orphans.py tests/faults/test_faults_brokers.py)
 pool_pid=""
 if (($# == 0)); then
-    pool_log="$(mktemp "${TMPDIR:-/tmp}/ewms-pool-tests.XXXXXX")"
-    step "pytest tests/htcondor (in the background; its report comes at the end)"
-    "$PY" -m pytest tests/htcondor >"$pool_log" 2>&1 &
+    pool_log="$(mktemp "${TMPDIR:-/tmp}/ewms-alongside-tests.XXXXXX")"
+    step "pytest ${ALONGSIDE[*]} (in the background; its report comes at the end)"
+    "$PY" -m pytest "${ALONGSIDE[@]}" >"$pool_log" 2>&1 &
     pool_pid=$!
     trap 'kill "$pool_pid" 2>/dev/null || true' EXIT # a stopped run stops both
 fi
@@ -113,17 +112,28 @@ step "mypy"
 "$PY" -m mypy || failed+=(mypy)
 
 if [[ -n "$pool_pid" ]]; then
-    step "pytest --ignore=tests/htcondor"
+    rest=() # every test file and dir under tests/ that is not run alongside
+    shopt -s nullglob
+    for path in tests/test_*.py tests/*_test.py tests/*/; do
+        path="${path%/}"
+        case "$path" in tests/__pycache__ | tests/faults) continue ;; esac
+        [[ " ${ALONGSIDE[*]} " == *" $path "* ]] || rest+=("$path")
+    done
+    shopt -u nullglob
+    rest+=(tests/faults) # timing-sensitive: last, when ALONGSIDE is mostly done
+    ignore=()
+    for path in "${ALONGSIDE[@]}"; do ignore+=("--ignore=$path"); done
+    step "pytest (everything else; tests/faults last)"
     rc=0
-    "$PY" -m pytest --ignore=tests/htcondor || rc=$?
+    "$PY" -m pytest "${ignore[@]}" "${rest[@]}" || rc=$?
     pytest_rc pytest "$rc"
     rc=0
     wait "$pool_pid" || rc=$?
     trap - EXIT
-    step "pytest tests/htcondor (ran alongside)"
+    step "pytest ${ALONGSIDE[*]} (ran alongside)"
     cat "$pool_log"
     rm -f "$pool_log"
-    pytest_rc "pytest tests/htcondor" "$rc"
+    pytest_rc "pytest (alongside)" "$rc"
 else
     step "pytest $*"
     rc=0

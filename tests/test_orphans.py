@@ -25,9 +25,12 @@ def _containers_of(pilot_ids: set[str]) -> list[str]:
     return [n for n in names if any(i in n for i in pilot_ids)]
 
 
-def _kill_mid_task(env: dict[str, str]) -> set[str]:
+def _kill_mid_task(env: dict[str, str], hub: Path, events: list[str]) -> set[str]:
     proc = start_pilot(env)
-    time.sleep(5)  # connected, both tasks' containers started
+    deadline = time.monotonic() + 90
+    while not all((hub / f"started-{e}").exists() for e in events):  # both tasks' containers run
+        assert proc.poll() is None and time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
     ids = set(re.findall(r"ewms-pilot-([0-9a-f]{8})-", err))
@@ -42,14 +45,16 @@ def test_sigkilled_pilot_leaves_no_running_container(
     qin, qout = queue_name + "i", queue_name + "o"
     asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["e1", "e2"]))
     code = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignores_sigterm else "") + (
-        "import sys,time; time.sleep(60); open(sys.argv[2],'w').write(open(sys.argv[1]).read())"
+        "import os,sys,time; d=open(sys.argv[1]).read()\n"
+        "open(os.path.join(os.environ['EWMS_TASK_DATA_HUB_DIR'],'started-'+d),'w').close()\n"
+        "time.sleep(60); open(sys.argv[2],'w').write(d)"
     )
     env = base_env(
         broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
         task_args=shlex.join(["python3", "-c", code, "<<INFILE>>", "<<OUTFILE>>"]), platform="podman",
         image=podman_image, extra={"EWMS_PILOT_MAX_CONCURRENT_TASKS": "2"},
     )
-    ids = _kill_mid_task(env)
+    ids = _kill_mid_task(env, tmp_path / "ewms-pilot-data" / "data-hub", ["e1", "e2"])
     if not ignores_sigterm:
         # the clients got SIGTERM from the kernel when the pilot died; --init passed it on
         deadline = time.monotonic() + 15

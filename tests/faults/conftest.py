@@ -8,6 +8,7 @@ failed assertion shows up in docs/reliability.md (`python -m tests.faults.report
 from __future__ import annotations
 
 import dataclasses as dc
+import fcntl
 import json
 import os
 import time
@@ -82,15 +83,20 @@ def record(request: pytest.FixtureRequest) -> Iterator[Recorder]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Merge: rows of tests run now replace their earlier rows; others are kept."""
+    """Merge: rows of tests run now replace their earlier rows; others are kept.
+
+    Under a lock: scripts/test.sh runs some fault tests in a second pytest process.
+    """
     if not _ROWS:
         return
-    try:
-        old = json.loads(RESULTS.read_text())
-    except (OSError, ValueError):
-        old = []
-    kept = [r for r in old if r.get("test") not in _NODES]
-    RESULTS.write_text(json.dumps(kept + _ROWS, indent=1) + "\n")
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = json.loads(RESULTS.read_text())
+        except (OSError, ValueError):
+            old = []
+        kept = [r for r in old if r.get("test") not in _NODES]
+        RESULTS.write_text(json.dumps(kept + _ROWS, indent=1) + "\n")
 
 
 @pytest.fixture

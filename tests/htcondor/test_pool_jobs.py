@@ -161,14 +161,14 @@ queue
 """
 
 
-def _vanilla_job(job_dir: Path, env: dict[str, str]) -> tuple[dict[str, Any], str]:
-    """Submit VANILLA_SUB with `env` from `job_dir`; (history ad, the job's stderr)."""
+def _vanilla_job(job_dir: Path, env: dict[str, str], *submit_args: str) -> tuple[dict[str, Any], str]:
+    """Submit VANILLA_SUB with `env` (and condor_submit `submit_args`) from `job_dir`; (history ad, stderr)."""
     # HTCondor's quoting inside environment = "...": 'value', with ' and " doubled
     quoted = {k: v.replace("'", "''").replace('"', '""') for k, v in env.items()}
     environment = " ".join(f"{k}='{v}'" for k, v in quoted.items())
     (job_dir / "pilot.sub").write_text(VANILLA_SUB.format(environment=environment))
     os.chown(job_dir / "pilot.sub", SUBMITTER_UID, SUBMITTER_UID)
-    cluster = submit(job_dir)
+    cluster = submit(job_dir, *submit_args)
     try:
         (ad,) = wait_left_queue(cluster, 1, timeout=180)
     except PoolError as e:
@@ -201,6 +201,27 @@ async def test_vanilla_job_keeps_its_data_in_the_scratch_dir(
     assert journal.is_file(), f"{sorted(p.name for p in pool_dir.iterdir())}; stderr: {err[-3000:]}"
     assert len(journal.read_text().splitlines()) == 2
     assert "PermissionError" not in err
+
+
+async def test_vanilla_job_sizes_itself_from_its_slot_and_reads_its_walltime(
+    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
+) -> None:
+    """Issue 14: `auto` concurrency from the job's own slot (3 of the pool's 4 CPUs), and the
+    lifetime from the job ad's `+OriginalTime` as EWMS submits it."""
+    await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", ["x", "y", "z"])
+    os.chown(pool_dir, SUBMITTER_UID, SUBMITTER_UID)
+    env = rabbitmq_queue_env(queue_name, rabbitmq_address) | {
+        "EWMS_PILOT_CONTAINER_PLATFORM": "process",
+        "EWMS_PILOT_TASK_ARGS": 'python3 -c "import sys; d=open(sys.argv[1]).read(); '
+        "open(sys.argv[2],'w').write(d+d)\" <<INFILE>> <<OUTFILE>>",
+        "EWMS_PILOT_MAX_CONCURRENT_TASKS": "auto",
+        "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "2",
+    }
+    ad, err = _vanilla_job(pool_dir, env, "-append", "request_cpus = 3", "-append", "+OriginalTime = 3600")
+    assert ad["ExitCode"] == 0, err[-3000:]
+    assert "GPUs none (HTCondor machine ad); the pilot runs up to 3 task(s) at once" in err, err[-3000:]
+    assert "lifetime 3600s (job ad OriginalTime)" in err
+    assert sorted(await drain("rabbitmq", rabbitmq_address, f"{queue_name}-out", 3, 3)) == ["xx", "yy", "zz"]
 
 
 def test_vanilla_job_with_an_unwritable_data_dir_is_one_line_and_exit_2(
