@@ -1,6 +1,7 @@
 """ewms-pilot: an event-driven task pilot for HTCondor (see README).
 
-The 1.x names (`consume_and_reply`, `ContainerRunError`) are imported on first
+The public names (1.x's `consume_and_reply` and `ContainerRunError`, and the
+errors `consume_and_reply` raises, which the README names) are imported on first
 use, not here: `import ewms_pilot.worker` (what a task container runs) must
 load nothing but the standard library — no scheduler, broker clients or htchirp.
 """
@@ -21,9 +22,13 @@ except Exception:  # pragma: no cover - running from a source tree without insta
 _LAZY = {
     "consume_and_reply": "ewms_pilot.api",
     "ContainerRunError": "ewms_pilot.tasks.errors",
+    "InitContainerError": "ewms_pilot.api",
+    "TasksFailedError": "ewms_pilot.api",
+    "PilotStoppedError": "ewms_pilot.api",
+    "ConfigError": "ewms_pilot.errors",
 }
 
-__all__ = ["ContainerRunError", "__version__", "consume_and_reply"]
+__all__ = ["__version__", *_LAZY]  # the lazy names are the public API
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,10 @@ pick_python() {
 if [[ ! -x .venv/bin/python ]]; then
     "$(pick_python)" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import ewms_pilot' 2>/dev/null; then
+# Installed = the console script is there and the package (with its broker client) imports
+# from the venv; -I keeps the source tree in the working directory off sys.path, from
+# where `import ewms_pilot` succeeds in a bare venv too (and the install was skipped).
+if [[ ! -x .venv/bin/ewms-pilot ]] || ! .venv/bin/python -I -c 'import ewms_pilot.cli.main, mqclient' 2>/dev/null; then
     echo "==> installing ewms-pilot into .venv" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi
