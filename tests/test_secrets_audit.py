@@ -92,6 +92,9 @@ def audit() -> Audit:
             "local-broker URL password": _canary("Local"),
             "host-less address password": _canary("NoHost"),
             "task env API key": _canary("ApiKey"),
+            "task env PASSWORD": _canary("EnvPw"),
+            "task env TOKEN": _canary("EnvTok"),
+            "task env secret": _canary("EnvSec"),
         }
     )
 
@@ -175,10 +178,13 @@ def test_success_and_task_failure_on_nats_with_token_url(
     assert "nats://***@127.0.0.1:4222" in audit.outputs["config --check stdout"]  # shown, masked
 
 
-# a task that fails by quoting its own secret on stderr (a client library printing its request)
+# secret keys of EWMS_PILOT_TASK_ENV_JSON: a `_`-joined name and bare names of any case
+TASK_ENV_SECRETS = {"API_KEY": "task env API key", "PASSWORD": "task env PASSWORD",
+                    "TOKEN": "task env TOKEN", "secret": "task env secret"}
+# a task that fails by quoting its own secrets on stderr (a client library printing its request)
 LEAKY_TASK = (
     "import os, sys; d=open(sys.argv[1]).read()\n"
-    "if 'bad' in d: sys.exit('login refused for key ' + os.environ['API_KEY'])\n"
+    "if 'bad' in d: sys.exit('login refused for key ' + ' '.join(os.environ[k] for k in sys.argv[3:]))\n"
     "open(sys.argv[2],'w').write(d)"
 )
 
@@ -188,31 +194,45 @@ def test_broker_copies_of_a_failed_event_carry_no_secret(
 ) -> None:
     """(g) the error headers of a requeued and of a dead-lettered copy quote the task's stderr: masked.
 
-    A task prints its API key (a secret of EWMS_PILOT_TASK_ENV_JSON) and fails. The pilot's
-    copies of the event on RabbitMQ are read with their wire headers; a result's headers too.
+    A task prints its secrets (EWMS_PILOT_TASK_ENV_JSON's API_KEY, PASSWORD, TOKEN, secret) and
+    fails. The pilot's copies of the event on RabbitMQ are read with their wire headers; a result's
+    headers too; the stop reason that error caused (chirp), the journal and the logs are audited.
     """
-    key = audit.canaries["task env API key"]
+    task_env = {key: audit.canaries[what] for key, what in TASK_ENV_SECRETS.items()}
     q_in, q_out, q_dead = queue_name + "-in", queue_name + "-out", queue_name + "-dlq"
+    data = tmp_path / "data"
+    data.mkdir()
     env = base_env(
-        broker_type="rabbitmq", address=rabbitmq_address, queue_in=q_in, queue_out=q_out, data_dir=tmp_path,
-        task_args=shlex.join([sys.executable, "-c", LEAKY_TASK, "<<INFILE>>", "<<OUTFILE>>"]),
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=q_in, queue_out=q_out, data_dir=data,
+        task_args=shlex.join([sys.executable, "-c", LEAKY_TASK, "<<INFILE>>", "<<OUTFILE>>", *task_env]),
         extra={
-            "EWMS_PILOT_TASK_ENV_JSON": json.dumps({"API_KEY": key}),
+            "EWMS_PILOT_TASK_ENV_JSON": json.dumps(task_env),
             "EWMS_PILOT_QUEUE_DEADLETTER": q_dead,
             "EWMS_PILOT_TIMEOUT_QUEUE_WAIT_FOR_FIRST_MESSAGE": "5",
             "EWMS_PILOT_TIMEOUT_QUEUE_INCOMING": "1",
+            "EWMS_PILOT_HTCHIRP": "true",
+            "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.1",
         },
     )
     # 1: a first attempt fails -> requeued with its error (attempts 1), stop-on-error ends the run
     asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad"]))
-    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true"})
-    audit.add("requeue run stderr", run.stderr)
+    with ChirpServer(tmp_path) as server:
+        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+        run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true"})
+        audit.add("requeue run stderr", run.stderr)
+        audit.add_chirp("requeue run", server)
     assert run.returncode == 3, run.stderr[-3000:]
+    chirped = audit.outputs["requeue run chirp"].replace("\\ ", " ")  # (the wire escapes spaces)
+    assert "login refused for key *** *** *** ***" in chirped  # the stop reason: said, masked
     requeued = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_in))
     # 2: the last attempt fails -> dead-lettered with its error; a good event's result beside it
     asyncio.run(publish("rabbitmq", rabbitmq_address, q_in, ["bad", "good"]))
-    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "1", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"})
+    env.pop("_CONDOR_CHIRP_CONFIG")  # (its server is gone)
+    run = run_pilot({**env, "EWMS_PILOT_MAX_DELIVERIES": "1", "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false",
+                     "EWMS_PILOT_HTCHIRP": "false"})
     audit.add("dead-letter run stderr", run.stderr)
+    for journal in data.rglob("*.jsonl"):  # (the failed tasks' kept files are the task's own words)
+        audit.add(f"journal {journal.name}", journal.read_text())
     assert run.returncode == 0, run.stderr[-3000:]
     dead = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_dead))
     results = asyncio.run(drain_with_headers("rabbitmq", rabbitmq_address, q_out))
@@ -221,9 +241,10 @@ def test_broker_copies_of_a_failed_event_carry_no_secret(
     for what, got in copies.items():
         assert [data for data, _ in got] == ["bad"], (what, got)
         [(_, headers)] = got
-        assert "login refused for key ***" in str(headers["ewms_pilot_error"]), (what, headers)  # said, masked
+        assert "login refused for key *** *** *** ***" in str(headers["ewms_pilot_error"]), (what, headers)
         audit.add(f"{what} headers", json.dumps(headers))
     assert results == [("good", {})]  # a result carries the task's output and no header of the pilot's
+    assert any("login refused for key ***" in t for n, t in audit.outputs.items() if n.startswith("journal"))
     audit.assert_clean()
 
 

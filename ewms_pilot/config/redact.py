@@ -169,18 +169,22 @@ def register_settings(settings: Mapping[str, object]) -> list[str]:
     for name, value in settings.items():
         if not isinstance(value, str) or "EWMS" not in name.upper():
             continue
-        secrets = []
-        if looks_secret(name):
-            secrets = [value]
-        elif name.upper().endswith("_ADDRESS"):
-            secrets = address_secrets(value)
-        elif _holds_env_json(name):  # a task's `{"API_KEY": ...}`
-            short += register_settings({f"{name}:{k}": v for k, v in _json_object(value).items()})
-        for secret in secrets:
-            register_secret(secret)
-        if any(0 < len(s) < MIN_SECRET_CHARS for s in secrets):
+        if _holds_env_json(name):  # a task's `{"API_KEY": ..., "PASSWORD": ...}`: each key is judged itself
+            pairs = _json_object(value).items()
+            short += [f"{name}:{k}" for k, v in pairs if isinstance(v, str) and _register(k, v)]
+        elif _register(name, value):
             short.append(name)
     return short
+
+
+def _register(name: str, value: str) -> bool:
+    """Register the secrets the setting `name` = `value` carries; whether one is too short to hunt."""
+    secrets = [value] if looks_secret(name) else []
+    if not secrets and name.upper().endswith("_ADDRESS"):
+        secrets = address_secrets(value)
+    for secret in secrets:
+        register_secret(secret)
+    return any(0 < len(s) < MIN_SECRET_CHARS for s in secrets)
 
 
 def _holds_env_json(name: str) -> bool:

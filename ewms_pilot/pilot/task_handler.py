@@ -394,17 +394,21 @@ class TaskHandler:
         return Result.FAILED, failure, await settler.failed(delivery, failure, log)
 
     async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
-        """Journal line and task-dir clean-up, in one trip to a thread; a cancel cannot undo the write."""
+        """Journal line and task-dir clean-up, in one trip to a thread; a cancel cannot undo the write.
+
+        The dump before it is best-effort: a stop cuts it short, never skips the record of an event
+        that may already be published and acked.
+        """
         cfg = self.env.cfg
         free = isinstance(outcome.failure, DiskFullError)  # a full disk: a failed task's files go too
         remove = tdir is not None and (outcome.ok or free) and not cfg.keep_all_task_files
+        if tdir is not None and outcome.ok and cfg.dump_task_output:
+            await self._dump_unless_cancelled(tdir, log)
         try:
-            if tdir is not None and outcome.ok and cfg.dump_task_output:
-                await self._dump_outputs(tdir, log)
             journal_error, remove_error = await asyncio.to_thread(
                 _settle_files, self.journal, outcome.record(), tdir if remove else None
             )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the thread writes on; the loop's shutdown waits for it
             return
         if journal_error is not None:
             log.warning(f"could not write the journal record: {journal_error}")
@@ -414,7 +418,7 @@ class TaskHandler:
             log.info(f"task files kept in {tdir.files_at}")
 
     async def _dump_unless_cancelled(self, tdir: TaskDir, log: TaskLog) -> None:
-        """The failed task's output in the log; a stop cuts it short, it does not skip the settling."""
+        """The task's output in the log; a stop cuts it short, it does not skip the settling/record."""
         try:
             await self._dump_outputs(tdir, log)
         except asyncio.CancelledError:

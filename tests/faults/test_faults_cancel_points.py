@@ -376,3 +376,34 @@ def test_cancel_during_the_output_dump(
     )
     assert pilot.tally.failed == 1 and out == []
     assert [(d.data, d.attempts) for d in left] == [("e1", 1)]
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["dump-finishes", "dump-hangs"])
+def test_cancel_during_a_successful_tasks_output_dump(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finishes: bool, record: Any
+) -> None:
+    """EWMS_PILOT_DUMP_TASK_OUTPUT: a succeeded task's output is dumped after its result was published
+    and its event acked; a stop during that dump skipped the journal line and left the task dir."""
+    cfg = memory_config(queues, tmp_path, ECHO, EWMS_PILOT_DUMP_TASK_OUTPUT="true")
+    gate = Gate()
+    dump = task_handler.TaskHandler._dump_outputs
+
+    async def gated_dump(self: task_handler.TaskHandler, tdir: Any, log: Any) -> None:
+        await gate.hold()
+        await dump(self, tdir, log)
+
+    monkeypatch.setattr(task_handler.TaskHandler, "_dump_outputs", gated_dump)
+
+    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
+        await put(cfg, "e1")
+        pilot = Pilot(cfg)
+        await _run_and_stop_at(pilot, gate, open_gate=finishes)
+        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
+
+    pilot, left, out = asyncio.run(main())
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "succeeded task's output dump " + ("finishes" if finishes else "cut short"), rec, len(out), len(left))
+    assert (rec["result"], rec["settlement"], rec["published"], rec["acked"]) == ("succeeded", "acked", True, True)
+    assert [d.data for d in out] == ["out:e1"] and left == []
+    task_dirs = [p for p in tmp_path.rglob("*") if p.is_dir() and p.name == rec["task_id"]]
+    assert task_dirs == [], "a succeeded task's files are removed"
