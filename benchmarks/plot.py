@@ -75,7 +75,7 @@ def write_png(rows: list[Row], path: Path, title: str) -> bool:
         ax.text(bar.get_width() * 1.05, bar.get_y() + bar.get_height() / 2, f"{rate:.1f}", va="center", fontsize=8)
     ax.set_xlim(right=max(rates) * 3)
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    ax.legend(handles, list(COLOURS), loc="lower right", fontsize=8)
+    ax.legend(handles, list(COLOURS), loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

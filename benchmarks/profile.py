@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warm", action="store_true", help="EWMS_PILOT_TASK_MODE=warm (else one-shot)")
     p.add_argument("-n", "--events", type=int, default=2000)
     p.add_argument("-c", "--concurrency", type=int, default=4)
+    p.add_argument("--source", type=Path, help="run the pilot from this checkout (PYTHONPATH), e.g. an older commit")
     p.add_argument("--rabbitmq", action="store_true", help=f"RabbitMQ at {mq.RABBITMQ_ADDRESS} instead of the local queue")
     p.add_argument("-o", "--output", type=Path, help="the SVG to write (without it: no py-spy, only the figures)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       ours_python=sys.executable, ref_python=None, shim_dir=None, workdir=workdir)
         env = pilot_env(sc, setup, q_in, q_out, address, workdir / "data")
         env.pop("CONTAINERS_CONF", None)
+        if args.source:
+            env["PYTHONPATH"] = str(args.source.resolve())
         pilot = [sys.executable, "-m", "ewms_pilot"]
         if args.output is None:
             rc = _measure(pilot, env, workdir, args.events)

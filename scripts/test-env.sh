@@ -19,10 +19,10 @@ IMAGE="localhost/ewms-pilot-test:bookworm"
 SUITE="bookworm"
 WAIT_SECONDS="${EWMS_TEST_ENV_WAIT:-90}"
 # Names of the queues tests create (tests/conftest.py `queue_name`: t + 16 hex;
-# tests/faults/conftest.py `new_queue`: f + 12 hex; both with suffixes; NATS
-# streams are `<name>-stream`); tests/test_environment.py checks the policy
-# reaches them.
-TEST_QUEUE_RE='^(t[0-9a-f]{16}|f[0-9a-f]{12})'
+# tests/faults/conftest.py `new_queue`: f + 12 hex; both with suffixes; the pool
+# demo's examples/htcondor/demo.py: demo-<8 hex>-in/-out; NATS streams are
+# `<name>-stream`); tests/test_environment.py checks the policy reaches them.
+TEST_QUEUE_RE='^(t[0-9a-f]{16}|f[0-9a-f]{12}|demo-[0-9a-f]{8}-)'
 TEST_QUEUE_IDLE_MS=600000 # 10 min unused: no test waits that long (pytest timeout 300 s)
 TEST_STREAM_MAX_AGE=1800  # s
 VPY="$REPO/.venv/bin/python" # pika and nats-py for the checks (scripts/test.sh makes it first)

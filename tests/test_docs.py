@@ -180,6 +180,17 @@ def test_every_ewms_pilot_command_in_the_docs_parses() -> None:
     assert refused == []
 
 
+def test_benchmark_options_table_matches_the_harness() -> None:
+    from benchmarks.compare import _parser as bench_parser
+
+    body = (REPO / "benchmarks" / "README.md").read_text()
+    table = re.search(r"^\| option \| meaning \|\n(.*?)\n\n", body, re.DOTALL | re.MULTILINE)
+    assert table
+    documented = set(re.findall(r"`(-{1,2}[\w-]+)", table.group(1)))
+    options = {o for a in bench_parser()._actions for o in a.option_strings} - {"-h", "--help"}
+    assert sorted(options - documented) == [] and sorted(documented - options) == []
+
+
 # --------------------------------------------------------------------------- commands the docs show, run
 
 

@@ -1,4 +1,7 @@
-"""The task journal survives a crashed pilot's half-written line (issue 10 item 7, issue 12 item 5)."""
+"""The task journal survives a crashed pilot's half-written line (issue 10 item 7, issue 12 item 5).
+
+A whole pilot run after such a line: tests/faults/test_faults_records.py.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from memory_pilot import ECHO, journal, memory_config, new_queues, put
+from memory_pilot import ECHO, memory_config, new_queues, put
 
 from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.pilot.journal import Journal, journal_path
 from ewms_pilot.pilot.scheduler import Pilot
-from ewms_pilot.pilot.shutdown import StopCause
 
 TRUNCATED = '{"task_id": "aaa", "pilot_id": "old", "event_id": "1", "start": 1.0, "end": 2.0, "resu'
 
@@ -32,26 +34,6 @@ def test_append_after_a_truncated_line_starts_a_fresh_one(tmp_path: Path, caplog
     assert [r["task_id"] for r in records] == ["ok", "new"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 1 unreadable line" in warnings[0] and str(path) in warnings[0]
-
-
-def test_a_pilot_after_a_crashed_one_ends_normally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The next pilot's summary is printed and its record readable; the data dir holds directories only."""
-    journal_path(tmp_path).write_text(TRUNCATED)  # what a SIGKILL mid-append leaves
-    q = new_queues()
-    cfg = memory_config(q, tmp_path, ECHO)
-
-    async def main() -> StopCause:
-        await put(cfg, "e1")
-        return (await Pilot(cfg).run()).cause
-
-    assert asyncio.run(main()) == StopCause.QUEUE_EMPTY
-    out = capsys.readouterr().out
-    assert "received 1  succeeded 1" in out and "task runtime (s): count 1" in out
-    with pytest.raises(json.JSONDecodeError):
-        journal(tmp_path)  # the bad line is still there (nothing is rewritten) ...
-    lines = journal_path(tmp_path).read_text().splitlines()
-    assert lines[0] == TRUNCATED and json.loads(lines[1])["settlement"] == "acked"  # ... and alone on its line
-    assert all(p.is_dir() for p in (tmp_path / "ewms-pilot-data").iterdir())
 
 
 def test_an_in_process_pilot_leaves_the_callers_umask_as_it_was(tmp_path: Path) -> None:

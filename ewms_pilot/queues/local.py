@@ -167,6 +167,7 @@ class LocalSubscription(Subscription):
         self.holder = uuid.uuid4().hex  # this subscription's name in the `holders` table
         self._held: set[tuple[int, int]] = set()  # (event id, delivery count) not yet settled
         self._next_sweep = 0.0  # monotonic; 0 = sweep on the first claim
+        self._found_last = False  # the last claim found an event
         self._closed = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
         self._acks: _Batcher[Claimed, bool] = _Batcher(worker, self._ack_many)
@@ -193,9 +194,12 @@ class LocalSubscription(Subscription):
 
     # ------------------------------------------------------------------- get
 
-    def _claim(self, sweep: bool) -> Delivery | None:
-        """Worker thread: skip the write lock when there is surely nothing to take."""
-        if not sweep and not self._store.has_ready():
+    def _claim(self, sweep: bool, look_first: bool) -> Delivery | None:
+        """Worker thread: skip the write lock when there is surely nothing to take.
+
+        `look_first=False` (the last claim found one, so more are likely) goes straight to the claim.
+        """
+        if look_first and not sweep and not self._store.has_ready():
             return None
         claim = self._store.claim(self.holder, self._lease, sweep)
         return _decode(claim) if claim else None
@@ -212,12 +216,13 @@ class LocalSubscription(Subscription):
         sweep = time.monotonic() >= self._next_sweep
         if sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY
-        fut = self._worker.submit(self._claim, sweep)
+        fut = self._worker.submit(self._claim, sweep, not self._found_last)
         try:
             delivery = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             self._worker.submit(self._undo_claim, fut)
             raise
+        self._found_last = delivery is not None
         if delivery is not None:
             self._held.add((delivery.raw.id, delivery.raw.delivery_count))
         return delivery
