@@ -9,9 +9,11 @@ pilot ends (exit 8), its events left on the queue.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from ewms_pilot.config.loader import config_as_environ, load_config
 from ewms_pilot.exitcodes import ExitCode
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
-from ewms_pilot.resources.disk import DEFAULT_MIN_FREE
+from ewms_pilot.resources.disk import DEFAULT_MIN_FREE, STATVFS_TIMEOUT, DiskWatch
 
 MiB = 2**20
 
@@ -125,3 +127,68 @@ def test_the_default_minimum_is_1g_or_a_tenth_of_a_small_slot(tmp_path: Path) ->
     off = load_config({**env, "EWMS_PILOT_MIN_FREE_DISK": "0"})
     assert off.min_free_disk is None
     assert load_config(config_as_environ(off)).min_free_disk is None  # "off" survives a round trip
+
+
+@pytest.fixture
+def hung_mount(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
+    """A real file system that does not answer: a FUSE mount whose server never replies (a hung
+    NFS server's effect); setting the event closes the server's end: calls then fail (ENOTCONN)."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a FUSE mount needs root and /dev/fuse")
+    mnt = tmp_path / "hung"
+    mnt.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    if libc.mount(b"hung", str(mnt).encode(), b"fuse", 0, opts) != 0:
+        os.close(fd)
+        pytest.skip(f"cannot mount FUSE: errno {ctypes.get_errno()}")
+    answer = threading.Event()
+    closer = threading.Thread(target=lambda: (answer.wait(), os.close(fd)), daemon=True)
+    closer.start()
+    try:
+        yield mnt, answer
+    finally:
+        answer.set()
+        closer.join(5)
+        libc.umount2(str(mnt).encode(), 2)  # MNT_DETACH
+
+
+def test_a_data_dir_that_does_not_answer_never_freezes_the_event_loop(
+    hung_mount: tuple[Path, threading.Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    """statvfs on a hung data dir ran on the event loop: it froze it (signals included) for good."""
+    mnt, answer = hung_mount
+    watch = DiskWatch(mnt, minimum=1)
+    unfreeze = threading.Timer(STATVFS_TIMEOUT + 3, answer.set)  # (a frozen loop gets its verdict too)
+    unfreeze.start()
+
+    async def main() -> tuple[str | None, int, list[str | None]]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        reason = await watch.short()
+        during = ticks
+        again = [await watch.short() for _ in range(3)]  # asked again before it answers: no new wait
+        answer.set()  # the file system answers (with an error: not a measurement, so not short)
+        while (back := await watch.short()) is not None:
+            await asyncio.sleep(0.1)
+        ticker.cancel()
+        return reason, during, [*again, back]
+
+    with caplog.at_level(logging.WARNING, "ewms_pilot"):
+        reason, ticks, later = asyncio.run(main())
+    unfreeze.cancel()
+    assert ticks > 0, "the event loop was frozen while statvfs hung"
+    assert reason == f"free disk in {mnt} unknown: statvfs has not answered for {STATVFS_TIMEOUT:g}s"
+    assert later[:3] == [reason] * 3 and later[3] is None  # no events while unknown; then taken again
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("statvfs has not answered" in m for m in messages) == 1, messages  # said once
+    assert f"{mnt} answers again" in messages
