@@ -12,16 +12,22 @@ import asyncio
 import ctypes
 import logging
 import os
+import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import classad2
 import pytest
+from chirp_server import ChirpServer
 from config_env import MINIMAL
-from memory_pilot import journal, memory_config, new_queues, put, take
+from local_helpers import put_local, take_all_local
+from memory_pilot import journal, memory_config, new_queues, put
+from pilot_proc import base_env, run_pilot
+from test_config_checks import config_check
 
-from ewms_pilot.config.loader import config_as_environ, load_config
 from ewms_pilot.exitcodes import ExitCode
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
@@ -102,31 +108,46 @@ def test_below_the_minimum_no_event_is_taken_until_running_tasks_free_space(
 
 
 def test_with_nothing_running_a_full_disk_ends_the_pilot_and_leaves_the_events(small_disk: Path, tmp_path: Path) -> None:
+    """A real pilot process: exit code 8, chirp says why (DiskFullError, FatalError), events stay queued."""
     (small_disk / "ballast").write_bytes(b"x" * int(7.5 * MiB))
-    q = new_queues()
-    cfg = memory_config(q, small_disk, _task(tmp_path / "side"), EWMS_PILOT_MIN_FREE_DISK="1M")
-
-    async def main() -> tuple[StopRequest, int]:
-        await put(cfg, "a", "b")
-        request = await Pilot(cfg).run()
-        return request, len(await take(cfg, q.incoming))
-
-    request, left = asyncio.run(main())
-    assert request.cause is StopCause.DISK_FULL and request.exit_code == ExitCode.DISK_FULL == 8
-    assert "below EWMS_PILOT_MIN_FREE_DISK=1 MiB" in request.reason
-    assert left == 2
+    db = tmp_path / "q.db"
+    asyncio.run(put_local(db, "in", ["a", "b"]))
+    env = base_env(
+        broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=small_disk,
+        task_args=shlex.join([sys.executable, "-c", _task(tmp_path / "side"), "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={"EWMS_PILOT_MIN_FREE_DISK": "1M", "EWMS_PILOT_HTCHIRP": "true",
+               "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2"},
+    )  # fmt: skip
+    (tmp_path / "chirp").mkdir()
+    with ChirpServer(tmp_path / "chirp") as server:
+        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+        run = run_pilot(env, 60)
+        attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+    assert run.returncode == ExitCode.DISK_FULL == 8, run.stderr[-3000:]
+    assert "ewms-pilot finished: disk full: " in run.stdout and "below EWMS_PILOT_MIN_FREE_DISK=1 MiB" in run.stdout
+    assert str(attrs["HTChirpEWMSPilotEndReason"]).startswith("disk full: free disk in "), attrs
+    assert str(attrs["HTChirpEWMSPilotError"]).startswith("DiskFullError: "), attrs
+    assert attrs["HTChirpEWMSPilotStatus"] == "FatalError"
+    assert sorted(asyncio.run(take_all_local(db, "in"))) == ["a", "b"]  # left for a pilot elsewhere
 
 
 def test_the_default_minimum_is_1g_or_a_tenth_of_a_small_slot(tmp_path: Path) -> None:
+    """As `config --check` shows it (the settings in effect, pasteable back: "off" stays off)."""
     ad = tmp_path / ".machine.ad"
-    ad.write_text("Cpus = 1\nMemory = 2048\nDisk = 2000000\n")  # KB: ~1.9 GiB
     env = {**MINIMAL, "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path), "_CONDOR_MACHINE_AD": str(ad)}
-    assert load_config(env).min_free_disk == 200_000 * 1024
+
+    def shown(**extra: str) -> str:
+        res = config_check({**env, **extra})
+        assert res.returncode == 0, res.stderr
+        [line] = [x for x in res.stdout.splitlines() if x.startswith("EWMS_PILOT_MIN_FREE_DISK=")]
+        return line.partition("=")[2]
+
+    ad.write_text("Cpus = 1\nMemory = 2048\nDisk = 2000000\n")  # KB: ~1.9 GiB
+    assert shown() == str(200_000 * 1024)  # a tenth of the slot
     ad.write_text("Cpus = 1\nMemory = 2048\nDisk = 200000000\n")
-    assert load_config(env).min_free_disk == DEFAULT_MIN_FREE
-    off = load_config({**env, "EWMS_PILOT_MIN_FREE_DISK": "0"})
-    assert off.min_free_disk is None
-    assert load_config(config_as_environ(off)).min_free_disk is None  # "off" survives a round trip
+    assert shown() == str(DEFAULT_MIN_FREE)
+    assert shown(EWMS_PILOT_MIN_FREE_DISK="0") == "0"
+    assert shown(EWMS_PILOT_MIN_FREE_DISK=shown(EWMS_PILOT_MIN_FREE_DISK="0")) == "0"
 
 
 @pytest.fixture
