@@ -438,11 +438,11 @@ class Pilot:
                 LOGGER.warning(f"closing a broker connection failed: {result!r}")
 
     async def _finish(self, request: StopRequest) -> None:
-        final = {
-            StopCause.QUEUE_EMPTY: PilotState.DONE,
-            StopCause.LIFETIME: PilotState.DONE,
-            StopCause.SIGNAL: PilotState.EVICTED,
-        }.get(request.cause, PilotState.FATAL)
+        final = (
+            PilotState.DONE if request.cause.clean
+            else PilotState.EVICTED if request.cause == StopCause.SIGNAL
+            else PilotState.FATAL
+        )  # fmt: skip
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
