@@ -19,9 +19,8 @@ from config_env import MINIMAL
 from local_helpers import put_local, take_all_local
 from memory_pilot import journal, memory_config, new_queues, put, take
 from pilot_proc import base_env, run_pilot
+from test_config_checks import config_check
 
-from ewms_pilot.config.banner import resources_line
-from ewms_pilot.config.loader import load_config
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause
 from ewms_pilot.resources.lifetime import END_RESERVE
@@ -87,20 +86,23 @@ def test_without_a_time_limit_the_longest_task_so_far_must_fit(tmp_path: Path) -
 
 
 def test_the_earlier_end_wins_and_is_shown(tmp_path: Path) -> None:
+    """As `config --check` (and the start line) shows it: which setting, how long, when it ends."""
     ad = tmp_path / ".job.ad"
-    now = time.time()
-    ad.write_text(f"OriginalTime = 3600\nAllowedJobDuration = 7200\nJobCurrentStartDate = {int(now) - 600}\n")
+    job_start = int(time.time()) - 600
+    ad.write_text(f"OriginalTime = 3600\nAllowedJobDuration = 7200\nJobCurrentStartDate = {job_start}\n")
     env = {**MINIMAL, "_CONDOR_JOB_AD": str(ad), "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path)}
-    from_ad = load_config(env).lifetime_end
-    assert from_ad is not None and from_ad.source == "job ad OriginalTime"
-    assert abs(from_ad.ends_at - (int(now) - 600 + 3600)) < 1e-6  # counted from the job's start
-    ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(now) - 600 + 3600))  # a date, not only a time
-    assert f"lifetime 3600s (job ad OriginalTime), ends {ends}" in resources_line(load_config(env))
-    shorter = load_config({**env, "EWMS_PILOT_LIFETIME": "60"}).lifetime_end
-    assert shorter is not None and shorter.source == "EWMS_PILOT_LIFETIME"
-    longer = load_config({**env, "EWMS_PILOT_LIFETIME": "86400"}).lifetime_end
-    assert longer is not None and longer.source == "job ad OriginalTime"
-    assert load_config({**MINIMAL, "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path)}).lifetime_end is None
+
+    def shown(**extra: str) -> str:
+        res = config_check({**env, **extra})
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip().splitlines()[-1]  # the resources line
+
+    ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(job_start + 3600))  # from the job's start
+    assert shown().endswith(f"lifetime 3600s (job ad OriginalTime), ends {ends}")
+    assert "lifetime 60s (EWMS_PILOT_LIFETIME), ends " in shown(EWMS_PILOT_LIFETIME="60")
+    assert shown(EWMS_PILOT_LIFETIME="86400").endswith(f"lifetime 3600s (job ad OriginalTime), ends {ends}")
+    ad.write_text("RequestCpus = 1\n")
+    assert "lifetime" not in shown()
 
 
 # fails at once on "bad", else sleeps as many seconds as the event says

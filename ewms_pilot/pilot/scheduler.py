@@ -185,7 +185,7 @@ class Pilot:
             self._check_brokers()
             if self._lifetime_ending():
                 break
-            if self._disk_short():
+            if await self._disk_short():
                 if self.stop_request is None:
                     await self._wait_for_slot()  # a task ending may free space
                 continue
@@ -243,16 +243,17 @@ class Pilot:
         ))
         return True
 
-    def _disk_short(self) -> bool:
-        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK: no event is taken.
+    async def _disk_short(self) -> bool:
+        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK (or unknown): no event is taken.
 
         With no task running nothing of this pilot's can free it (a fresh reading
-        confirms): the pilot ends, its events left on the queue.
+        confirms): the pilot ends, its events left on the queue. A data dir that does
+        not answer is waited for, never called full.
         """
-        short = self.disk.short()
-        if short is not None and not self._running:
-            short = self.disk.short(fresh=True)  # the last task's files may be gone just now
-            if short is not None:
+        short = await self.disk.short()
+        if short is not None and not self._running and not self.disk.unanswered:
+            short = await self.disk.short(fresh=True)  # the last task's files may be gone just now
+            if short is not None and not self.disk.unanswered:
                 self.chirp.set_error(DiskFullError(short))
                 self.request_stop(StopRequest(StopCause.DISK_FULL, f"disk full: {short}"))
         return short is not None
@@ -437,11 +438,11 @@ class Pilot:
                 LOGGER.warning(f"closing a broker connection failed: {result!r}")
 
     async def _finish(self, request: StopRequest) -> None:
-        final = {
-            StopCause.QUEUE_EMPTY: PilotState.DONE,
-            StopCause.LIFETIME: PilotState.DONE,
-            StopCause.SIGNAL: PilotState.EVICTED,
-        }.get(request.cause, PilotState.FATAL)
+        final = (
+            PilotState.DONE if request.cause.clean
+            else PilotState.EVICTED if request.cause == StopCause.SIGNAL
+            else PilotState.FATAL
+        )  # fmt: skip
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()

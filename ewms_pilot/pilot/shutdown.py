@@ -45,6 +45,11 @@ class StopCause(str, enum.Enum):
     RUNTIME = "runtime"  # container runtime / image unusable on this node
     DISK_FULL = "disk-full"  # below EWMS_PILOT_MIN_FREE_DISK, and no running task to free any
 
+    @property
+    def clean(self) -> bool:
+        """A normal end (chirp `Done`, nothing raised for it): the causes `EXIT_CODES` maps to 0."""
+        return EXIT_CODES[self] == ExitCode.OK
+
 
 EXIT_CODES = {
     StopCause.QUEUE_EMPTY: ExitCode.OK,
