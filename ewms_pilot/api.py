@@ -162,9 +162,9 @@ def raise_for_outcome(
     if cause == StopCause.INIT_FAILED and init:
         raise InitContainerError(init[-1])
     tasks = [(task_id, f) for task_id, f in failures if task_id != INIT_FAILURE_ID]
-    if tasks and cause in (StopCause.QUEUE_EMPTY, StopCause.LIFETIME, StopCause.TASK_ERRORS):
+    if tasks and (cause.clean or cause == StopCause.TASK_ERRORS):
         raise TasksFailedError(tasks)
-    if exit_code != 0:  # an empty queue and the lifetime's end are clean endings
+    if not cause.clean:
         raise PilotStoppedError(scrub(reason), exit_code)
 
 

@@ -24,6 +24,7 @@ from ewms_pilot.config.loader import load_config
 from ewms_pilot.config.model import PilotConfig
 from ewms_pilot.config.variables import VARIABLES
 from ewms_pilot.errors import ConfigError
+from ewms_pilot.resources.slot import MAX_SECONDS
 
 BASE = {
     "EWMS_PILOT_CONTAINER_PLATFORM": "process",
@@ -235,3 +236,56 @@ def test_real_processes(tmp_path: Path, argv: list[str], env: dict[str, str]) ->
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+AD_NUMBER = st.one_of(
+    st.sampled_from(["1e20", "1e300", "1e400", "-1", "0", "0.5", "1" * 30, "31622401", "3600", "nan"]),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False).map(repr),
+)
+JOB_AD_ATTRS = ["OriginalTime", "AllowedJobDuration", "JobCurrentStartDate", "RequestCpus", "RequestMemory",
+                "RequestDisk"]  # fmt: skip
+MACHINE_AD_ATTRS = ["Cpus", "Memory", "Disk"]
+
+
+@FUZZ
+@given(
+    job=st.dictionaries(st.sampled_from(JOB_AD_ATTRS), AD_NUMBER, min_size=1),
+    machine=st.dictionaries(st.sampled_from(MACHINE_AD_ATTRS), AD_NUMBER),
+)
+def test_any_number_in_the_job_and_machine_ads(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    job: dict[str, str], machine: dict[str, str],
+) -> None:
+    """HTCondor's ads are not ours to validate: any number in them gives a working config (a value
+    out of range is ignored with a warning naming its attribute), never a traceback."""
+    ads = {}
+    for var, attrs in (("_CONDOR_JOB_AD", job), ("_CONDOR_MACHINE_AD", machine)):
+        if attrs:
+            path = clean_env / var
+            path.write_text("".join(f"{k} = {v}\n" for k, v in attrs.items()))
+            ads[var] = str(path)
+    caplog.clear()
+    with mock.patch.dict(os.environ, {**BASE, **ads}):
+        code = main(["config", "--check"])
+    out = capsys.readouterr()
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert code == 0, out.err
+    assert "Traceback" not in out.err, out.err
+    for name in ("OriginalTime", "AllowedJobDuration"):
+        if float(job.get(name, "0")) > MAX_SECONDS:
+            assert f"{name} = " in warned and "ignored" in warned, warned  # named, and ignored
+
+
+def test_a_walltime_beyond_a_year_in_the_job_ad_is_ignored(tmp_path: Path) -> None:
+    """`OriginalTime = 1e20` crashed `config --check` and the pilot's start (OverflowError)."""
+    ad = tmp_path / ".job.ad"
+    ad.write_text("OriginalTime = 1e20\nRequestCpus = 1\n")
+    clean = {k: v for k, v in os.environ.items() if "EWMS_PILOT" not in k}
+    res = subprocess.run(
+        [sys.executable, "-m", "ewms_pilot", "config", "--check"], env={**clean, **BASE, "_CONDOR_JOB_AD": str(ad)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "OriginalTime = 1e+20 is out of range" in res.stderr  # named, then ignored:
+    assert "(HTCondor job ad)" in res.stdout and "lifetime" not in res.stdout.splitlines()[-1]

@@ -19,9 +19,8 @@ from config_env import MINIMAL
 from local_helpers import put_local, take_all_local
 from memory_pilot import journal, memory_config, new_queues, put, take
 from pilot_proc import base_env, run_pilot
+from test_config_checks import config_check
 
-from ewms_pilot.config.banner import resources_line
-from ewms_pilot.config.loader import load_config
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause
 from ewms_pilot.resources.lifetime import END_RESERVE
@@ -87,16 +86,59 @@ def test_without_a_time_limit_the_longest_task_so_far_must_fit(tmp_path: Path) -
 
 
 def test_the_earlier_end_wins_and_is_shown(tmp_path: Path) -> None:
+    """As `config --check` (and the start line) shows it: which setting, how long, when it ends."""
     ad = tmp_path / ".job.ad"
-    now = time.time()
-    ad.write_text(f"OriginalTime = 3600\nAllowedJobDuration = 7200\nJobCurrentStartDate = {int(now) - 600}\n")
+    job_start = int(time.time()) - 600
+    ad.write_text(f"OriginalTime = 3600\nAllowedJobDuration = 7200\nJobCurrentStartDate = {job_start}\n")
     env = {**MINIMAL, "_CONDOR_JOB_AD": str(ad), "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path)}
-    from_ad = load_config(env).lifetime_end
-    assert from_ad is not None and from_ad.source == "job ad OriginalTime"
-    assert abs(from_ad.ends_at - (int(now) - 600 + 3600)) < 1e-6  # counted from the job's start
-    assert "lifetime 3600s (job ad OriginalTime)" in resources_line(load_config(env))
-    shorter = load_config({**env, "EWMS_PILOT_LIFETIME": "60"}).lifetime_end
-    assert shorter is not None and shorter.source == "EWMS_PILOT_LIFETIME"
-    longer = load_config({**env, "EWMS_PILOT_LIFETIME": "86400"}).lifetime_end
-    assert longer is not None and longer.source == "job ad OriginalTime"
-    assert load_config({**MINIMAL, "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST": str(tmp_path)}).lifetime_end is None
+
+    def shown(**extra: str) -> str:
+        res = config_check({**env, **extra})
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip().splitlines()[-1]  # the resources line
+
+    ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(job_start + 3600))  # from the job's start
+    assert shown().endswith(f"lifetime 3600s (job ad OriginalTime), ends {ends}")
+    assert "lifetime 60s (EWMS_PILOT_LIFETIME), ends " in shown(EWMS_PILOT_LIFETIME="60")
+    assert shown(EWMS_PILOT_LIFETIME="86400").endswith(f"lifetime 3600s (job ad OriginalTime), ends {ends}")
+    ad.write_text("RequestCpus = 1\n")
+    assert "lifetime" not in shown()
+
+
+# fails at once on "bad", else sleeps as many seconds as the event says
+FAIL_OR_SLEEP = (
+    "import sys,time; d=open(sys.argv[1]).read()\n"
+    "if d == 'bad': sys.exit('refused')\n"
+    "time.sleep(float(d)); open(sys.argv[2],'w').write(d)"
+)
+
+
+def test_a_stop_for_another_cause_still_ends_within_the_walltime(tmp_path: Path) -> None:
+    """Stop-on-error (which waits for running tasks) beside a 60 s task: the pilot still exits before
+    its walltime, the long task stopped and its event released 5 s before the end."""
+    db = tmp_path / "q.db"
+    asyncio.run(put_local(db, "in", ["bad", "60"]))
+    job_start = int(time.time())
+    walltime_end = job_start + 12
+    ad = tmp_path / ".job.ad"
+    ad.write_text(f"OriginalTime = 12\nJobCurrentStartDate = {job_start}\n")
+    env = base_env(
+        broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=tmp_path / "p",
+        task_args=shlex.join([sys.executable, "-c", FAIL_OR_SLEEP, "<<INFILE>>", "<<OUTFILE>>"]),
+        extra={
+            "_CONDOR_JOB_AD": str(ad), "EWMS_PILOT_MAX_CONCURRENT_TASKS": "2",
+            "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "true", "EWMS_PILOT_MAX_DELIVERIES": "3",
+        },
+    )  # fmt: skip
+    run = run_pilot(env, 90)
+    ended = time.time()
+    assert run.returncode == 3, run.stderr[-3000:]  # the stop's own cause decides the exit
+    assert "stopping: " in run.stderr and "lifetime ending" not in run.stdout
+    assert ended <= walltime_end, f"pilot ended {ended - walltime_end:.1f}s after its walltime"
+    records = {r["result"]: r for r in journal(tmp_path / "p")}
+    assert set(records) == {"failed", "cancelled"}, records
+    cancelled = records["cancelled"]
+    assert cancelled["settlement"] == "released"
+    # it had until 5 s before the end (the one deadline), then was stopped and released before the end
+    assert walltime_end - END_RESERVE <= cancelled["end"] <= walltime_end
+    assert sorted(asyncio.run(take_all_local(db, "in"))) == ["60", "bad"]  # both back for another pilot

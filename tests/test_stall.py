@@ -21,11 +21,15 @@ from ewms_pilot.errors import ConfigError
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause
 
-# `hang`: sleeps (no CPU); `busy`: computes for 4 s; `child`: waits for a child that computes 4 s
+# `hang`: sleeps (no CPU); `busy`: computes for 4 s; `child`: waits for a child that computes 4 s;
+# `heartbeat`: sleeps 4 s while a thread wakes 5 times a second (far less CPU than one 10 ms tick)
 TASK = (
-    "import subprocess,sys,time\n"
+    "import subprocess,sys,threading,time\n"
     "d=open(sys.argv[1]).read()\n"
     "spin='import time\\nt=time.time()\\nwhile time.time()-t<4: pass'\n"
+    "def beat():\n"
+    "    while True: time.sleep(0.2)\n"
+    "if d=='heartbeat': threading.Thread(target=beat,daemon=True).start(); time.sleep(4)\n"
     "if d=='hang': time.sleep(60)\n"
     "if d=='busy': exec(spin)\n"
     "if d=='child': subprocess.run([sys.executable,'-c',spin],check=True)\n"
@@ -52,13 +56,14 @@ def _results(cfg_extra: dict[str, str], tmp_path: Path, events: list[str]) -> li
 
 
 def test_a_hung_task_is_stopped_and_busy_ones_and_their_children_are_not(tmp_path: Path) -> None:
-    records = _results({}, tmp_path, ["hang", "busy", "child"])
+    """docs/resources.md: "a task with a heartbeat thread is never stalled" (process runtime)."""
+    records = _results({}, tmp_path, ["hang", "busy", "child", "heartbeat"])
     failed = [r for r in records if r["result"] == "failed"]
     assert len(failed) == 1 and failed[0]["error_type"] == "TaskStalledError", records
     assert "used no CPU for 1.5 s" in failed[0]["error"]
     assert failed[0]["end"] - failed[0]["start"] < 25  # stopped for its stall, not at its 30 s timeout
     ok = [r for r in records if r["result"] == "succeeded"]
-    assert len(ok) == 2 and all(r["end"] - r["start"] >= 4 for r in ok)  # computing for 4 s is not a stall
+    assert len(ok) == 3 and all(r["end"] - r["start"] >= 4 for r in ok)  # computing for 4 s is not a stall
 
 
 @pytest.mark.podman

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ..config.redact import scrub
-from ..config.types import ENV_NAME, MAX_SECONDS
+from ..config.types import ENV_NAME
 from ..exitcodes import ExitCode
+from ..resources.slot import MAX_SECONDS
 
 MIN_PROGRESS_INTERVAL = 0.1  # s: a status line more often than this floods the log
 MAX_EVENTS = 10**9

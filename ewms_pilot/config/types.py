@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..resources.sizing import AUTO, SIZE_EXPECTED, parse_size, render_size
+from ..resources.slot import MAX_SECONDS
 from . import jsontext
 from .model import ChirpDest, ContainerPlatform, TaskMode
 
@@ -27,7 +28,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})  # same words as wipac-dev-tools
 _FALSE_WORDS = frozenset({"false", "f", "no", "n", "off", "0"})
 
-MAX_SECONDS = 366 * 24 * 3600  # one (leap) year: every duration setting is at most this
 MAX_COUNT = 65535  # prefetch and concurrency: AMQP's prefetch-count is an unsigned short
 MAX_INT = 1_000_000  # any other count
 MAX_EXT_CHARS = 32

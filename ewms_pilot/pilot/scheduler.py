@@ -69,7 +69,6 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp = chirp or ChirpReporter.from_config(cfg)
         self.runtime = runtime or get_runtime(cfg)
-        self.shutdown = Shutdown()
         self.failures: list[tuple[str, TaskFailure]] = []  # (task id, failure): the only list of them
         self._running: set[asyncio.Task[Outcome]] = set()
         self._critical = Critical()
@@ -80,6 +79,9 @@ class Pilot:
         # the lifetime's end on the monotonic clock (a wall-clock step must not move it)
         end = cfg.lifetime_end
         self._lifetime_end = None if end is None else time.monotonic() + end.ends_at - time.time()
+        # every stop's running tasks get at most until the lifetime's end, less the pilot's own ending
+        ceiling = None if self._lifetime_end is None else self._lifetime_end - END_RESERVE
+        self.shutdown = Shutdown(ceiling=ceiling)
 
     # -- control ------------------------------------------------------------
 
@@ -183,7 +185,7 @@ class Pilot:
             self._check_brokers()
             if self._lifetime_ending():
                 break
-            if self._disk_short():
+            if await self._disk_short():
                 if self.stop_request is None:
                     await self._wait_for_slot()  # a task ending may free space
                 continue
@@ -224,7 +226,7 @@ class Pilot:
     def _lifetime_ending(self) -> bool:
         """True (and the stop requested) once one more task would not end within the lifetime.
 
-        Running tasks get until the lifetime's end, less the pilot's own ending (one deadline).
+        Running tasks get until the lifetime's end, less the pilot's own ending: the shutdown's ceiling.
         """
         if self._lifetime_end is None:
             return False
@@ -238,20 +240,20 @@ class Pilot:
             StopCause.LIFETIME,
             f"lifetime ending: {max(left, 0):.0f}s left of {self.cfg.lifetime_end.describe()}; a task takes up to "
             f"{expected:.0f}s ({basis})",
-            grace=max(left - END_RESERVE, 0.0),
         ))
         return True
 
-    def _disk_short(self) -> bool:
-        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK: no event is taken.
+    async def _disk_short(self) -> bool:
+        """True while free disk is below EWMS_PILOT_MIN_FREE_DISK (or unknown): no event is taken.
 
         With no task running nothing of this pilot's can free it (a fresh reading
-        confirms): the pilot ends, its events left on the queue.
+        confirms): the pilot ends, its events left on the queue. A data dir that does
+        not answer is waited for, never called full.
         """
-        short = self.disk.short()
-        if short is not None and not self._running:
-            short = self.disk.short(fresh=True)  # the last task's files may be gone just now
-            if short is not None:
+        short = await self.disk.short()
+        if short is not None and not self._running and not self.disk.unanswered:
+            short = await self.disk.short(fresh=True)  # the last task's files may be gone just now
+            if short is not None and not self.disk.unanswered:
                 self.chirp.set_error(DiskFullError(short))
                 self.request_stop(StopRequest(StopCause.DISK_FULL, f"disk full: {short}"))
         return short is not None
@@ -436,11 +438,11 @@ class Pilot:
                 LOGGER.warning(f"closing a broker connection failed: {result!r}")
 
     async def _finish(self, request: StopRequest) -> None:
-        final = {
-            StopCause.QUEUE_EMPTY: PilotState.DONE,
-            StopCause.LIFETIME: PilotState.DONE,
-            StopCause.SIGNAL: PilotState.EVICTED,
-        }.get(request.cause, PilotState.FATAL)
+        final = (
+            PilotState.DONE if request.cause.clean
+            else PilotState.EVICTED if request.cause == StopCause.SIGNAL
+            else PilotState.FATAL
+        )  # fmt: skip
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()

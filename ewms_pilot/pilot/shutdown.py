@@ -8,6 +8,10 @@ now). Running tasks get until the deadline; what must still happen after it
 (stopping tasks, warm workers, teardown, closing connections, chirp flush)
 shares `CLEANUP_SLACK` seconds more, so an evicted pilot exits within
 grace + 5 s whatever step it was in when the signal came.
+
+A pilot with a lifetime has a `ceiling` (the lifetime's end less the pilot's own
+ending): every stop's deadline respects it, whatever caused the stop, so a
+drain after a stop-on-error or a long-grace signal never runs past the walltime.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ class StopCause(str, enum.Enum):
     FATAL = "fatal"  # unexpected exception
     RUNTIME = "runtime"  # container runtime / image unusable on this node
     DISK_FULL = "disk-full"  # below EWMS_PILOT_MIN_FREE_DISK, and no running task to free any
+
+    @property
+    def clean(self) -> bool:
+        """A normal end (chirp `Done`, nothing raised for it): the causes `EXIT_CODES` maps to 0."""
+        return EXIT_CODES[self] == ExitCode.OK
 
 
 EXIT_CODES = {
@@ -77,8 +86,9 @@ class Shutdown:
     re-reads `remaining()` (a later signal hurries whatever is going on).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, ceiling: float | None = None) -> None:
         self.clock = clock
+        self.ceiling = ceiling  # on `clock`; no deadline is later (None: no lifetime)
         self.request: StopRequest | None = None
         self.deadline: float | None = None  # monotonic; None: no time limit (yet)
         self.signals = 0
@@ -104,7 +114,7 @@ class Shutdown:
     # -- requests -----------------------------------------------------------------
 
     def request_stop(self, request: StopRequest) -> None:
-        """Record a stop cause; the deadline can only move earlier."""
+        """Record a stop cause; the deadline can only move earlier, and is never past the ceiling."""
         now = self.clock()
         if request.cause == StopCause.SIGNAL:
             self.signals += 1
@@ -122,6 +132,8 @@ class Shutdown:
             candidate = now
         elif request.grace is not None:
             candidate = now + request.grace
+        if self.ceiling is not None:  # "wait for them all" too: at most until the lifetime ends
+            candidate = self.ceiling if candidate is None else min(candidate, self.ceiling)
         if candidate is not None and (self.deadline is None or candidate < self.deadline):
             self.deadline = candidate
         self._wake()

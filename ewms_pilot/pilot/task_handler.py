@@ -453,7 +453,7 @@ class TaskHandler:
             raise TaskTimeoutError.after(cfg.task.timeout or 0, tail, apptainer=apptainer)
         if outcome.stalled:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
-            raise TaskStalledError.after_idle(cfg.task_stall_timeout or 0, tail, apptainer=apptainer)
+            raise TaskStalledError.after(cfg.task_stall_timeout or 0, tail, apptainer=apptainer)
         if outcome.exit_code != 0:
             tail = await asyncio.to_thread(read_tail, tdir.stderr)
             killed_means_oom = not self.env.runtime.uses_host_paths  # containers: the OOM killer

@@ -29,7 +29,7 @@ class Lifetime:
     source: str
 
     def describe(self) -> str:
-        end = time.strftime("%H:%M:%S UTC", time.gmtime(self.ends_at))
+        end = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.ends_at))  # a date: a walltime may be days
         return f"lifetime {self.seconds:g}s ({self.source}), ends {end}"
 
 

@@ -104,11 +104,23 @@ def _read_ad(environ: Mapping[str, str], var: str) -> dict[str, object]:
     return parse_classad(text)
 
 
-def _number(ad: Mapping[str, object], *names: str) -> float | None:
+#: one (leap) year: every duration, a setting's or a job ad's walltime, is at most this
+MAX_SECONDS = 366 * 24 * 3600
+#: larger ad numbers are no count of anything (and overflow what uses them)
+_MAX_AD_NUMBER = float(2**53)
+
+
+def _number(ad: Mapping[str, object], *names: str, at_most: float = _MAX_AD_NUMBER) -> float | None:
+    """The first of `names` the ad sets to a literal number in 0..`at_most`; one out of range is
+    ignored with a warning naming it (HTCondor's ads are not ours to refuse)."""
     for name in names:
         value = ad.get(name.lower())
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+            continue
+        if value > at_most:  # (inf too)
+            LOGGER.warning("HTCondor ad's %s = %g is out of range (at most %g): ignored", name, value, at_most)
+            continue
+        return float(value)
     return None
 
 
@@ -127,7 +139,7 @@ JOB_START_ATTR = "JobCurrentStartDate"  # epoch seconds this run of the job star
 
 def job_walltime(job: Mapping[str, object]) -> tuple[float | None, str]:
     """The shortest walltime the job ad sets (positive literal seconds), with its attribute's name."""
-    found = [(n, name) for name in WALLTIME_ATTRS if (n := _number(job, name))]
+    found = [(n, name) for name in WALLTIME_ATTRS if (n := _number(job, name, at_most=MAX_SECONDS))]
     if not found:
         return None, ""
     seconds, name = min(found)

@@ -164,6 +164,15 @@ class Runtime(abc.ABC):
         """A prefix that applies the spec's limits to the client process itself (none by default)."""
         return []
 
+    def launch_argv(self, spec: RunSpec) -> list[str]:
+        """What the pilot execs for `spec` (one-shot task or warm worker): the limit prefix, then
+        `run_argv`, under the parent-death signal (a SIGKILLed pilot takes its clients along)."""
+        from ..tasks.parent_death import (
+            with_parent_death_signal,  # local: keeps this interface module light
+        )
+
+        return with_parent_death_signal([*self.limit_argv(spec), *self.run_argv(spec)])
+
     def process_cwd(self, spec: RunSpec) -> Path | None:
         """The client process's working directory; None = the pilot's own."""
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import signal
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 #: the longest stderr line quoted in a failure message
 MAX_ERROR_LINE_CHARS = 500
@@ -131,6 +131,8 @@ class TaskTimeoutError(ContainerRunError):
     """The task ran longer than its time limit and was stopped."""
 
     builtin_aliases = frozenset({"TimeoutError"})
+    #: what `after` says the limit did ({s}: its seconds)
+    limit_text: ClassVar[str] = "timed out after {s:g} s"
 
     def __init__(
         self,
@@ -145,14 +147,12 @@ class TaskTimeoutError(ContainerRunError):
         super().__init__(reason, exit_code=exit_code, stderr_line=stderr_line, detail=detail)
 
     @classmethod
-    def after(
-        cls, timeout: float, stderr_tail: str = "", *, apptainer: bool = False
-    ) -> TaskTimeoutError:
-        """`timed out after 90 s[; last stderr line: <line>]`, from the end of its stderr."""
+    def after(cls, timeout: float, stderr_tail: str = "", *, apptainer: bool = False) -> Self:
+        """`timed out after 90 s[; last stderr line: <line>]` (`limit_text`), from the end of its stderr."""
         line = extract_error_line(stderr_tail, apptainer=apptainer)
         tail = f"; last stderr line: {line}" if line else ""
         return cls(
-            f"timed out after {timeout:g} s{tail}",
+            cls.limit_text.format(s=timeout) + tail,
             timeout=timeout,
             stderr_line=line,
             detail=extract_detail(stderr_tail, apptainer=apptainer),
@@ -162,17 +162,7 @@ class TaskTimeoutError(ContainerRunError):
 class TaskStalledError(TaskTimeoutError):
     """The task used no CPU for EWMS_PILOT_TASK_STALL_TIMEOUT seconds (hung, or waiting for ever) and was stopped."""
 
-    @classmethod
-    def after_idle(cls, idle: float, stderr_tail: str = "", *, apptainer: bool = False) -> TaskStalledError:
-        """`used no CPU for 600 s[; last stderr line: <line>]`."""
-        line = extract_error_line(stderr_tail, apptainer=apptainer)
-        tail = f"; last stderr line: {line}" if line else ""
-        return cls(
-            f"used no CPU for {idle:g} s (EWMS_PILOT_TASK_STALL_TIMEOUT){tail}",
-            timeout=idle,
-            stderr_line=line,
-            detail=extract_detail(stderr_tail, apptainer=apptainer),
-        )
+    limit_text: ClassVar[str] = "used no CPU for {s:g} s (EWMS_PILOT_TASK_STALL_TIMEOUT)"
 
 
 class TaskOutOfMemoryError(ContainerRunError):

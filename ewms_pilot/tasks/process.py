@@ -30,7 +30,6 @@ from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
 from ..runtimes.envfile import remove_env_file
 from .logcap import CappedLog
-from .parent_death import with_parent_death_signal
 from .stall import wait_for_stall
 
 LOGGER = logging.getLogger(__name__)
@@ -299,7 +298,7 @@ async def run_to_completion(
             try:
                 _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
                 proc = await asyncio.create_subprocess_exec(
-                    *with_parent_death_signal([*runtime.limit_argv(spec), *command]),
+                    *runtime.launch_argv(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE if piped else out_file,
                     stderr=subprocess.PIPE if piped else err_file,

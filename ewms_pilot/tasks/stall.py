@@ -38,7 +38,7 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 def group_cpu(pgid: int) -> float | None:
     """CPU seconds of every process in group `pgid`, with the children each has reaped."""
-    total = 0
+    total = 0.0
     found = False
     try:
         entries = os.listdir("/proc")
@@ -51,8 +51,30 @@ def group_cpu(pgid: int) -> float | None:
         if fields is None or len(fields) < 15 or fields[2] != str(pgid):
             continue
         found = True
-        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return total / _TICKS if found else None
+        ns = _threads_ns(name)
+        own = ns / 1e9 if ns is not None else sum(int(f) for f in fields[11:13]) / _TICKS  # utime stime
+        total += own + sum(int(f) for f in fields[13:15]) / _TICKS  # + cutime cstime (reaped children)
+    return total if found else None
+
+
+def _threads_ns(pid: str) -> int | None:
+    """Nanoseconds on CPU of every thread of process `pid` (schedstat), None where the kernel has none.
+
+    /proc/<pid>/stat counts in 10 ms ticks, charged to whoever runs at the tick: a
+    thread that wakes briefly 5 times a second (a heartbeat) never shows there.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total, found = 0, False
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # (a thread that just ended)
+        found = True
+    return total if found else None
 
 
 def cgroup_cpu_reader(pid: int, root: Path = CGROUP_ROOT) -> CpuReader | None:
@@ -129,7 +151,8 @@ async def wait_for_stall(
     while True:
         await asyncio.sleep(interval)
         now = await asyncio.to_thread(reader)
-        if now is None or last is None or now > last:  # progress (or no reading: no verdict)
+        # any change is progress: a group's total also drops when a member exits (or no reading: no verdict)
+        if now is None or last is None or now != last:
             last, since = now, clock()
         elif clock() - since >= stall_timeout:
             return

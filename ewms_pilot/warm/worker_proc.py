@@ -24,7 +24,6 @@ from typing import IO
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.envfile import open_private, remove_env_file
 from ..tasks.errors import extract_error_line
-from ..tasks.parent_death import with_parent_death_signal
 
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
@@ -92,8 +91,7 @@ class WarmWorker:
 
     async def start(self) -> None:
         """Start the process; raises OSError when the runtime's argv cannot be started."""
-        # a SIGKILLed pilot takes its workers along; the limit prefix: the process runtime's memory limit
-        argv = with_parent_death_signal([*self.runtime.limit_argv(self.spec), *self.runtime.run_argv(self.spec)])
+        argv = self.runtime.launch_argv(self.spec)  # with the process runtime's memory limit, as a task's
         env = self.runtime.process_env(self.spec, os.environ)
         cwd = self.runtime.process_cwd(self.spec)
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
