@@ -112,18 +112,20 @@ step "mypy"
 "$PY" -m mypy || failed+=(mypy)
 
 if [[ -n "$pool_pid" ]]; then
-    rest=() # every test file and dir under tests/ that is not run alongside
+    # what measures time (a latency bound, exits within grace + 5 s) runs last, when
+    # ALONGSIDE (its first minute rebuilds images: the busiest) is mostly done
+    LAST=(tests/test_api_and_latency.py tests/faults)
+    rest=() # every test file and dir under tests/ that is not run alongside, LAST last
     shopt -s nullglob
     for path in tests/test_*.py tests/*_test.py tests/*/; do
         path="${path%/}"
-        case "$path" in tests/__pycache__ | tests/faults) continue ;; esac
-        [[ " ${ALONGSIDE[*]} " == *" $path "* ]] || rest+=("$path")
+        [[ "$path" == tests/__pycache__ || " ${ALONGSIDE[*]} ${LAST[*]} " == *" $path "* ]] || rest+=("$path")
     done
     shopt -u nullglob
-    rest+=(tests/faults) # timing-sensitive: last, when ALONGSIDE is mostly done
+    rest+=("${LAST[@]}")
     ignore=()
     for path in "${ALONGSIDE[@]}"; do ignore+=("--ignore=$path"); done
-    step "pytest (everything else; tests/faults last)"
+    step "pytest (everything else; ${LAST[*]} last)"
     rc=0
     "$PY" -m pytest "${ignore[@]}" "${rest[@]}" || rc=$?
     pytest_rc pytest "$rc"
