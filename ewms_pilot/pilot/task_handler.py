@@ -71,24 +71,34 @@ def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
 
 
 def _settle_files(
-    journal: Journal | None, record: dict[str, Any], tdir: TaskDir | None
+    journal: Journal | None, record: dict[str, Any], tdir: TaskDir | None, *, free_first: bool = False
 ) -> tuple[OSError | None, OSError | None]:
-    """One trip to a thread after the settle: the task dir removed (if given), then the journal line.
+    """One trip to a thread after the settle: the journal line, then the task dir removed (if given).
 
-    Removal first: on a full disk, freeing it lets the journal line be written.
+    The line first: a kill or a timed-out shutdown during a long removal (a task that left many files)
+    must not leave a published, acked event without its line. Only a full disk (`free_first`)
+    removes first: the line needs the space the removal frees.
     Returns (journal error, removal error), for the caller to log.
     """
     journal_error = remove_error = None
-    if tdir is not None:
-        try:
-            tdir.remove()
-        except OSError as e:
-            remove_error = e
+
+    def remove() -> None:
+        nonlocal remove_error
+        if tdir is not None:
+            try:
+                tdir.remove()
+            except OSError as e:
+                remove_error = e
+
+    if free_first:
+        remove()
     if journal is not None:
         try:
             journal.append(record)
         except OSError as e:
             journal_error = e
+    if not free_first:
+        remove()
     return journal_error, remove_error
 
 
@@ -406,7 +416,7 @@ class TaskHandler:
             await self._dump_unless_cancelled(tdir, log)
         try:
             journal_error, remove_error = await asyncio.to_thread(
-                _settle_files, self.journal, outcome.record(), tdir if remove else None
+                _settle_files, self.journal, outcome.record(), tdir if remove else None, free_first=free
             )
         except asyncio.CancelledError:  # the thread writes on; the loop's shutdown waits for it
             return

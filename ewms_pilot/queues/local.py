@@ -96,7 +96,12 @@ class _Batcher(Generic[ItemT, ResultT]):
             self._queued.append((item, fut))
             first = len(self._queued) == 1
         if first:  # else a drain is already queued on the worker: it takes this item too
-            self._worker.submit(self._drain, loop)
+            try:
+                self._worker.submit(self._drain, loop)
+            except BaseException as e:  # no drain will come (worker shut down): nothing may wait for one
+                with self._lock:
+                    stranded, self._queued = self._queued, []
+                _resolve([f for _, f in stranded], [e] * len(stranded))
         return await fut
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:

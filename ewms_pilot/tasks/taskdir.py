@@ -158,16 +158,14 @@ class TaskDir:
 
     def _remove_files(self) -> None:
         """Shared dir: only this event's two names (a directory made at one of them included)."""
-        try:
-            root_fd = os.open(self.root, _DIR_FLAGS)
-        except FileNotFoundError:
+        if (root_fd := _open_dir(self.root)) is None:
             return
         try:
-            fd = os.open(self.task_io.name, _DIR_FLAGS, dir_fd=root_fd)
-        except FileNotFoundError:
-            return
+            fd = _open_dir(self.task_io.name, root_fd)
         finally:
             os.close(root_fd)
+        if fd is None:
+            return
         try:
             for path in (self.infile, self.outfile):
                 try:
@@ -181,15 +179,11 @@ class TaskDir:
 
     def _remove_known(self) -> None:
         """Remove the known files and directories; OSError when there is anything else."""
-        try:
-            root_fd = os.open(self.root, _DIR_FLAGS)
-        except FileNotFoundError:
+        if (root_fd := _open_dir(self.root)) is None:
             return
         try:
             for sub, names in ((self.task_io, (self.infile, self.outfile)), (self.outputs, (self.stdout, self.stderr))):
-                try:
-                    fd = os.open(sub.name, _DIR_FLAGS, dir_fd=root_fd)
-                except FileNotFoundError:
+                if (fd := _open_dir(sub.name, root_fd)) is None:
                     continue
                 try:
                     for path in names:
@@ -212,6 +206,14 @@ def remove_warm_root(root: Path) -> None:
             continue
         except OSError:  # not empty (a failed event's files), or replaced: left for a look
             return
+
+
+def _open_dir(path: Path | str, dir_fd: int | None = None) -> int | None:
+    """A directory's fd, opened without following a link; None when it is gone (nothing to remove)."""
+    try:
+        return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
 
 
 def _rmtree(path: Path | str, dir_fd: int | None = None) -> None:

@@ -11,6 +11,7 @@ true story: nothing lost, nothing recorded that did not happen.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from memory_pilot import ECHO, FAIL, Queues, journal, memory_config, new_queues,
 
 from ewms_pilot.errors import BrokerError
 from ewms_pilot.pilot import scheduler, task_handler
+from ewms_pilot.pilot.journal import journal_path
 from ewms_pilot.pilot.scheduler import Pilot
 from ewms_pilot.pilot.shutdown import StopCause, StopRequest
 from ewms_pilot.queues import codec
 from ewms_pilot.queues.base import Delivery, Publisher, Settlement, Subscription
 from ewms_pilot.queues.memory import MemoryPublisher, MemorySubscription
+from ewms_pilot.tasks.taskdir import TaskDir
 
 SLEEP_THEN_ECHO = "import sys,time; time.sleep(30); open(sys.argv[2],'w').write('late')"
 
@@ -407,3 +410,41 @@ def test_cancel_during_a_successful_tasks_output_dump(
     assert [d.data for d in out] == ["out:e1"] and left == []
     task_dirs = [p for p in tmp_path.rglob("*") if p.is_dir() and p.name == rec["task_id"]]
     assert task_dirs == [], "a succeeded task's files are removed"
+
+
+def test_stopped_during_clean_up_the_journal_line_is_present(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: Any
+) -> None:
+    """Issue 15: the task dir was removed before the journal line was written; a kill or a timed-out
+    shutdown during a long removal left an event published and acked with no line."""
+    cfg = memory_config(queues, tmp_path, ECHO)
+    reached, opened = threading.Event(), threading.Event()
+    remove = TaskDir.remove
+
+    def held_remove(self: TaskDir) -> None:  # the removal, in its thread, held until the test says
+        reached.set()
+        opened.wait(30)
+        remove(self)
+
+    monkeypatch.setattr(TaskDir, "remove", held_remove)
+
+    async def main() -> tuple[Pilot, list[dict[str, Any]], list[Delivery], list[Delivery]]:
+        await put(cfg, "e1")
+        pilot = Pilot(cfg)
+        run = asyncio.ensure_future(pilot.run())
+        try:
+            assert await asyncio.to_thread(reached.wait, 30), "the clean-up was never reached"
+            pilot.request_stop(StopRequest(StopCause.SIGNAL, "test eviction", grace=0))
+            # what a SIGKILL now would leave on disk
+            path = journal_path(tmp_path)
+            at_kill = journal(tmp_path) if path.exists() else []
+        finally:
+            opened.set()
+        await asyncio.wait_for(run, 60)
+        return pilot, at_kill, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
+
+    pilot, at_kill, left, out = asyncio.run(main())
+    rec = _one_record(tmp_path, pilot)
+    _row(record, "stopped during clean-up", rec, len(out), len(left))
+    assert [(r["result"], r["settlement"], r["published"]) for r in at_kill] == [("succeeded", "acked", True)]
+    assert [d.data for d in out] == ["out:e1"] and left == []
