@@ -6,7 +6,7 @@
 #
 # Self-healing, because runs get killed and the brokers are shared: a RabbitMQ
 # that accepts TCP but completes no AMQP login (seen with ~300 leftover quorum
-# queues) is restarted, and started on a fresh data dir if that does not help;
+# queues) is restarted (never wiped: it is shared; the error says how to);
 # a policy expires test queues nobody used for TEST_QUEUE_IDLE_MS, and test
 # streams on NATS older than TEST_STREAM_MAX_AGE s are deleted, so queues of a
 # killed run never pile up (the session fixtures delete them on a normal end).
@@ -19,11 +19,15 @@ IMAGE="localhost/ewms-pilot-test:bookworm"
 SUITE="bookworm"
 WAIT_SECONDS="${EWMS_TEST_ENV_WAIT:-90}"
 # Names of the queues tests create (tests/conftest.py `queue_name`: t + 16 hex;
-# tests/faults/conftest.py `new_queue`: f + 12 hex; both with suffixes; the pool
-# demo's examples/htcondor/demo.py: demo-<8 hex>-in/-out; NATS streams are
-# `<name>-stream`); tests/test_environment.py checks the policy reaches them.
-TEST_QUEUE_RE='^(t[0-9a-f]{16}|f[0-9a-f]{12}|demo-[0-9a-f]{8}-)'
+# tests/faults/conftest.py `new_queue`: f + 12 hex; both with suffixes; NATS
+# streams are `<name>-stream`); tests/test_environment.py checks the policy reaches
+# them and that the NATS sweep uses this pattern. The pool demo's queues
+# (examples/htcondor/demo.py: demo-<8 hex>-in/-out) get their own, long expiry: a
+# demo whose job sits idle in the pool for a while must not lose its events.
+TEST_QUEUE_RE='^(t[0-9a-f]{16}|f[0-9a-f]{12})'
 TEST_QUEUE_IDLE_MS=600000 # 10 min unused: no test waits that long (pytest timeout 300 s)
+DEMO_QUEUE_RE='^demo-[0-9a-f]{8}-'
+DEMO_QUEUE_IDLE_MS=604800000 # 7 days unused
 TEST_STREAM_MAX_AGE=1800  # s
 VPY="$REPO/.venv/bin/python" # pika and nats-py for the checks (scripts/test.sh makes it first)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -179,18 +183,16 @@ if ! rabbitmq_usable "$WAIT_SECONDS"; then
     say "RabbitMQ on 127.0.0.1:5672 is not usable (accepts TCP, no AMQP login within ${WAIT_SECONDS}s): restarting it"
     rabbitmq_stop
     rabbitmq_start
-    if ! rabbitmq_usable "$WAIT_SECONDS"; then
-        broken="/var/lib/rabbitmq/mnesia.broken-$(date +%s)"
-        say "RabbitMQ still not usable after a restart: starting it on a fresh data dir (old one: $broken)"
-        rabbitmq_stop
-        rm -rf /var/lib/rabbitmq/mnesia.broken-* # only the latest broken one is kept
-        [[ ! -d /var/lib/rabbitmq/mnesia ]] || mv /var/lib/rabbitmq/mnesia "$broken"
-        rabbitmq_start
-        rabbitmq_usable "$WAIT_SECONDS" || die "RabbitMQ is not usable even on a fresh data dir (see /var/log/rabbitmq/)"
-    fi
+    # never wiped automatically: the broker is shared, its data dir holds every
+    # queue (other engineers' and demos' too, not only test queues)
+    rabbitmq_usable "$WAIT_SECONDS" || die "RabbitMQ is still not usable after a restart (see /var/log/rabbitmq/).
+  If its data must go (this drops EVERY queue on the machine's broker, ask the others first):
+    rabbitmqctl stop; mv /var/lib/rabbitmq/mnesia /var/lib/rabbitmq/mnesia.broken-\$(date +%s); rerun this script"
 fi
 rabbitmqctl set_policy --apply-to queues ewms-test-queues "$TEST_QUEUE_RE" \
     "{\"expires\": $TEST_QUEUE_IDLE_MS}" >/dev/null || die "rabbitmqctl set_policy failed"
+rabbitmqctl set_policy --apply-to queues ewms-demo-queues "$DEMO_QUEUE_RE" \
+    "{\"expires\": $DEMO_QUEUE_IDLE_MS}" >/dev/null || die "rabbitmqctl set_policy failed"
 if have_clients; then
     swept="$("$VPY" "$REPO/scripts/broker_checks.py" sweep-nats nats://127.0.0.1:4222 \
         "$TEST_QUEUE_RE.*-stream\$" "$TEST_STREAM_MAX_AGE")" || die "could not sweep leftover NATS test streams"

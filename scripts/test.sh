@@ -92,17 +92,42 @@ pytest_rc() { # NAME RC: record a pytest exit status
 # many tests mostly wait). ALONGSIDE is started now (first the HTCondor pool tests,
 # which wait on negotiation, job starts, a vacate, and rebuild the pilot image when
 # the code changed; then other long tests that mostly wait on containers and
-# brokers); the rest runs after ruff and mypy, the timing-sensitive fault suite
-# last (by then ALONGSIDE is mostly done). The ALONGSIDE report is printed at the end.
+# brokers); the rest runs after ruff and mypy. LAST runs only once ALONGSIDE has
+# ended, with nothing else of this run beside it: what measures time (a latency
+# bound, exits within grace + 5 s), the timing-sensitive fault suite, and
+# test_orphans, whose leftover containers any other podman pilot of this run would
+# sweep (pilot/ownership.py) before its own sweeper could. The ALONGSIDE
+# report is printed before LAST runs.
 ALONGSIDE=(tests/htcondor tests/test_image.py tests/test_examples.py tests/test_benchmarks_smoke.py
-    tests/test_orphans.py tests/faults/test_faults_brokers.py)
+    tests/faults/test_faults_brokers.py)
+LAST=(tests/test_api_and_latency.py tests/faults tests/test_orphans.py)
 pool_pid=""
+# A stopped run stops ALONGSIDE as a whole: it runs in its own process group (its
+# pilots, containers' clients and test_faults_brokers' RabbitMQ node with it);
+# SIGINT lets pytest run its session teardown (queue deletion), then whatever is
+# left of the group is killed.
+stop_alongside() {
+    [[ -n "$pool_pid" ]] || return 0
+    kill -INT -- "-$pool_pid" 2>/dev/null || return 0
+    local i
+    for ((i = 0; i < 120; i++)); do # up to 60 s for pytest's teardown
+        kill -0 "$pool_pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -KILL -- "-$pool_pid" 2>/dev/null || true
+}
 if (($# == 0)); then
     pool_log="$(mktemp "${TMPDIR:-/tmp}/ewms-alongside-tests.XXXXXX")"
-    step "pytest ${ALONGSIDE[*]} (in the background; its report comes at the end)"
+    step "pytest ${ALONGSIDE[*]} (in the background; its report comes before ${LAST[*]})"
+    # job control: the job gets its own process group (pid == group id), and SIGINT
+    # is not ignored in it as in a plain background job (pytest's teardown needs it)
+    set -m
     "$PY" -m pytest "${ALONGSIDE[@]}" >"$pool_log" 2>&1 &
     pool_pid=$!
-    trap 'kill "$pool_pid" 2>/dev/null || true' EXIT # a stopped run stops both
+    set +m
+    trap stop_alongside EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 fi
 
 step "ruff check ewms_pilot tests"
@@ -112,30 +137,34 @@ step "mypy"
 "$PY" -m mypy || failed+=(mypy)
 
 if [[ -n "$pool_pid" ]]; then
-    # what measures time (a latency bound, exits within grace + 5 s) runs last, when
-    # ALONGSIDE (its first minute rebuilds images: the busiest) is mostly done
-    LAST=(tests/test_api_and_latency.py tests/faults)
-    rest=() # every test file and dir under tests/ that is not run alongside, LAST last
+    rest=() # every test file and dir under tests/ that is not run alongside or last
+    ignore=()
+    for path in "${ALONGSIDE[@]}" "${LAST[@]}"; do ignore+=("--ignore=$path"); done
     shopt -s nullglob
     for path in tests/test_*.py tests/*_test.py tests/*/; do
         path="${path%/}"
-        [[ "$path" == tests/__pycache__ || " ${ALONGSIDE[*]} ${LAST[*]} " == *" $path "* ]] || rest+=("$path")
+        [[ "$path" != tests/__pycache__ && " ${ALONGSIDE[*]} ${LAST[*]} " != *" $path "* ]] || continue
+        rest+=("$path")
     done
     shopt -u nullglob
-    rest+=("${LAST[@]}")
-    ignore=()
-    for path in "${ALONGSIDE[@]}"; do ignore+=("--ignore=$path"); done
-    step "pytest (everything else; ${LAST[*]} last)"
+    step "pytest (everything else but ${LAST[*]})"
     rc=0
     "$PY" -m pytest "${ignore[@]}" "${rest[@]}" || rc=$?
     pytest_rc pytest "$rc"
+    step "waiting for the pytest run alongside to end"
     rc=0
     wait "$pool_pid" || rc=$?
-    trap - EXIT
+    pool_pid=""
     step "pytest ${ALONGSIDE[*]} (ran alongside)"
     cat "$pool_log"
     rm -f "$pool_log"
     pytest_rc "pytest (alongside)" "$rc"
+    ignore=()
+    for path in "${ALONGSIDE[@]}"; do ignore+=("--ignore=$path"); done
+    step "pytest ${LAST[*]} (alone)"
+    rc=0
+    "$PY" -m pytest "${ignore[@]}" "${LAST[@]}" || rc=$?
+    pytest_rc "pytest (last)" "$rc"
 else
     step "pytest $*"
     rc=0

@@ -7,6 +7,7 @@ and this file says which service is at fault.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -74,14 +75,25 @@ async def test_test_queues_expire_when_a_run_is_killed(rabbitmq_address: str, qu
     assert 0 < json.loads(policies[row[1]]["definition"])["expires"] <= 3_600_000
 
 
+def _test_env_sweep_pattern() -> str:
+    """The stream-name pattern scripts/test-env.sh passes to `broker_checks.py sweep-nats`, as bash expands it."""
+    script = (REPO / "scripts" / "test-env.sh").read_text()
+    [var] = re.findall(r"^TEST_QUEUE_RE=.*$", script, re.MULTILINE)
+    [arg] = re.findall(r'sweep-nats \S+ \\\n\s*("[^"\n]*")', script)
+    res = subprocess.run(["bash", "-c", f'{var}\nprintf %s {arg}'], capture_output=True, text=True, timeout=10, check=True)
+    return res.stdout
+
+
 @pytest.mark.nats
 async def test_leftover_nats_test_streams_are_swept(nats_address: str, queue_name: str) -> None:
     """scripts/test-env.sh deletes test streams older than a bound (a killed run never did)."""
     import nats
 
     await publish("nats", nats_address, queue_name, ["x"])
+    # the script's own pattern (a broken one must fail here), narrowed by a lookahead
+    # to this test's stream: other runs' streams are not ours to delete
     sweep = [sys.executable, str(REPO / "scripts" / "broker_checks.py"), "sweep-nats", nats_address,
-             f"^{queue_name}-stream$"]
+             f"(?=^{queue_name}-stream$){_test_env_sweep_pattern()}"]
     young = subprocess.run([*sweep, "3600"], capture_output=True, text=True, timeout=60, check=False)
     old = subprocess.run([*sweep, "0"], capture_output=True, text=True, timeout=60, check=False)
     assert (young.returncode, young.stdout.strip(), old.returncode, old.stdout.strip()) == (0, "0", 0, "1"), old.stderr

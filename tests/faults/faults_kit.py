@@ -37,8 +37,9 @@ PILOT_ID = re.compile(r"ewms-pilot-([0-9a-f]{8})-")
 #: ack_wait of the consumer the NATS scenarios about redelivery create first
 #: (`short_ack_wait`): an event held by a SIGKILLed pilot comes back only after
 #: this long. oms-mqclient's own consumer keeps JetStream's default, 30 s, which
-#: the pilot handles the same way (it reads ack_wait from the consumer).
-NATS_ACK_WAIT = 5.0
+#: the pilot handles the same way (it reads ack_wait from the consumer). 10 s: a
+#: renewal (every ack_wait/3) has ~6 s to reach JetStream on a busy machine.
+NATS_ACK_WAIT = 10.0
 JETSTREAM_ACK_WAIT = 30.0  # JetStream's default: the ack_wait of oms-mqclient's own consumer
 
 
