@@ -190,6 +190,13 @@ class ChirpServer:
             return dict(self._job_attrs)
 
     @property
+    def job_values(self) -> dict[str, object]:
+        """The attributes' values, each expression evaluated as HTCondor's classad2 does (as TMS reads them)."""
+        import classad2
+
+        return {name: classad2.ExprTree(expr).eval() for name, expr in self.job_attrs.items()}
+
+    @property
     def ulog_lines(self) -> list[str]:
         with self._lock:
             return list(self._ulog)

@@ -41,7 +41,7 @@ def test_a_run_reports_status_counts_and_end(rabbitmq_address: str, queue_name: 
         statuses = _values(server, "HTChirpEWMSPilotStatus")
         assert statuses[0] == "Started" and statuses[-1] == "Done"
         assert statuses.index("AwaitingFirstMessage") < statuses.index("Tasking")
-        attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+        attrs = server.job_values
     assert attrs["HTChirpEWMSPilotTasksTotal"] == 3 and attrs["HTChirpEWMSPilotTasksSuccess"] == 3
     assert attrs["HTChirpEWMSPilotTasksFailed"] == 0 and attrs["HTChirpEWMSPilotTasksDeadLettered"] == 0
     assert "stayed empty" in str(attrs["HTChirpEWMSPilotEndReason"])
@@ -67,7 +67,7 @@ def test_failure_and_eviction_are_reported(rabbitmq_address: str, queue_name: st
         proc.send_signal(signal.SIGTERM)
         run = wait_pilot(proc, 30)
         assert run.returncode == 6
-        attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+        attrs = server.job_values
     assert "cannot read table X" in str(attrs["HTChirpEWMSPilotError"])
     assert attrs["HTChirpEWMSPilotStatus"] == "Evicted"
     assert "SIGTERM" in str(attrs["HTChirpEWMSPilotEndReason"])
@@ -99,7 +99,7 @@ def test_stop_on_error_ends_with_the_same_reason_on_every_pilot(
         (data / "chirp").mkdir(parents=True)
         with ChirpServer(data / "chirp") as server:
             run = run_pilot(_env(rabbitmq_address, q, data, server, fail, EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="true"))
-            attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+            attrs = server.job_values
         assert run.returncode == 3, run.stderr[-3000:]
         assert attrs["HTChirpEWMSPilotStatus"] == "FatalError"
         ends.append(attrs["HTChirpEWMSPilotEndReason"])

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import classad2
 import pytest
 from chirp_server import ChirpServer
 from config_env import MINIMAL
@@ -122,7 +121,7 @@ def test_with_nothing_running_a_full_disk_ends_the_pilot_and_leaves_the_events(s
     with ChirpServer(tmp_path / "chirp") as server:
         env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
         run = run_pilot(env, 60)
-        attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+        attrs = server.job_values
     assert run.returncode == ExitCode.DISK_FULL == 8, run.stderr[-3000:]
     assert "ewms-pilot finished: disk full: " in run.stdout and "below EWMS_PILOT_MIN_FREE_DISK=1 MiB" in run.stdout
     assert str(attrs["HTChirpEWMSPilotEndReason"]).startswith("disk full: free disk in "), attrs

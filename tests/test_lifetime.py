@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import classad2
 from chirp_server import ChirpServer
 from config_env import MINIMAL
 from local_helpers import put_local, take_all_local
@@ -47,7 +46,7 @@ def test_walltime_from_the_job_ad_no_task_started_that_cannot_finish(tmp_path: P
     with ChirpServer(tmp_path / "chirp") as server:
         env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
         run = run_pilot(env, 60)
-        attrs = {name: classad2.ExprTree(expr).eval() for name, expr in server.job_attrs.items()}
+        attrs = server.job_values
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ewms-pilot finished: lifetime ending" in run.stdout  # the exit summary
     assert "stopping: lifetime ending" in run.stderr  # the log

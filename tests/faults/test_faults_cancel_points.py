@@ -349,20 +349,26 @@ def test_a_failed_dead_lettering_is_not_counted(
     assert pilot.tally.dead_lettered == 0 and [(d.data, d.attempts) for d in left] == [("e1", 2)]
 
 
+def _gate_the_output_dump(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """The real output dump runs only once the returned gate opens (a cancel cuts it there)."""
+    gate = Gate()
+    dump = task_handler.TaskHandler._dump_outputs
+
+    async def gated_dump(self: task_handler.TaskHandler, tdir: Any, log: Any) -> None:
+        await gate.hold()
+        await dump(self, tdir, log)
+
+    monkeypatch.setattr(task_handler.TaskHandler, "_dump_outputs", gated_dump)
+    return gate
+
+
 @pytest.mark.parametrize("finishes", [True, False], ids=["dump-finishes", "dump-hangs"])
 def test_cancel_during_the_output_dump(
     queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finishes: bool, record: Any
 ) -> None:
     """Issue 10 item 5d: a stop while a failed task's output is dumped to the log skipped settling."""
     cfg = memory_config(queues, tmp_path, FAIL)
-    gate = Gate()
-    dump = task_handler.TaskHandler._dump_outputs
-
-    async def gated_dump(self: task_handler.TaskHandler, tdir: Any, log: Any) -> None:
-        await gate.hold()  # the real dump, once the gate opens (a cancel cuts it here)
-        await dump(self, tdir, log)
-
-    monkeypatch.setattr(task_handler.TaskHandler, "_dump_outputs", gated_dump)
+    gate = _gate_the_output_dump(monkeypatch)
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
         await put(cfg, "e1")
@@ -388,14 +394,7 @@ def test_cancel_during_a_successful_tasks_output_dump(
     """EWMS_PILOT_DUMP_TASK_OUTPUT: a succeeded task's output is dumped after its result was published
     and its event acked; a stop during that dump skipped the journal line and left the task dir."""
     cfg = memory_config(queues, tmp_path, ECHO, EWMS_PILOT_DUMP_TASK_OUTPUT="true")
-    gate = Gate()
-    dump = task_handler.TaskHandler._dump_outputs
-
-    async def gated_dump(self: task_handler.TaskHandler, tdir: Any, log: Any) -> None:
-        await gate.hold()
-        await dump(self, tdir, log)
-
-    monkeypatch.setattr(task_handler.TaskHandler, "_dump_outputs", gated_dump)
+    gate = _gate_the_output_dump(monkeypatch)
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
         await put(cfg, "e1")
