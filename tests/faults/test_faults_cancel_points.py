@@ -362,12 +362,10 @@ def _gate_the_output_dump(monkeypatch: pytest.MonkeyPatch) -> Gate:
     return gate
 
 
-@pytest.mark.parametrize("finishes", [True, False], ids=["dump-finishes", "dump-hangs"])
-def test_cancel_during_the_output_dump(
-    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finishes: bool, record: Any
-) -> None:
-    """Issue 10 item 5d: a stop while a failed task's output is dumped to the log skipped settling."""
-    cfg = memory_config(queues, tmp_path, FAIL)
+def _stop_during_the_output_dump(
+    cfg: Any, queues: Queues, monkeypatch: pytest.MonkeyPatch, finishes: bool
+) -> tuple[Pilot, list[Delivery], list[Delivery]]:
+    """One event through a pilot stopped while its output is dumped: (pilot, left on incoming, outgoing)."""
     gate = _gate_the_output_dump(monkeypatch)
 
     async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
@@ -376,7 +374,16 @@ def test_cancel_during_the_output_dump(
         await _run_and_stop_at(pilot, gate, open_gate=finishes)
         return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
 
-    pilot, left, out = asyncio.run(main())
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("finishes", [True, False], ids=["dump-finishes", "dump-hangs"])
+def test_cancel_during_the_output_dump(
+    queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finishes: bool, record: Any
+) -> None:
+    """Issue 10 item 5d: a stop while a failed task's output is dumped to the log skipped settling."""
+    cfg = memory_config(queues, tmp_path, FAIL)
+    pilot, left, out = _stop_during_the_output_dump(cfg, queues, monkeypatch, finishes)
     rec = _one_record(tmp_path, pilot)
     _row(record, "output dump " + ("finishes" if finishes else "cut short"), rec, len(out), len(left))
     # the task really ran and failed before the stop: one attempt, settled as such (requeued)
@@ -394,15 +401,7 @@ def test_cancel_during_a_successful_tasks_output_dump(
     """EWMS_PILOT_DUMP_TASK_OUTPUT: a succeeded task's output is dumped after its result was published
     and its event acked; a stop during that dump skipped the journal line and left the task dir."""
     cfg = memory_config(queues, tmp_path, ECHO, EWMS_PILOT_DUMP_TASK_OUTPUT="true")
-    gate = _gate_the_output_dump(monkeypatch)
-
-    async def main() -> tuple[Pilot, list[Delivery], list[Delivery]]:
-        await put(cfg, "e1")
-        pilot = Pilot(cfg)
-        await _run_and_stop_at(pilot, gate, open_gate=finishes)
-        return pilot, await take(cfg, queues.incoming), await take(cfg, queues.outgoing)
-
-    pilot, left, out = asyncio.run(main())
+    pilot, left, out = _stop_during_the_output_dump(cfg, queues, monkeypatch, finishes)
     rec = _one_record(tmp_path, pilot)
     _row(record, "succeeded task's output dump " + ("finishes" if finishes else "cut short"), rec, len(out), len(left))
     assert (rec["result"], rec["settlement"], rec["published"], rec["acked"]) == ("succeeded", "acked", True, True)

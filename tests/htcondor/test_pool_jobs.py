@@ -84,13 +84,7 @@ async def test_job_as_ewms_submits_it_reports_through_the_job_event_log(
     site = SITE / queue_name  # read-only in the job and its tasks (like site data on /cvmfs)
     site.mkdir(parents=True)
     (site / "hello.txt").write_text("from the site")
-    env = {
-        "EWMS_PILOT_QUEUE_INCOMING": f"{queue_name}-in",
-        "EWMS_PILOT_QUEUE_OUTGOING": f"{queue_name}-out",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_TYPE": "rabbitmq",
-        "EWMS_PILOT_QUEUE_INCOMING_BROKER_ADDRESS": address,
-        "EWMS_PILOT_QUEUE_OUTGOING_BROKER_ADDRESS": address,
+    env: dict[str, object] = rabbitmq_queue_env(queue_name, address) | {
         "EWMS_PILOT_QUEUE_INCOMING_AUTH_TOKEN": token,
         "EWMS_PILOT_QUEUE_OUTGOING_AUTH_TOKEN": token,
         "EWMS_PILOT_TASK_IMAGE": pool.task_sandbox,
