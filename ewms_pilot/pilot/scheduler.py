@@ -72,6 +72,7 @@ class Pilot:
         self.failures: list[tuple[str, TaskFailure]] = []  # (task id, failure): the only list of them
         self._running: set[asyncio.Task[Outcome]] = set()
         self._critical = Critical()
+        self._nudge: asyncio.Event | None = None  # set when a handler ends or a stop is requested
         self._last_activity = time.monotonic()
         self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
         self.journal = Journal(journal_path(cfg.data_dir_parent))
@@ -92,6 +93,11 @@ class Pilot:
     def request_stop(self, request: StopRequest) -> None:
         """Stop taking events (safe from a signal handler); a later request can only hurry the end."""
         self.shutdown.request_stop(request)
+        self._wake_consumer()
+
+    def _wake_consumer(self) -> None:
+        if self._nudge is not None:
+            self._nudge.set()
 
     def _set_state(self, state: PilotState) -> None:
         self.state = state
@@ -286,6 +292,7 @@ class Pilot:
     def _finished(self, task: asyncio.Task[Outcome]) -> None:
         self._running.discard(task)
         self._last_activity = time.monotonic()
+        self._wake_consumer()
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or exc is not None:  # a bug in the handler: never swallow it silently
             LOGGER.error("task handler crashed", exc_info=exc)
@@ -337,11 +344,18 @@ class Pilot:
             pass
 
     async def _wait_for_slot(self) -> None:
-        stop = asyncio.ensure_future(self.shutdown.stopping.wait())
-        try:  # wakes up every slice too, so a broker outage is noticed while every slot is busy
-            await asyncio.wait({stop, *self._running}, timeout=POLL_SLICE, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        """Until a handler ends or a stop is requested, at most a slice (so a broker outage is noticed).
+
+        One event, set by both: no task or callback per wait on the per-event path.
+        """
+        if self._nudge is None:
+            self._nudge = asyncio.Event()
+        self._nudge.clear()
+        if self.stop_request is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(POLL_SLICE):
+                await self._nudge.wait()
 
     # -- ending ---------------------------------------------------------------
 

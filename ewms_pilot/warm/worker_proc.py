@@ -184,16 +184,15 @@ class WarmWorker:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending = (task_id, future)
 
-        async def exchange() -> Reply:
-            try:
-                stdin.write(line)
-                await stdin.drain()
-            except ConnectionError:
-                pass  # it is exiting: `_watch` answers with the exit
-            return await future
-
+        try:  # one write into the pipe's buffer; a full buffer (a slow reader) is waited for below
+            stdin.write(line)
+        except ConnectionError:
+            pass  # it is exiting: `_watch` answers with the exit
         try:
-            return await asyncio.wait_for(exchange(), timeout)
+            async with asyncio.timeout(timeout):  # no task per request: the per-event path stays short
+                with contextlib.suppress(ConnectionError):
+                    await stdin.drain()
+                return await future
         except TimeoutError:
             return None
         finally:
