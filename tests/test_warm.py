@@ -36,6 +36,7 @@ from ewms_pilot.runtimes import ProcessRuntime
 from ewms_pilot.tasks.taskdir import TaskDir
 from ewms_pilot.warm import WarmPool
 from ewms_pilot.warm import pool as pool_module
+from ewms_pilot.warm.driver import FileWork
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,8 @@ async def test_workers_that_keep_dying_fail_events_with_a_reason_instead_of_loop
         results = []
         for n in range(8):
             tdir = _event(cfg, n)
-            results.append(await pool.run(f"task{n}", tdir.infile, tdir.outfile, 5))
+            nothing_to_do = FileWork(stage=lambda: None, collect=lambda: None)  # the infile is written
+            results.append(await pool.run(f"task{n}", tdir.infile, tdir.outfile, 5, nothing_to_do))
     finally:
         await pool.close()
     assert results[0].error == "warm worker exited (code 1): no licence" and results[0].exit_code == 1

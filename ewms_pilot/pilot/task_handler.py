@@ -45,6 +45,7 @@ from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infil
 from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id, warm_root
+from ..warm.driver import FileWork
 from ..warm.pool import WarmPool
 from .journal import Journal
 from .outcome import Outcome, Result
@@ -337,9 +338,13 @@ class TaskHandler:
             layout = TaskDir.layout(cfg.data_dir, facts.task_id, cfg.infile_ext, cfg.outfile_ext)
         tdir: TaskDir | None = None
         try:
-            facts.bytes_in = await asyncio.to_thread(_stage_files, layout, delivery.data, made)
-            tdir = layout
-            value = await self._execute(facts.task_id, tdir, facts, log)
+            if self.warm_pool is not None:  # stage, run and collect in one trip to the worker's thread
+                value = await self._execute_warm(layout, delivery.data, facts, made)
+                tdir = layout
+            else:
+                facts.bytes_in = await asyncio.to_thread(_stage_files, layout, delivery.data, made)
+                tdir = layout
+                value = await self._execute(facts.task_id, tdir, facts, log)
         except TaskFailure as f:
             tdir = tdir or (made[0] if made else None)
             return Result.FAILED, None, f, tdir
@@ -437,8 +442,6 @@ class TaskHandler:
     async def _execute(self, task_id: str, tdir: TaskDir, record: RunFacts, log: TaskLog) -> Any:
         """Container (infile written) → outfile; raises `TaskFailure` for anything the task got wrong."""
         cfg = self.env.cfg
-        if self.warm_pool is not None:
-            return await self._execute_warm(task_id, tdir, record)
         with self.env.specs.gpus.lease() as gpus:  # EWMS_PILOT_TASK_GPUS: this task's own
             spec = self._spec(task_id, tdir, gpus)
             log.debug(f"running {list(spec.argv)}")
@@ -483,12 +486,29 @@ class TaskHandler:
         )
         return value
 
-    async def _execute_warm(self, task_id: str, tdir: TaskDir, record: RunFacts) -> Any:
-        """The event through a warm worker: same failures, same outfile handling as one-shot."""
+    async def _execute_warm(self, layout: TaskDir, data: Any, facts: RunFacts, made: list[TaskDir]) -> Any:
+        """The event through a warm worker: same files, same failures, same outfile handling as one-shot.
+
+        The worker's driver thread stages the infile, exchanges the request and collects the
+        outfile in one trip; a staging or collecting error fails the event as it would one-shot.
+        """
         assert self.warm_pool is not None
         timeout = self.env.cfg.task.timeout
-        result = await self.warm_pool.run(task_id, tdir.infile, tdir.outfile, timeout)
-        record.exit_code = result.exit_code
+        max_bytes = self.env.cfg.max_result_bytes
+
+        def stage() -> None:
+            facts.bytes_in = _stage_files(layout, data, made)
+
+        def collect() -> Any:
+            value, facts.bytes_out = _load_result(layout.outfile, max_bytes)
+            return value
+
+        result = await self.warm_pool.run(
+            facts.task_id, layout.infile, layout.outfile, timeout, FileWork(stage, collect)
+        )
+        if result.file_error is not None:
+            raise result.file_error
+        facts.exit_code = result.exit_code
         if result.timed_out:
             raise TaskTimeoutError.after(timeout or 0, result.error or "")
         if not result.ok:
@@ -498,8 +518,7 @@ class TaskHandler:
                 killed_means_oom=not self.env.runtime.uses_host_paths,
             )  # fmt: skip
             raise oom or ContainerRunError(result.error or "warm worker failed", exit_code=result.exit_code)
-        return await self._read_result(tdir, record)
-
+        return result.value
 
     async def _dump_outputs(self, tdir: TaskDir, log: TaskLog) -> None:
         for name, path in (("stdout", tdir.stdout), ("stderr", tdir.stderr)):

@@ -16,11 +16,13 @@ import contextlib
 import dataclasses as dc
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..config.model import PilotConfig
 from ..runtimes.base import RunSpec, Runtime, RuntimeUnavailableError
 from ..runtimes.spec import SpecBuilder
 from ..tasks.taskdir import remove_warm_root, warm_root
+from .driver import FileWork
 from .protocol import ENV_TASK_MODE, WARM, encode_request
 from .worker_proc import Exited, WarmWorker
 
@@ -48,6 +50,8 @@ class WarmResult:
     error: str | None  # the worker's error text, the crash's stderr line, or the last stderr line on timeout
     exit_code: int | None  # the worker's exit code when it died on this event
     timed_out: bool
+    value: Any = None  # what `FileWork.collect` returned (ok only)
+    file_error: BaseException | None = None  # staging or collecting failed (the worker is fine)
 
 
 class WarmStartError(RuntimeUnavailableError):
@@ -135,26 +139,28 @@ class WarmPool:
         """Why the pool gave up (every event now fails with this), or None."""
         return self._broken
 
-    async def run(self, task_id: str, infile: Path, outfile: Path, timeout: float | None) -> WarmResult:
-        """Run one event (its infile already written) in an idle worker."""
+    async def run(
+        self, task_id: str, infile: Path, outfile: Path, timeout: float | None, work: FileWork
+    ) -> WarmResult:
+        """Run one event in an idle worker: `work` stages its infile before and collects its outfile after."""
         try:
             slot = self._idle.get_nowait()
         except asyncio.QueueEmpty:
             raise RuntimeError("more events than warm workers: the scheduler's count is wrong") from None
         try:
-            return await self._run_in(slot, task_id, infile, outfile, timeout)
+            return await self._run_in(slot, task_id, infile, outfile, timeout, work)
         finally:
             self._idle.put_nowait(slot)
 
     async def _run_in(
-        self, slot: _Slot, task_id: str, infile: Path, outfile: Path, timeout: float | None
+        self, slot: _Slot, task_id: str, infile: Path, outfile: Path, timeout: float | None, work: FileWork
     ) -> WarmResult:
         worker = await self._ready_worker(slot)
         if worker is None:
             return WarmResult(False, self._broken or "the warm pool is closed", None, False)
         line = encode_request(task_id, self.specs.warm_path(infile), self.specs.warm_path(outfile))
         try:
-            reply = await worker.request(task_id, line, timeout)
+            reply = await worker.request(task_id, line, work, timeout)
         except BaseException:  # cancelled (pilot stopping): its event is abandoned, so is the worker
             await self._retire(slot, stop=True)
             raise
@@ -169,10 +175,13 @@ class WarmPool:
             return WarmResult(
                 False, f"warm worker exited (code {reply.exit_code}){detail}", reply.exit_code, False
             )
+        if reply.answer is None:  # staging failed: the worker never saw the event
+            return WarmResult(False, None, None, False, file_error=reply.file_error)
         self._barren_deaths = 0
-        if reply.ok:
-            return WarmResult(True, None, None, False)
-        return WarmResult(False, reply.error or "the warm worker answered ok=false without an error text", None, False)
+        answer = reply.answer
+        if answer.ok:
+            return WarmResult(True, None, None, False, value=reply.value, file_error=reply.file_error)
+        return WarmResult(False, answer.error or "the warm worker answered ok=false without an error text", None, False)
 
     async def _ready_worker(self, slot: _Slot) -> WarmWorker | None:
         """The slot's live worker, or a new one (after the back-off); None once the pool gave up."""

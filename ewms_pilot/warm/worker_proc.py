@@ -1,17 +1,17 @@
 """One warm worker process: its pipes, its log file, and its one in-flight request.
 
 The worker is started like a one-shot task (`runtime.run_argv`, new session,
-so its whole process group can be stopped) but with stdin kept open. A
-reader task sorts its stdout into protocol answers and noise; noise and
-stderr go to the worker's log file. A watcher task notices the exit and
-turns it into the answer of the request in flight, if any.
+so its whole process group can be stopped) but with stdin kept open. Its
+stdin and stdout belong to a `Driver` thread, which runs each event's
+stage → exchange → collect in one trip; stdout noise and stderr go to the
+worker's log file. A watcher task notices the exit and lets the driver answer
+the request in flight, if any, with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses as dc
 import logging
 import os
@@ -28,11 +28,11 @@ from ..tasks.errors import extract_error_line
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
 from ..tasks.process import group_exists, signal_group, terminate, uncancellable
-from .protocol import Answer, parse_answer
+from .driver import Done, Driver, Ended, FileWork
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
 
-#: longest stdout/stderr line handled whole; longer ones are cut (and are never answers)
+#: longest stderr line handled whole; longer ones are cut
 MAX_LINE = 1024 * 1024
 #: stderr lines kept in memory to explain a crash in one line
 STDERR_LINES_KEPT = 50
@@ -48,7 +48,8 @@ class Exited:
     stderr_line: str
 
 
-Reply = Answer | Exited
+#: a request's end: the driver's result, the worker's exit, or None (timed out)
+Reply = Done | Exited
 
 
 class WarmWorker:
@@ -58,18 +59,22 @@ class WarmWorker:
         self.runtime = runtime
         self.spec = spec
         self.log_path = log_path
-        self.completed = 0  # events answered (ok or not) by this process
         self.stopped_by_pilot = False  # True once the pilot closed or stopped it
         self._proc: asyncio.subprocess.Process | None = None
+        self._driver: Driver | None = None
         self._log: IO[bytes] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
-        self._pending: tuple[str, asyncio.Future[Reply]] | None = None
         self._ended: asyncio.Future[Exited] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def completed(self) -> int:
+        """Events answered (ok or not) by this process."""
+        return 0 if self._driver is None else self._driver.completed
 
     @property
     def pid(self) -> int | None:
@@ -97,13 +102,16 @@ class WarmWorker:
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
         # the worker sees this dir (the whole data dir is bound): never follow its links
         log = os.fdopen(await asyncio.to_thread(open_private, self.log_path), "ab")
+        # stdin/stdout as plain pipes, not asyncio transports: the driver thread owns them
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
             # owner-only; the client reads it as it starts, removed when the worker has exited
             await asyncio.to_thread(self.runtime.write_env_file, self.spec)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=in_r,
+                stdout=out_w,
                 stderr=subprocess.PIPE,
                 env=env,
                 cwd=cwd,
@@ -111,54 +119,53 @@ class WarmWorker:
             )
         except BaseException:
             log.close()
+            for fd in (in_w, out_r):
+                os.close(fd)
             remove_env_file(self.spec.env_file)
             raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
         self._proc, self._log = proc, log
         self._ended = asyncio.get_running_loop().create_future()
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = [
-            asyncio.create_task(_read_lines(proc.stdout, self._on_stdout)),
-            asyncio.create_task(_read_lines(proc.stderr, self._on_stderr)),
-        ]
-        self._tasks = [*readers, asyncio.create_task(self._watch(proc, readers))]
+        self._driver = Driver(self.name, in_w, out_r, self._on_stdout_noise)
+        self._driver.start()
+        assert proc.stderr is not None
+        stderr = asyncio.create_task(_read_lines(proc.stderr, self._on_stderr))
+        self._tasks = [stderr, asyncio.create_task(self._watch(proc, stderr))]
         LOGGER.info(f"warm worker {self.name} started (pid {proc.pid}, log {self.log_path})")
 
     # -- output -----------------------------------------------------------------
 
     def _write_log(self, data: bytes) -> None:
+        """From the loop (stderr) and the driver thread (stdout noise): the file object locks itself."""
         if self._log is not None and not self._log.closed:
             try:
                 self._log.write(data)
                 self._log.flush()
-            except OSError as e:  # disk full: the protocol must go on regardless
+            except (OSError, ValueError) as e:  # disk full, or closed meanwhile: the protocol goes on
                 LOGGER.debug(f"{self.name}: cannot write its log: {e}")
 
-    def _on_stdout(self, raw: bytes) -> None:
-        answer = parse_answer(raw.decode("utf-8", "replace"))
-        if answer is not None and self._pending is not None and answer.id == self._pending[0]:
-            future = self._pending[1]
-            if not future.done():
-                self.completed += 1
-                future.set_result(answer)
-                return
-        if answer is not None:
-            LOGGER.warning(f"{self.name}: answer for event {answer.id!r}, which it was not given: ignored")
+    def _on_stdout_noise(self, raw: bytes) -> None:
         self._write_log(b"[stdout] " + raw + b"\n")
 
     def _on_stderr(self, raw: bytes) -> None:
         self._write_log(raw + b"\n")
         self._stderr_tail.append(raw.decode("utf-8", "replace"))
 
-    async def _watch(self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
-        """Wait for the exit; then settle the request in flight with it."""
+    async def _watch(self, proc: asyncio.subprocess.Process, stderr: asyncio.Task[None]) -> None:
+        """Wait for the exit; let the driver read what is left and answer the request in flight."""
         code = await proc.wait()
         remove_env_file(self.spec.env_file)
         if group_exists(proc.pid):  # background children it left behind
             signal_group(proc.pid, signal.SIGKILL)
-        _, late = await asyncio.wait(readers, timeout=DRAIN_WAIT)
+        assert self._driver is not None
+        self._driver.exited()
+        _, late = await asyncio.wait([stderr], timeout=DRAIN_WAIT)
         for task in late:  # a detached grandchild holds the pipe open
             task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(stderr, return_exceptions=True)
+        await asyncio.to_thread(self._driver.finished.wait, DRAIN_WAIT + 1)
         line = extract_error_line(
             "\n".join(self._stderr_tail), apptainer=self.runtime.name == "apptainer"
         )
@@ -167,43 +174,32 @@ class WarmWorker:
             self._log.close()
         assert self._ended is not None
         self._ended.set_result(exited)
-        if self._pending is not None and not self._pending[1].done():
-            self._pending[1].set_result(exited)
         level = logging.INFO if self.stopped_by_pilot else logging.WARNING
         LOGGER.log(level, f"warm worker {self.name} exited (code {code}) after {self.completed} event(s)")
 
     # -- requests ---------------------------------------------------------------
 
-    async def request(self, task_id: str, line: bytes, timeout: float | None) -> Reply | None:
-        """Send one request line and wait for its answer (or the exit); None on timeout."""
-        proc, ended = self._proc, self._ended
-        assert proc is not None and proc.stdin is not None and ended is not None
+    async def request(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> Reply | None:
+        """Stage, send one request line, wait for its answer, collect: one trip to the driver thread.
+
+        The answer (with the collected value), the worker's exit, or None on timeout.
+        """
+        driver, ended = self._driver, self._ended
+        assert driver is not None and ended is not None
         if ended.done():
             return ended.result()
-        stdin = proc.stdin
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending = (task_id, future)
-
-        try:  # one write into the pipe's buffer; a full buffer (a slow reader) is waited for below
-            stdin.write(line)
-        except ConnectionError:
-            pass  # it is exiting: `_watch` answers with the exit
-        try:
-            async with asyncio.timeout(timeout):  # no task per request: the per-event path stays short
-                with contextlib.suppress(ConnectionError):
-                    await stdin.drain()
-                return await future
-        except TimeoutError:
+        done = await driver.submit(task_id, line, work, timeout)
+        if done.ended is Ended.TIMED_OUT:
             return None
-        finally:
-            self._pending = None
+        if done.ended is Ended.EXITED:
+            return await asyncio.shield(ended)
+        return done
 
     # -- ending -----------------------------------------------------------------
 
     def _close_stdin(self) -> None:
-        if self._proc is not None and self._proc.stdin is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                self._proc.stdin.close()
+        if self._driver is not None:
+            self._driver.close_stdin()
 
     async def stop(self, grace: float) -> Exited:
         """Stop it now (runtime stop command / SIGTERM, SIGKILL after `grace`) and wait for the exit."""

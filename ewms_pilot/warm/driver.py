@@ -1,0 +1,269 @@
+"""The thread that owns one warm worker's stdin and stdout: an event's stage, exchange and collect in one trip.
+
+Warm events cost the task nothing, so the pilot's own hops between its event
+loop and helper threads were most of an event's cost (benchmarks/README.md,
+issue 15). Here one thread per worker writes the infile, sends the request
+line, waits for the answer, and reads the outfile, then hands the event loop
+one result: one hop per event instead of a file trip before the request, the
+pipe traffic on the loop, and a file trip after it. Between events it keeps
+reading stdout, so a worker's chatter is logged whenever it comes.
+
+The event loop talks to it through `submit` (a job) and `exited` (the process
+is gone: answer what is pending once its last output has been read);
+nothing here touches asyncio except `call_soon_threadsafe` to resolve a
+job's future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses as dc
+import enum
+import logging
+import os
+import queue
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .protocol import Answer, parse_answer
+
+LOGGER = logging.getLogger("ewms_pilot.warm")
+
+#: longest stdout line handled whole; longer ones are cut (and are never answers)
+MAX_LINE = 1024 * 1024
+#: seconds to read what a worker wrote before its exit was seen (an answer may still be in the pipe)
+DRAIN_WAIT = 5.0
+_CHUNK = 65536
+
+
+class Ended(enum.Enum):
+    """How a job ended without an answer."""
+
+    TIMED_OUT = "timed out"
+    EXITED = "exited"  # the worker is gone (EOF, or its exit was seen); the caller asks how it ended
+
+
+@dc.dataclass(frozen=True)
+class FileWork:
+    """What the driver thread does around one exchange; both may raise (the event fails, the worker is fine)."""
+
+    stage: Callable[[], None]  # write the infile
+    collect: Callable[[], Any]  # read the outfile, once the worker answered ok
+
+
+@dc.dataclass(frozen=True)
+class Done:
+    """A job's result: the worker's answer (and the collected value when it said ok), or why there is none."""
+
+    answer: Answer | None = None
+    value: Any = None
+    ended: Ended | None = None
+    file_error: BaseException | None = None  # staging or collecting failed
+
+
+@dc.dataclass
+class _Job:
+    task_id: str
+    line: bytes
+    work: FileWork
+    timeout: float | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Done]
+    deadline: float | None = None
+
+
+class _Cmd(enum.Enum):
+    EXITED = "exited"
+    CLOSE_STDIN = "close stdin"
+
+
+class Driver:
+    """One thread per worker; `stdin_fd`/`stdout_fd` are its own from now on (it closes them)."""
+
+    def __init__(self, name: str, stdin_fd: int, stdout_fd: int, on_noise: Callable[[bytes], None]) -> None:
+        self.name = name
+        self.completed = 0  # answers matched to their event
+        self._stdin: int | None = stdin_fd
+        self._stdout: int | None = stdout_fd
+        self._on_noise = on_noise
+        self._inbox: queue.SimpleQueue[_Job | _Cmd] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name=f"ewms-pilot-{name}", daemon=True)
+        self.finished = threading.Event()  # the thread has ended (its fds are closed)
+        self._exit_posted = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # -- the event loop's side ----------------------------------------------------
+
+    def submit(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> asyncio.Future[Done]:
+        loop = asyncio.get_running_loop()
+        job = _Job(task_id, line, work, timeout, loop, loop.create_future())
+        if self._exit_posted:  # the thread may be gone: nobody would take it
+            job.future.set_result(Done(ended=Ended.EXITED))
+        else:
+            self._post(job)
+        return job.future
+
+    def exited(self) -> None:
+        """The process is gone: read what is left, answer what is pending, end the thread."""
+        if not self._exit_posted:
+            self._exit_posted = True  # set on the loop, like `submit`: no job can slip in behind it
+            self._post(_Cmd.EXITED)
+
+    def close_stdin(self) -> None:
+        """The protocol's "no more events" (the thread closes it: it may be writing to it)."""
+        self._post(_Cmd.CLOSE_STDIN)
+
+    def _post(self, item: _Job | _Cmd) -> None:
+        self._inbox.put(item)
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is already pending
+            os.write(self._wake_w, b"x")
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        job: _Job | None = None
+        pending = b""
+        drain_until: float | None = None  # set once the exit was seen: read until EOF, at most until then
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        assert self._stdout is not None
+        poller.register(self._stdout, select.POLLIN)
+        try:
+            while True:
+                if drain_until is not None and (self._stdout is None or time.monotonic() >= drain_until):
+                    if job is not None:  # its exit was seen and no answer came
+                        self._finish(job, Done(ended=Ended.EXITED))
+                    self._refuse_queued()
+                    return
+                ends = [t for t in (job.deadline if job else None, drain_until) if t is not None]
+                wait = None if not ends else max(min(ends) - time.monotonic(), 0.0)
+                events = dict(poller.poll(None if wait is None else wait * 1000))
+                if self._stdout is not None and self._stdout in events:
+                    chunk = os.read(self._stdout, _CHUNK)
+                    pending, job = self._lines(pending + chunk, job, final=not chunk)
+                    if not chunk:  # EOF: it closed its stdout or is gone; nothing can answer now
+                        poller.unregister(self._stdout)
+                        self._close("_stdout")
+                        if job is not None:
+                            self._finish(job, Done(ended=Ended.EXITED))
+                            job = None
+                if job is not None and job.deadline is not None and time.monotonic() >= job.deadline:
+                    self._finish(job, Done(ended=Ended.TIMED_OUT))
+                    job = None
+                if self._wake_r in events:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    for item in self._take_inbox():
+                        if item is _Cmd.EXITED:
+                            drain_until = time.monotonic() + DRAIN_WAIT
+                        elif item is _Cmd.CLOSE_STDIN:
+                            self._close("_stdin")
+                        elif job is not None:  # the pool gives a worker one event at a time
+                            self._finish(item, Done(file_error=RuntimeError("warm worker already busy")))
+                        elif self._stdout is None:
+                            self._finish(item, Done(ended=Ended.EXITED))
+                        else:
+                            job = self._begin(item)
+        finally:
+            self._close("_stdin")
+            self._close("_stdout")
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.finished.set()
+
+    def _take_inbox(self) -> list[_Job | _Cmd]:
+        items: list[_Job | _Cmd] = []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _refuse_queued(self) -> None:
+        """The thread ends: every job still queued ends as EXITED."""
+        for item in self._take_inbox():
+            if isinstance(item, _Job):
+                self._finish(item, Done(ended=Ended.EXITED))
+
+    def _begin(self, job: _Job) -> _Job | None:
+        """Stage, then send; the job in flight, or None when it already ended."""
+        try:
+            job.work.stage()
+        except BaseException as e:  # the event's data or the disk: the worker never saw it
+            self._finish(job, Done(file_error=e))
+            return None
+        if self._stdin is None:  # its stdin was closed: it takes no more events
+            self._finish(job, Done(ended=Ended.EXITED))
+            return None
+        try:
+            view = memoryview(job.line)
+            while view:
+                view = view[os.write(self._stdin, view) :]
+        except OSError:  # EPIPE: it is exiting; its exit answers the job
+            self._close("_stdin")
+            return job
+        job.deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        return job
+
+    def _lines(self, data: bytes, job: _Job | None, *, final: bool) -> tuple[bytes, _Job | None]:
+        """Sort complete lines into the answer and noise; the incomplete rest (all of it when `final`)."""
+        *lines, rest = data.split(b"\n")
+        if final and rest:
+            lines, rest = [*lines, rest], b""
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        for raw in lines:
+            raw = raw.rstrip(b"\r")
+            answer = parse_answer(raw.decode("utf-8", "replace")) if len(raw) < MAX_LINE else None
+            if answer is not None and job is not None and answer.id == job.task_id:
+                self.completed += 1
+                self._answered(job, answer)
+                job = None
+                continue
+            if answer is not None:
+                LOGGER.warning(f"{self.name}: answer for event {answer.id!r}, which it was not given: ignored")
+            self._noise(raw)
+        return rest, job
+
+    def _answered(self, job: _Job, answer: Answer) -> None:
+        """The answer came: collect the outfile (ok only) and resolve the job."""
+        done = Done(answer=answer)
+        if answer.ok:
+            try:
+                done = Done(answer=answer, value=job.work.collect())
+            except BaseException as e:  # a bad outfile fails the event, not the worker
+                done = Done(answer=answer, file_error=e)
+        self._finish(job, done)
+
+    def _noise(self, raw: bytes) -> None:
+        try:
+            self._on_noise(raw)
+        except Exception:  # a bug here must not stop the driver (the worker would block on a full pipe)
+            LOGGER.exception("handling a warm worker's output line failed")
+
+    @staticmethod
+    def _finish(job: _Job, done: Done) -> None:
+        try:
+            job.loop.call_soon_threadsafe(_resolve, job.future, done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _close(self, attr: str) -> None:
+        fd = getattr(self, attr)
+        if fd is not None:
+            setattr(self, attr, None)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _resolve(future: asyncio.Future[Done], done: Done) -> None:
+    if not future.done():
+        future.set_result(done)
