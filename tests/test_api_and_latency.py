@@ -115,8 +115,10 @@ def test_a_finished_task_is_published_and_acked_while_the_subscriber_waits_in_ge
     subs: list[WatchedSubscription] = []
 
     async def _sub(cfg: BrokerConfig, prefetch: int) -> Subscription:
-        subs.append(await WatchedSubscription.open(cfg, prefetch))
-        return subs[-1]
+        sub = await WatchedSubscription.open(cfg, prefetch)
+        assert isinstance(sub, WatchedSubscription)
+        subs.append(sub)
+        return sub
 
     monkeypatch.setattr(scheduler, "open_subscription", _sub)
     q = new_queues()
