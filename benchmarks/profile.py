@@ -6,6 +6,11 @@ pilot's own cost per event where the task costs next to nothing. The pilot
 runs as a black box (`python -m ewms_pilot`); py-spy samples it from outside.
 The command line that made an SVG is printed, to go next to it in the README.
 
+Without `-o` (no py-spy) the task also stamps its result with its task id and
+the time it wrote its outfile, and the lag from then to the journal's `end`
+(taken right after the result was published and the event acked) is printed
+per event as a table: what a result waits for once its task is done.
+
   .venv/bin/python -m benchmarks.profile --warm -n 3000 -o benchmarks/results/flame-warm-local-c4.svg
   .venv/bin/python -m benchmarks.profile -n 1000 -o benchmarks/results/flame-oneshot-local-c4.svg
 """
@@ -17,13 +22,16 @@ import asyncio
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ewms_pilot.pilot.journal import Journal, journal_path
 
@@ -33,6 +41,17 @@ from .procwatch import WatchedProcess
 from .runs import Setup, pilot_env
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# the doubling task (scenarios.py), its result stamped "<d+d> <task id> <time it wrote its outfile>";
+# the task id is the outfile's name after `outfile-` (tasks/taskdir.py), 12 hex characters
+STAMPED_DOUBLE = (
+    "import sys,time; d=open(sys.argv[1]).read(); o=sys.argv[2]; "
+    "open(o,'w').write(d+d+' '+o.rsplit('outfile-',1)[1][:12]+' '+repr(time.time()))"
+)
+STAMPED_WARM_DOUBLE = S.WARM_DOUBLE.replace("import re, sys", "import re, sys, time").replace(
+    "open(r['outfile'], 'w').write(d + d)",
+    "o = r['outfile']; open(o, 'w').write(d + d + ' ' + o.rsplit('outfile-', 1)[1][:12] + ' ' + repr(time.time()))",
+)
+assert "time.time()" in STAMPED_WARM_DOUBLE and "import re, sys, time" in STAMPED_WARM_DOUBLE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.source:
             env["PYTHONPATH"] = str(args.source.resolve())
         pilot = [sys.executable, "-m", "ewms_pilot"]
+        ready: int | None
         if args.output is None:
+            env["EWMS_PILOT_TASK_ARGS"] = shlex.join(
+                [*S.HOST_PYTHON, "-c", STAMPED_WARM_DOUBLE] if args.warm
+                else [*S.HOST_PYTHON, "-c", STAMPED_DOUBLE, *S.OURS_PLACEHOLDERS]
+            )  # fmt: skip
             rc = _measure(pilot, env, workdir, args.events)
+            exited = threading.Event()
+            exited.set()  # the pilot is gone: take what it left (until 1 s without a result)
+            results = [a.data for a in asyncio.run(mq.collect(broker, address, q_out, exited))]
+            print(_lag_table(results, Journal(journal_path(workdir / "data")).read()))
+            ready = len(results)
         else:
             cmd = [py_spy, "record", "--rate", str(args.rate), "--nonblocking", "--format", args.format,
                    "-o", str(args.output.resolve())]
@@ -88,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rc = subprocess.run([*cmd, "--", *pilot], env=env, cwd=workdir, stdout=log,
                                     stderr=subprocess.STDOUT, check=False).returncode
             print(f"pilot under py-spy: exit {rc}, {time.monotonic() - started:.1f} s (start-up and T=1 s included)")
-        ready = _rabbitmq_ready(q_out) if args.rabbitmq else asyncio.run(_counts(address)).get("ready")
+            ready = _rabbitmq_ready(q_out) if args.rabbitmq else asyncio.run(_counts(address)).get("ready")
         print(f"results queued: {ready}")
         print("command: .venv/bin/python -m benchmarks.profile " + shlex.join(argv or sys.argv[1:]))
         return 0 if rc == 0 and ready == args.events else 1
@@ -126,6 +155,26 @@ def _measure(pilot: list[str], env: dict[str, str], workdir: Path, n: int) -> in
     print(f"pilot CPU by thread (ms/event, user+system): event loop {1000 * main[0] / n:.2f}+{1000 * main[1] / n:.2f}; "
           f"{len(others)} other threads " + ", ".join(f"{1000 * u / n:.2f}+{1000 * s / n:.2f}" for u, s in others[:6]))
     return ended.returncode if ended.returncode is not None else 1
+
+
+def _lag_table(results: list[Any], records: list[dict[str, Any]]) -> str:
+    """Per event: the journal's `end` (result published, event acked) less the time its task wrote the outfile."""
+    end = {r["task_id"]: r["end"] for r in records}
+    lags = []
+    for result in results:
+        _, task_id, wrote = str(result).rsplit(" ", 2)
+        if task_id in end:
+            lags.append(1000 * (end[task_id] - float(wrote)))
+    if not lags:
+        return "no result could be matched to a journal record: no lag figure"
+    lags.sort()
+    p90 = lags[min(len(lags) - 1, int(0.9 * len(lags)))]
+    return "\n".join([
+        "| lag per event (ms) | median | p90 | max | events |",
+        "| --- | --- | --- | --- | --- |",
+        f"| task wrote its outfile → result published, event acked | {statistics.median(lags):.2f} | {p90:.2f} "
+        f"| {lags[-1]:.2f} | {len(lags)} of {len(results)} |",
+    ])  # fmt: skip
 
 
 def _thread_times(pid: int) -> dict[str, tuple[float, float]]:

@@ -93,14 +93,14 @@ pytest_rc() { # NAME RC: record a pytest exit status
 # which wait on negotiation, job starts, a vacate, and rebuild the pilot image when
 # the code changed; then other long tests that mostly wait on containers and
 # brokers); the rest runs after ruff and mypy. LAST runs only once ALONGSIDE has
-# ended, with nothing else of this run beside it: what measures time (a latency
-# bound, exits within grace + 5 s), the timing-sensitive fault suite, and
+# ended, with nothing else of this run beside it: what measures time (exits
+# within grace + 5 s), the timing-sensitive fault suite, and
 # test_orphans, whose leftover containers any other podman pilot of this run would
 # sweep (pilot/ownership.py) before its own sweeper could. The ALONGSIDE
 # report is printed before LAST runs.
 ALONGSIDE=(tests/htcondor tests/test_image.py tests/test_examples.py tests/test_benchmarks_smoke.py
     tests/faults/test_faults_brokers.py)
-LAST=(tests/test_api_and_latency.py tests/faults tests/test_orphans.py)
+LAST=(tests/faults tests/test_orphans.py)
 pool_pid=""
 # A stopped run stops ALONGSIDE as a whole: it runs in its own process group (its
 # pilots, containers' clients and test_faults_brokers' RabbitMQ node with it);

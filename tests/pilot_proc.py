@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from chirp_server import ChirpServer
+
 # Task programs used across tests (argv lists; no shell anywhere).
 DOUBLE = "import sys; d=open(sys.argv[1]).read(); open(sys.argv[2],'w').write(d+d)"
 
@@ -88,3 +90,14 @@ def run_pilot(env: Mapping[str, str], timeout: float = 120) -> PilotRun:
     """Start a pilot and wait for it."""
     t0 = time.monotonic()
     return wait_pilot(start_pilot(env), timeout, t0)
+
+
+def run_pilot_chirped(env: Mapping[str, str], directory: Path, timeout: float = 120) -> tuple[PilotRun, ChirpServer]:
+    """`run_pilot` with `_CONDOR_CHIRP_CONFIG` pointing at a fresh ChirpServer in `directory` (made here, with its parents).
+
+    The server is stopped when the pilot has ended; it keeps everything it received.
+    """
+    directory.mkdir(parents=True)
+    with ChirpServer(directory) as server:
+        run = run_pilot({**env, "_CONDOR_CHIRP_CONFIG": str(server.config_path)}, timeout)
+    return run, server

@@ -13,7 +13,7 @@ from pathlib import Path
 import classad2
 from chirp_server import ChirpServer
 from mq_helpers import drain, publish
-from pilot_proc import DOUBLE, base_env, run_pilot, start_pilot, wait_pilot
+from pilot_proc import DOUBLE, base_env, run_pilot, run_pilot_chirped, start_pilot, wait_pilot
 
 from ewms_pilot.pilot.journal import journal_path
 
@@ -22,26 +22,26 @@ def _values(server: ChirpServer, name: str) -> list[object]:
     return [classad2.ExprTree(expr).eval() for n, expr in server.set_job_attr_calls() if n == name]
 
 
-def _env(addr: str, q: str, tmp: Path, server: ChirpServer, code: str, **extra: str) -> dict[str, str]:
+def _env(addr: str, q: str, tmp: Path, server: ChirpServer | None, code: str, **extra: str) -> dict[str, str]:
+    """The pilot's env; `server` None: `run_pilot_chirped` points it at its own server."""
     env = base_env(
         broker_type="rabbitmq", address=addr, queue_in=q + "i", queue_out=q + "o", data_dir=tmp,
         task_args=shlex.join([sys.executable, "-c", code, "<<INFILE>>", "<<OUTFILE>>"]),
         extra={"EWMS_PILOT_HTCHIRP": "true", "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2", **extra},
     )
-    env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
+    if server is not None:
+        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
     return env
 
 
 def test_a_run_reports_status_counts_and_end(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a", "b", "c"]))
-    (tmp_path / "chirp").mkdir()
-    with ChirpServer(tmp_path / "chirp") as server:
-        run = run_pilot(_env(rabbitmq_address, queue_name, tmp_path, server, DOUBLE))
-        assert run.returncode == 0, run.stderr[-3000:]
-        statuses = _values(server, "HTChirpEWMSPilotStatus")
-        assert statuses[0] == "Started" and statuses[-1] == "Done"
-        assert statuses.index("AwaitingFirstMessage") < statuses.index("Tasking")
-        attrs = server.job_values
+    run, server = run_pilot_chirped(_env(rabbitmq_address, queue_name, tmp_path, None, DOUBLE), tmp_path / "chirp")
+    assert run.returncode == 0, run.stderr[-3000:]
+    statuses = _values(server, "HTChirpEWMSPilotStatus")
+    assert statuses[0] == "Started" and statuses[-1] == "Done"
+    assert statuses.index("AwaitingFirstMessage") < statuses.index("Tasking")
+    attrs = server.job_values
     assert attrs["HTChirpEWMSPilotTasksTotal"] == 3 and attrs["HTChirpEWMSPilotTasksSuccess"] == 3
     assert attrs["HTChirpEWMSPilotTasksFailed"] == 0 and attrs["HTChirpEWMSPilotTasksDeadLettered"] == 0
     assert "stayed empty" in str(attrs["HTChirpEWMSPilotEndReason"])
@@ -96,10 +96,9 @@ def test_stop_on_error_ends_with_the_same_reason_on_every_pilot(
         q = queue_name + f"p{n}"
         asyncio.run(publish("rabbitmq", rabbitmq_address, q + "i", ["bad"]))
         data = tmp_path / f"pilot{n}"
-        (data / "chirp").mkdir(parents=True)
-        with ChirpServer(data / "chirp") as server:
-            run = run_pilot(_env(rabbitmq_address, q, data, server, fail, EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="true"))
-            attrs = server.job_values
+        env = _env(rabbitmq_address, q, data, None, fail, EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="true")
+        run, server = run_pilot_chirped(env, data / "chirp")
+        attrs = server.job_values
         assert run.returncode == 3, run.stderr[-3000:]
         assert attrs["HTChirpEWMSPilotStatus"] == "FatalError"
         ends.append(attrs["HTChirpEWMSPilotEndReason"])

@@ -21,7 +21,7 @@ import classad2
 import pytest
 from chirp_server import ChirpServer
 from mq_helpers import drain, publish
-from pilot_proc import base_env, run_pilot
+from pilot_proc import base_env, run_pilot_chirped
 
 import ewms_pilot
 from ewms_pilot import ContainerRunError
@@ -211,17 +211,14 @@ def test_a_failed_task_is_chirped_with_its_own_traceback_and_without_per_task_no
 ) -> None:
     qin, qout = queue_name + "i", queue_name + "o"
     asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a"]))
-    (tmp_path / "chirp").mkdir()
-    with ChirpServer(tmp_path / "chirp") as server:
-        env = base_env(
-            broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout,
-            data_dir=tmp_path, task_args=_argv(DEEP_FAILURE, "<<INFILE>>", "<<OUTFILE>>"),
-            extra={"EWMS_PILOT_HTCHIRP": "True", "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
-                   "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2", "EWMS_PILOT_INIT_ARGS": _argv("pass")},
-        )  # fmt: skip
-        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
-        run = run_pilot(env)
-        lines = server.ulog_lines
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout,
+        data_dir=tmp_path, task_args=_argv(DEEP_FAILURE, "<<INFILE>>", "<<OUTFILE>>"),
+        extra={"EWMS_PILOT_HTCHIRP": "True", "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
+               "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2", "EWMS_PILOT_INIT_ARGS": _argv("pass")},
+    )  # fmt: skip
+    run, server = run_pilot_chirped(env, tmp_path / "chirp")
+    lines = server.ulog_lines
     assert run.returncode == 3, run.stderr[-3000:]
     read = tms_read(lines)
     assert {a for a, _ in read} <= {a.value for a in ChirpAttr}
@@ -255,17 +252,14 @@ def test_a_failed_init_container_is_chirped_with_its_own_traceback(
     rabbitmq_address: str, queue_name: str, tmp_path: Path
 ) -> None:
     init = "def load():\n    raise RuntimeError('no calibration')\nload()"
-    (tmp_path / "chirp").mkdir()
-    with ChirpServer(tmp_path / "chirp") as server:
-        env = base_env(
-            broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
-            queue_out=queue_name + "o", data_dir=tmp_path, task_args="true",
-            extra={"EWMS_PILOT_HTCHIRP": "True", "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
-                   "EWMS_PILOT_INIT_ARGS": _argv(init)},
-        )  # fmt: skip
-        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
-        run = run_pilot(env)
-        lines = server.ulog_lines
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
+        queue_out=queue_name + "o", data_dir=tmp_path, task_args="true",
+        extra={"EWMS_PILOT_HTCHIRP": "True", "EWMS_PILOT_HTCHIRP_DEST": "JOB_EVENT_LOG",
+               "EWMS_PILOT_INIT_ARGS": _argv(init)},
+    )  # fmt: skip
+    run, server = run_pilot_chirped(env, tmp_path / "chirp")
+    lines = server.ulog_lines
     assert run.returncode == 4, run.stderr[-3000:]
     (tb,) = [v for a, v in tms_read(lines) if a == "HTChirpEWMSPilotErrorTraceback"]
     # the init container's own traceback, not the pilot's

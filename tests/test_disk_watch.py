@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chirp_server import ChirpServer
 from config_env import MINIMAL
 from local_helpers import put_local, take_all_local
 from memory_pilot import journal, memory_config, new_queues, put
-from pilot_proc import base_env, run_pilot
+from pilot_proc import base_env, run_pilot_chirped
 from test_config_checks import config_check
 
 from ewms_pilot.exitcodes import ExitCode
@@ -117,11 +116,8 @@ def test_with_nothing_running_a_full_disk_ends_the_pilot_and_leaves_the_events(s
         extra={"EWMS_PILOT_MIN_FREE_DISK": "1M", "EWMS_PILOT_HTCHIRP": "true",
                "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2"},
     )  # fmt: skip
-    (tmp_path / "chirp").mkdir()
-    with ChirpServer(tmp_path / "chirp") as server:
-        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
-        run = run_pilot(env, 60)
-        attrs = server.job_values
+    run, server = run_pilot_chirped(env, tmp_path / "chirp", 60)
+    attrs = server.job_values
     assert run.returncode == ExitCode.DISK_FULL == 8, run.stderr[-3000:]
     assert "ewms-pilot finished: disk full: " in run.stdout and "below EWMS_PILOT_MIN_FREE_DISK=1 MiB" in run.stdout
     assert str(attrs["HTChirpEWMSPilotEndReason"]).startswith("disk full: free disk in "), attrs

@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from chirp_server import ChirpServer
 from config_env import MINIMAL
 from local_helpers import put_local, take_all_local
 from memory_pilot import journal, memory_config, new_queues, put, take
-from pilot_proc import base_env, run_pilot
+from pilot_proc import base_env, run_pilot, run_pilot_chirped
 from test_config_checks import config_check
 
 from ewms_pilot.pilot.scheduler import Pilot
@@ -42,11 +41,8 @@ def test_walltime_from_the_job_ad_no_task_started_that_cannot_finish(tmp_path: P
             "EWMS_PILOT_HTCHIRP": "true", "EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "0.2",
         },
     )  # fmt: skip
-    (tmp_path / "chirp").mkdir()
-    with ChirpServer(tmp_path / "chirp") as server:
-        env["_CONDOR_CHIRP_CONFIG"] = str(server.config_path)
-        run = run_pilot(env, 60)
-        attrs = server.job_values
+    run, server = run_pilot_chirped(env, tmp_path / "chirp", 60)
+    attrs = server.job_values
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ewms-pilot finished: lifetime ending" in run.stdout  # the exit summary
     assert "stopping: lifetime ending" in run.stderr  # the log
