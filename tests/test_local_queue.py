@@ -577,3 +577,76 @@ async def test_one_unencodable_result_fails_alone(db: Path) -> None:
     assert sent[0] is None and sent[2] is None
     assert isinstance(sent[1], BrokerError) and "publishing to local queue" in str(sent[1])
     assert await local_counts(_cfg(db, "out")) == {"ready": 2, "in_flight": 0}
+
+
+# --------------------------------------------------------------------------- read ahead (issue 15)
+
+
+async def test_an_ack_also_claims_the_event_it_makes_room_for_in_one_commit(db: Path) -> None:
+    """The slot an ack frees is refilled in the same transaction: the next `get` needs no trip."""
+    cfg = _cfg(db)
+    await _put(cfg, list(range(4)))
+    sub = await LocalSubscription.open(cfg, 2, lease=3600, renew_every=3600)
+    try:
+        a, b = await sub.get(1), await sub.get(1)
+        assert a is not None and b is not None
+        before = _wal_commits(db)
+        assert await sub.ack(a) == Settlement.ACKED
+        c = await sub.get(0)  # no wait at all: it is already this subscription's
+        commits = _wal_commits(db) - before
+        assert c is not None and (c.data, c.delivery_count) == (2, 1)
+        assert commits == 1  # the ack and the claim
+        assert await local_counts(cfg) == {"ready": 1, "in_flight": 2}  # never beyond prefetch
+        assert await sub.get(0.1) is None
+    finally:
+        await sub.close()
+
+
+async def test_events_read_ahead_and_never_handed_out_go_back_uncounted(db: Path) -> None:
+    """A stop must not count as a delivery of an event no task ever saw (EWMS_PILOT_MAX_REDELIVERIES)."""
+    cfg = _cfg(db)
+    await _put(cfg, ["a", "b"])
+    sub = await open_subscription(cfg, prefetch=1)
+    a = await sub.get(1)
+    assert a is not None
+    await sub.ack(a)  # reads "b" ahead
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 1}
+    await sub.close()
+    assert await local_counts(cfg) == {"ready": 1, "in_flight": 0}
+    other = await open_subscription(cfg, prefetch=1)
+    try:
+        b = await other.get(1)
+        assert b is not None and (b.data, b.delivery_count) == ("b", 1)
+    finally:
+        await other.close()
+
+
+async def test_read_ahead_never_holds_more_than_prefetch_while_acks_and_gets_interleave(db: Path) -> None:
+    """Three consumers' worth of acks and gets at once: the database never shows more in flight than prefetch."""
+    cfg = _cfg(db)
+    await _put(cfg, list(range(60)))
+    sub = await open_subscription(cfg, prefetch=3)
+    seen: list[int] = []
+    most = 0
+
+    async def slot(n: int) -> None:
+        while (d := await sub.get(0.3)) is not None:
+            seen.append(d.data)
+            await asyncio.sleep(0.001 * ((d.data * 7 + n) % 5))
+            assert await sub.ack(d) == Settlement.ACKED
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, (await local_counts(cfg))["in_flight"])
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(slot(n) for n in range(3)))
+    finally:
+        watcher.cancel()
+        await sub.close()
+    assert sorted(seen) == list(range(60))  # each exactly once
+    assert 1 <= most <= 3
+    assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}

@@ -30,6 +30,7 @@ Design (details in docs/local-queue.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -170,8 +171,11 @@ class LocalSubscription(Subscription):
         self._lease = lease
         self._renew_every = renew_every
         self.holder = uuid.uuid4().hex  # this subscription's name in the `holders` table
-        self._held: set[tuple[int, int]] = set()  # (event id, delivery count) not yet settled
-        self._next_sweep = 0.0  # monotonic; 0 = sweep on the first claim
+        self._held: set[tuple[int, int]] = set()  # (event id, delivery count) handed out, not yet settled
+        # claimed together with an ack (read ahead), not yet handed out: the worker thread appends
+        self._ahead: collections.deque[Delivery] = collections.deque()
+        self._claims = 0  # worker thread only: events held, handed out or ahead (what prefetch bounds)
+        self._next_sweep = 0.0  # worker thread only, monotonic; 0 = sweep on the first claim
         self._found_last = False  # the last claim found an event
         self._closed = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
@@ -199,15 +203,35 @@ class LocalSubscription(Subscription):
 
     # ------------------------------------------------------------------- get
 
-    def _claim(self, sweep: bool, look_first: bool) -> Delivery | None:
+    def _sweep_due(self) -> bool:
+        """Worker thread: time for this claim to release dead holders' events too?"""
+        if time.monotonic() < self._next_sweep:
+            return False
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+        return True
+
+    def _claim(self, look_first: bool) -> Delivery | None:
         """Worker thread: skip the write lock when there is surely nothing to take.
 
         `look_first=False` (the last claim found one, so more are likely) goes straight to the claim.
         """
+        if self._claims >= self._prefetch:
+            return None
+        sweep = self._sweep_due()
         if look_first and not sweep and not self._store.has_ready():
             return None
         claim = self._store.claim(self.holder, self._lease, sweep)
-        return _decode(claim) if claim else None
+        if claim is None:
+            return None
+        self._claims += 1
+        return _decode(claim)
+
+    def _given_back(self, fn: Callable[..., T], *args: Any) -> T:
+        """Worker thread: a settle of one held event; it no longer counts towards prefetch."""
+        try:
+            return fn(*args)
+        finally:
+            self._claims -= 1
 
     def _undo_claim(self, fut: concurrent.futures.Future[Delivery | None]) -> None:
         """Worker thread, after a cancelled `get`: give back what its claim took."""
@@ -215,13 +239,10 @@ class LocalSubscription(Subscription):
             return
         delivery = fut.result()
         if delivery is not None:
-            self._store.release(delivery.raw, self.holder)
+            self._given_back(self._store.release, delivery.raw, self.holder)
 
     async def _try_claim(self) -> Delivery | None:
-        sweep = time.monotonic() >= self._next_sweep
-        if sweep:
-            self._next_sweep = time.monotonic() + SWEEP_EVERY
-        fut = self._worker.submit(self._claim, sweep, not self._found_last)
+        fut = self._worker.submit(self._claim, not self._found_last)
         try:
             delivery = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
@@ -239,6 +260,11 @@ class LocalSubscription(Subscription):
         while True:
             if self._closed:
                 raise BrokerError(f"{_where(self._cfg)}: subscription is closed")
+            if self._ahead:  # claimed with the last ack: no trip to the database
+                ahead = self._ahead.popleft()
+                self._held.add((ahead.raw.id, ahead.raw.delivery_count))
+                self._found_last = True
+                return ahead
             if len(self._held) < self._prefetch:
                 delivery = await self._try_claim()
                 if delivery is not None:
@@ -256,7 +282,7 @@ class LocalSubscription(Subscription):
     ) -> Settlement:
         """`done` when the store changed the claim; LEFT (with the reason logged) otherwise."""
         return await self._settle_with(
-            delivery, verb, done, lambda claim: self._worker.call(fn, claim, self.holder, *args)
+            delivery, verb, done, lambda claim: self._worker.call(self._given_back, fn, claim, self.holder, *args)
         )
 
     async def _settle_with(
@@ -284,10 +310,20 @@ class LocalSubscription(Subscription):
         return done
 
     def _ack_many(self, claims: list[Claimed]) -> list[bool | BaseException]:
-        return list(self._store.ack_many(claims, self.holder))
+        """Worker thread: the acks in one transaction, which also claims the events they make room for.
+
+        Read ahead stays within prefetch (counted here, on the one thread that claims); the
+        events wait in `_ahead` for the next `get`, and go back uncounted if never handed out.
+        """
+        self._claims -= len(claims)
+        room = 0 if self._closed else self._prefetch - self._claims
+        acked, taken = self._store.ack_and_take(claims, self.holder, self._lease, room, room > 0 and self._sweep_due())
+        self._claims += len(taken)
+        self._ahead.extend(_decode(claim) for claim in taken)
+        return list(acked)
 
     async def ack(self, delivery: Delivery) -> Settlement:
-        """Acks that meet on the worker thread are committed together (`_Batcher`)."""
+        """Acks that meet on the worker thread are committed together (`_Batcher`), with the next claims."""
         return await self._settle_with(delivery, "ack", Settlement.ACKED, self._acks)
 
     async def release(self, delivery: Delivery) -> Settlement:
@@ -318,6 +354,13 @@ class LocalSubscription(Subscription):
                     "are redelivered (acking them will be skipped)"
                 )
 
+    def _unclaim_ahead(self) -> None:
+        """Worker thread, at close: events read ahead go back as if never delivered."""
+        ahead = [d.raw for d in self._ahead]
+        self._ahead.clear()
+        self._store.unclaim(ahead, self.holder)
+        self._claims -= len(ahead)
+
     @property
     def in_flight(self) -> int:
         """Deliveries handed out and not yet acked/nacked (what prefetch limits)."""
@@ -330,6 +373,10 @@ class LocalSubscription(Subscription):
         self._renewer.cancel()
         await asyncio.gather(self._renewer, return_exceptions=True)
         try:
+            try:
+                await self._worker.call(self._unclaim_ahead)
+            except BrokerError as e:  # release_all below still gives them back (counted as a delivery)
+                LOGGER.warning(f"{_where(self._cfg)}: giving back events read ahead failed: {e}")
             released = await self._worker.call(self._store.release_all, self.holder)
             if released:
                 LOGGER.info(

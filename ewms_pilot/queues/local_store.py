@@ -256,36 +256,35 @@ class LocalStore:
             now = time.time()
             if sweep:
                 self._sweep(now, holder)
-            row = self._conn.execute(
-                f"SELECT id, payload, delivery_count FROM events "
-                f"WHERE queue = ? AND state = '{READY}' ORDER BY id LIMIT 1",
-                (self.queue,),
-            ).fetchone()
-            if row is None:
-                return None
-            self._conn.execute(
-                "INSERT INTO holders (id, queue, machine, pid, start, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
-                (
-                    holder,
-                    self.queue,
-                    self.here.machine,
-                    self.here.pid,
-                    self.here.start,
-                    now + lease,
-                ),
-            )
-            count = int(row[2]) + 1
-            self._conn.execute(
-                f"UPDATE events SET state = '{IN_FLIGHT}', holder = ?, delivery_count = ? "
-                "WHERE id = ?",
-                (holder, count, row[0]),
-            )
-            return Claimed(id=int(row[0]), payload=bytes(row[1]), delivery_count=count)
+            taken = self._take(holder, lease, 1, now)
+            return taken[0] if taken else None
 
         result: Claimed | None = self._write(_txn)
         return result
+
+    def _take(self, holder: str, lease: float, n: int, now: float) -> list[Claimed]:
+        """Inside a transaction: the `n` oldest ready events, now `holder`'s (its lease renewed)."""
+        rows = self._conn.execute(
+            f"SELECT id, payload, delivery_count FROM events "
+            f"WHERE queue = ? AND state = '{READY}' ORDER BY id LIMIT ?",
+            (self.queue, n),
+        ).fetchall()
+        if not rows:
+            return []
+        self._conn.execute(
+            "INSERT INTO holders (id, queue, machine, pid, start, lease_until) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+            (holder, self.queue, self.here.machine, self.here.pid, self.here.start, now + lease),
+        )
+        taken = []
+        for event_id, payload, count in rows:
+            self._conn.execute(
+                f"UPDATE events SET state = '{IN_FLIGHT}', holder = ?, delivery_count = ? WHERE id = ?",
+                (holder, int(count) + 1, event_id),
+            )
+            taken.append(Claimed(id=int(event_id), payload=bytes(payload), delivery_count=int(count) + 1))
+        return taken
 
     # ------------------------------------------------------- settle / renew
 
@@ -313,6 +312,40 @@ class LocalStore:
 
         result: list[bool] = self._write(_txn)
         return result
+
+    def ack_and_take(
+        self, claims: list[Claimed], holder: str, lease: float, n: int, sweep: bool
+    ) -> tuple[list[bool], list[Claimed]]:
+        """`ack_many`, and in the same transaction up to `n` next events for `holder` (read ahead).
+
+        One `BEGIN ... COMMIT` where acking and then claiming took two: the slot an ack frees is
+        refilled before the consumer asks.
+        """
+        if n <= 0:
+            return self.ack_many(claims, holder), []
+
+        def _txn() -> tuple[list[bool], list[Claimed]]:
+            sql = f"DELETE FROM events WHERE {self._MINE}"
+            acked = [self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims]
+            now = time.time()
+            if sweep:
+                self._sweep(now, holder)
+            return acked, self._take(holder, lease, n, now)
+
+        result: tuple[list[bool], list[Claimed]] = self._write(_txn)
+        return result
+
+    def unclaim(self, claims: list[Claimed], holder: str) -> int:
+        """Give back events read ahead and never handed out: ready again, their delivery count as before."""
+
+        def _txn() -> int:
+            sql = (
+                f"UPDATE events SET state = '{READY}', holder = NULL, delivery_count = delivery_count - 1 "
+                f"WHERE {self._MINE}"
+            )
+            return sum(self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount for c in claims)
+
+        return int(self._write(_txn)) if claims else 0
 
     def release(self, claim: Claimed, holder: str) -> bool:
         """Make the event ready again (first in line); False when the claim was lost."""
