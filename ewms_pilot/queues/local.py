@@ -19,7 +19,9 @@ Design (details in docs/local-queue.md):
   A subscription never expires its own holder (its events stay its own after
   a laptop suspend).
 - `Delivery.delivery_count` is kept in the database: 1 on first delivery.
-- Prefetch = most unacked deliveries one subscription holds at once.
+- Prefetch = most unacked deliveries one subscription holds at once. An ack's
+  transaction also claims the events it makes room for (read ahead), so the
+  next `get` needs no trip; unhanded ones go back uncounted at close.
 - Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
   every other broker, decoded by the one shared path (`codec.py`).
 - SQLite runs on one worker thread per subscription/publisher (one connection
