@@ -34,7 +34,7 @@ from ewms_pilot.config.model import (
 )
 from ewms_pilot.runtimes import ProcessRuntime
 from ewms_pilot.tasks.taskdir import TaskDir
-from ewms_pilot.warm import WarmPool
+from ewms_pilot.warm import WarmPool, WarmResult
 from ewms_pilot.warm import pool as pool_module
 from ewms_pilot.warm.driver import FileWork
 
@@ -201,6 +201,80 @@ async def test_workers_that_keep_dying_fail_events_with_a_reason_instead_of_loop
     assert "keep exiting before finishing an event" in (results[-1].error or "")
     assert starts.read_text() == "x" * pool_module.MAX_BARREN_DEATHS  # gave up, no restart loop
     assert time.monotonic() - t0 < 15
+
+
+HANG_GUARD = 30  # s; not a speed bound: it only turns a hang into a failure
+
+
+async def _run_one(pool: WarmPool, cfg: PilotConfig, n: int, timeout: float) -> WarmResult:
+    tdir = _event(cfg, n)
+    work = FileWork(stage=lambda: None, collect=lambda: "value")  # the infile is written
+    return await asyncio.wait_for(pool.run(f"task{n}", tdir.infile, tdir.outfile, timeout, work), HANG_GUARD)
+
+
+ANSWER_ONE_THEN = """
+import json, os, sys, time
+req = json.loads(sys.stdin.readline())
+print(json.dumps({'id': req['id'], 'ok': True}), flush=True)
+%s
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("then", ["os.close(1)", "os.close(0)"], ids=["closes-stdout", "closes-stdin"])
+async def test_the_timeout_still_applies_once_a_live_worker_closed_a_pipe(tmp_path: Path, then: str) -> None:
+    """Review of the driver thread: EOF on stdout / EPIPE on stdin from a live worker left the event waiting forever."""
+    cfg = _cfg(tmp_path, [PY, "-c", ANSWER_ONE_THEN % then])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r1")
+    await pool.start()
+    try:
+        assert (await _run_one(pool, cfg, 1, 5)).ok
+        await asyncio.sleep(0.5)  # it has closed the pipe
+        second = await _run_one(pool, cfg, 2, 1)
+    finally:
+        await pool.close(2)
+    assert second.timed_out
+
+
+NESTED_NOISE = """
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.write('{"debug": ' + '[' * 100000 + ']' * 100000 + '}\\n')  # a library's debug line
+    print(json.dumps({'id': req['id'], 'ok': True}), flush=True)
+"""
+
+
+async def test_a_noise_line_the_json_parser_chokes_on_is_only_noise(tmp_path: Path) -> None:
+    """Review: a line nested too deeply for `json` (RecursionError) killed the driver thread; the event hung."""
+    cfg = _cfg(tmp_path, [PY, "-c", NESTED_NOISE])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r2")
+    await pool.start()
+    try:
+        result = await _run_one(pool, cfg, 1, 5)
+    finally:
+        await pool.close(2)
+    assert result.ok and result.value == "value"
+
+
+async def test_a_worker_dying_while_idle_writes_nothing_into_files_opened_since(tmp_path: Path) -> None:
+    """Review: retiring a dead worker posted to its driver's closed wake-up pipe, whose fd number was reused."""
+    cfg = _cfg(tmp_path, [PY, "-c", "import sys; sys.exit(3)"])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r3")
+    await pool.start()
+    worker = pool._slots[0].worker
+    assert worker is not None
+    while worker.alive:
+        await asyncio.sleep(0.05)
+    others = [tmp_path / f"other{i}" for i in range(32)]  # what the pilot opens meanwhile (infiles, logs, sockets)
+    fds = [os.open(p, os.O_WRONLY | os.O_CREAT) for p in others]
+    try:
+        await _run_one(pool, cfg, 1, 5)  # the slot is used again: the dead worker is retired
+    finally:
+        for fd in fds:
+            os.close(fd)
+        await pool.close(2)
+    assert {p.name: p.read_bytes() for p in others if p.read_bytes()} == {}
 
 
 async def test_close_stops_a_worker_that_ignores_eof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,7 +44,8 @@ class Ended(enum.Enum):
     """How a job ended without an answer."""
 
     TIMED_OUT = "timed out"
-    EXITED = "exited"  # the worker is gone (EOF, or its exit was seen); the caller asks how it ended
+    EXITED = "exited"  # the worker is gone (its exit was seen); the caller asks how it ended
+    BROKEN = "broken"  # the driver thread itself failed (a bug): `Done.error` says how
 
 
 @dc.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Done:
     value: Any = None
     ended: Ended | None = None
     file_error: BaseException | None = None  # staging or collecting failed
+    error: str | None = None  # Ended.BROKEN: what failed
 
 
 @dc.dataclass
@@ -92,9 +94,14 @@ class Driver:
         self._on_noise = on_noise
         self._inbox: queue.SimpleQueue[_Job | _Cmd] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name=f"ewms-pilot-{name}", daemon=True)
-        self.finished = threading.Event()  # the thread has ended (its fds are closed)
+        # posting and the thread's end take turns: a post after the end must not write to the wake
+        # pipe's old fd number, which another file may have by then
+        self._post_lock = threading.Lock()
+        self._gone = False
+        self._job: _Job | None = None  # the thread's: the event in flight
         self._exit_posted = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-driver", daemon=True)
+        self.finished = threading.Event()  # the thread has ended (its fds are closed)
 
     def start(self) -> None:
         self._thread.start()
@@ -104,10 +111,8 @@ class Driver:
     def submit(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> asyncio.Future[Done]:
         loop = asyncio.get_running_loop()
         job = _Job(task_id, line, work, timeout, loop, loop.create_future())
-        if self._exit_posted:  # the thread may be gone: nobody would take it
+        if self._exit_posted or not self._post(job):  # nobody would take it
             job.future.set_result(Done(ended=Ended.EXITED))
-        else:
-            self._post(job)
         return job.future
 
     def exited(self) -> None:
@@ -120,63 +125,74 @@ class Driver:
         """The protocol's "no more events" (the thread closes it: it may be writing to it)."""
         self._post(_Cmd.CLOSE_STDIN)
 
-    def _post(self, item: _Job | _Cmd) -> None:
-        self._inbox.put(item)
-        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is already pending
-            os.write(self._wake_w, b"x")
+    def _post(self, item: _Job | _Cmd) -> bool:
+        """Hand `item` to the thread; False once it has ended."""
+        with self._post_lock:
+            if self._gone:
+                return False
+            self._inbox.put(item)
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+                os.write(self._wake_w, b"x")
+            return True
 
     # -- the thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        job: _Job | None = None
+        try:
+            self._drive()
+        except BaseException as e:  # a bug here must not leave an event waiting forever
+            LOGGER.exception(f"{self.name}: its driver thread failed")
+            if self._job is not None:
+                self._finish(self._job, Done(ended=Ended.BROKEN, error=f"{type(e).__name__}: {e}"))
+                self._job = None
+        finally:
+            with self._post_lock:
+                self._gone = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            for item in self._take_inbox():  # posted before the end: answered, never stranded
+                if isinstance(item, _Job):
+                    self._finish(item, Done(ended=Ended.EXITED))
+            self._close("_stdin")
+            self._close("_stdout")
+            self.finished.set()
+
+    def _drive(self) -> None:
+        """Until the exit was seen and stdout is read to its end (or `DRAIN_WAIT` has passed)."""
         pending = b""
-        drain_until: float | None = None  # set once the exit was seen: read until EOF, at most until then
+        drain_until: float | None = None  # set once the exit was seen
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         assert self._stdout is not None
         poller.register(self._stdout, select.POLLIN)
-        try:
-            while True:
-                if drain_until is not None and (self._stdout is None or time.monotonic() >= drain_until):
-                    if job is not None:  # its exit was seen and no answer came
-                        self._finish(job, Done(ended=Ended.EXITED))
-                    self._refuse_queued()
-                    return
-                ends = [t for t in (job.deadline if job else None, drain_until) if t is not None]
-                wait = None if not ends else max(min(ends) - time.monotonic(), 0.0)
-                events = dict(poller.poll(None if wait is None else wait * 1000))
-                if self._stdout is not None and self._stdout in events:
-                    chunk = os.read(self._stdout, _CHUNK)
-                    pending, job = self._lines(pending + chunk, job, final=not chunk)
-                    if not chunk:  # EOF: it closed its stdout or is gone; nothing can answer now
-                        poller.unregister(self._stdout)
-                        self._close("_stdout")
-                        if job is not None:
-                            self._finish(job, Done(ended=Ended.EXITED))
-                            job = None
-                if job is not None and job.deadline is not None and time.monotonic() >= job.deadline:
-                    self._finish(job, Done(ended=Ended.TIMED_OUT))
-                    job = None
-                if self._wake_r in events:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                    for item in self._take_inbox():
-                        if item is _Cmd.EXITED:
-                            drain_until = time.monotonic() + DRAIN_WAIT
-                        elif item is _Cmd.CLOSE_STDIN:
-                            self._close("_stdin")
-                        elif job is not None:  # the pool gives a worker one event at a time
-                            self._finish(item, Done(file_error=RuntimeError("warm worker already busy")))
-                        elif self._stdout is None:
-                            self._finish(item, Done(ended=Ended.EXITED))
-                        else:
-                            job = self._begin(item)
-        finally:
-            self._close("_stdin")
-            self._close("_stdout")
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.finished.set()
+        while True:
+            job = self._job
+            if drain_until is not None and (self._stdout is None or time.monotonic() >= drain_until):
+                if job is not None:  # its exit was seen and no answer came
+                    self._end_job(Done(ended=Ended.EXITED))
+                return
+            ends = [t for t in (job.deadline if job else None, drain_until) if t is not None]
+            wait = None if not ends else max(min(ends) - time.monotonic(), 0.0)
+            events = dict(poller.poll(None if wait is None else wait * 1000))
+            if self._stdout is not None and self._stdout in events:
+                chunk = os.read(self._stdout, _CHUNK)
+                pending = self._lines(pending + chunk, final=not chunk)
+                if not chunk:  # EOF; a job still waits for the exit or its deadline, whichever comes first
+                    poller.unregister(self._stdout)
+                    self._close("_stdout")
+            job = self._job
+            if job is not None and job.deadline is not None and time.monotonic() >= job.deadline:
+                self._end_job(Done(ended=Ended.TIMED_OUT))
+            if self._wake_r in events:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                for item in self._take_inbox():
+                    if item is _Cmd.EXITED:
+                        drain_until = time.monotonic() + DRAIN_WAIT
+                    elif item is _Cmd.CLOSE_STDIN:
+                        self._close("_stdin")
+                    elif isinstance(item, _Job):
+                        self._begin(item)
 
     def _take_inbox(self) -> list[_Job | _Cmd]:
         items: list[_Job | _Cmd] = []
@@ -186,33 +202,29 @@ class Driver:
             except queue.Empty:
                 return items
 
-    def _refuse_queued(self) -> None:
-        """The thread ends: every job still queued ends as EXITED."""
-        for item in self._take_inbox():
-            if isinstance(item, _Job):
-                self._finish(item, Done(ended=Ended.EXITED))
-
-    def _begin(self, job: _Job) -> _Job | None:
-        """Stage, then send; the job in flight, or None when it already ended."""
+    def _begin(self, job: _Job) -> None:
+        """Stage, then send; the job stays in flight until its answer, the exit or its deadline."""
+        if self._job is not None:  # the pool gives a worker one event at a time
+            self._finish(job, Done(ended=Ended.BROKEN, error="a second event for a busy warm worker"))
+            return
+        if self._stdin is None:  # its stdin was closed: it takes no more events
+            self._finish(job, Done(ended=Ended.EXITED))
+            return
         try:
             job.work.stage()
         except BaseException as e:  # the event's data or the disk: the worker never saw it
             self._finish(job, Done(file_error=e))
-            return None
-        if self._stdin is None:  # its stdin was closed: it takes no more events
-            self._finish(job, Done(ended=Ended.EXITED))
-            return None
+            return
+        job.deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        self._job = job
         try:
             view = memoryview(job.line)
             while view:
                 view = view[os.write(self._stdin, view) :]
-        except OSError:  # EPIPE: it is exiting; its exit answers the job
+        except OSError:  # EPIPE: it closed its stdin or is exiting; the exit or the deadline ends the job
             self._close("_stdin")
-            return job
-        job.deadline = None if job.timeout is None else time.monotonic() + job.timeout
-        return job
 
-    def _lines(self, data: bytes, job: _Job | None, *, final: bool) -> tuple[bytes, _Job | None]:
+    def _lines(self, data: bytes, *, final: bool) -> bytes:
         """Sort complete lines into the answer and noise; the incomplete rest (all of it when `final`)."""
         *lines, rest = data.split(b"\n")
         if final and rest:
@@ -223,25 +235,31 @@ class Driver:
         for raw in lines:
             raw = raw.rstrip(b"\r")
             answer = parse_answer(raw.decode("utf-8", "replace")) if len(raw) < MAX_LINE else None
+            job = self._job
             if answer is not None and job is not None and answer.id == job.task_id:
                 self.completed += 1
-                self._answered(job, answer)
-                job = None
+                self._answered(answer)
                 continue
             if answer is not None:
                 LOGGER.warning(f"{self.name}: answer for event {answer.id!r}, which it was not given: ignored")
             self._noise(raw)
-        return rest, job
+        return rest
 
-    def _answered(self, job: _Job, answer: Answer) -> None:
-        """The answer came: collect the outfile (ok only) and resolve the job."""
+    def _answered(self, answer: Answer) -> None:
+        """The answer came: collect the outfile (ok only) and end the job."""
+        assert self._job is not None
         done = Done(answer=answer)
         if answer.ok:
             try:
-                done = Done(answer=answer, value=job.work.collect())
+                done = Done(answer=answer, value=self._job.work.collect())
             except BaseException as e:  # a bad outfile fails the event, not the worker
                 done = Done(answer=answer, file_error=e)
-        self._finish(job, done)
+        self._end_job(done)
+
+    def _end_job(self, done: Done) -> None:
+        assert self._job is not None
+        self._finish(self._job, done)
+        self._job = None
 
     def _noise(self, raw: bytes) -> None:
         try:

@@ -41,7 +41,7 @@ def parse_answer(line: str) -> Answer | None:
         return None
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested noise line is noise too
         return None
     if not isinstance(obj, dict):
         return None

@@ -193,6 +193,8 @@ class WarmWorker:
             return None
         if done.ended is Ended.EXITED:
             return await asyncio.shield(ended)
+        if done.ended is Ended.BROKEN:  # a bug: the event fails as unexpected, the pool stops the worker
+            raise RuntimeError(f"warm worker {self.name}: {done.error}")
         return done
 
     # -- ending -----------------------------------------------------------------
