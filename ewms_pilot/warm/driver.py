@@ -20,10 +20,13 @@ import asyncio
 import contextlib
 import dataclasses as dc
 import enum
+import fcntl
 import logging
 import os
 import queue
 import select
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +48,7 @@ class Ended(enum.Enum):
 
     TIMED_OUT = "timed out"
     EXITED = "exited"  # the worker is gone (its exit was seen); the caller asks how it ended
+    NOT_TAKEN = "not taken"  # it ended without reading the request: the event never reached it
     BROKEN = "broken"  # the driver thread itself failed (a bug): `Done.error` says how
 
 
@@ -76,6 +80,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Done]
     deadline: float | None = None
+    sent: bool = False  # some of the request line went into the pipe
 
 
 class _Cmd(enum.Enum):
@@ -112,7 +117,7 @@ class Driver:
         loop = asyncio.get_running_loop()
         job = _Job(task_id, line, work, timeout, loop, loop.create_future())
         if self._exit_posted or not self._post(job):  # nobody would take it
-            job.future.set_result(Done(ended=Ended.EXITED))
+            job.future.set_result(Done(ended=Ended.NOT_TAKEN))
         return job.future
 
     def exited(self) -> None:
@@ -152,7 +157,7 @@ class Driver:
                 os.close(self._wake_w)
             for item in self._take_inbox():  # posted before the end: answered, never stranded
                 if isinstance(item, _Job):
-                    self._finish(item, Done(ended=Ended.EXITED))
+                    self._finish(item, Done(ended=Ended.NOT_TAKEN))
             self._close("_stdin")
             self._close("_stdout")
             self.finished.set()
@@ -169,7 +174,7 @@ class Driver:
             job = self._job
             if drain_until is not None and (self._stdout is None or time.monotonic() >= drain_until):
                 if job is not None:  # its exit was seen and no answer came
-                    self._end_job(Done(ended=Ended.EXITED))
+                    self._end_job(Done(ended=Ended.NOT_TAKEN if self._untouched(job) else Ended.EXITED))
                 return
             ends = [t for t in (job.deadline if job else None, drain_until) if t is not None]
             wait = None if not ends else max(min(ends) - time.monotonic(), 0.0)
@@ -208,7 +213,7 @@ class Driver:
             self._finish(job, Done(ended=Ended.BROKEN, error="a second event for a busy warm worker"))
             return
         if self._stdin is None:  # its stdin was closed: it takes no more events
-            self._finish(job, Done(ended=Ended.EXITED))
+            self._finish(job, Done(ended=Ended.NOT_TAKEN))
             return
         try:
             job.work.stage()
@@ -221,8 +226,24 @@ class Driver:
             view = memoryview(job.line)
             while view:
                 view = view[os.write(self._stdin, view) :]
+                job.sent = True
         except OSError:  # EPIPE: it closed its stdin or is exiting; the exit or the deadline ends the job
             self._close("_stdin")
+
+    def _untouched(self, job: _Job) -> bool:
+        """After the exit: the worker never read `job`'s request (none of it left our side, or all is unread).
+
+        Earlier requests were all answered, so they were read: what is still in the pipe is this one.
+        """
+        if not job.sent:
+            return True
+        if self._stdin is None:
+            return False
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(self._stdin, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return False
+        return bool(unread >= len(job.line))
 
     def _lines(self, data: bytes, *, final: bool) -> bytes:
         """Sort complete lines into the answer and noise; the incomplete rest (all of it when `final`)."""

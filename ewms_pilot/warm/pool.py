@@ -22,7 +22,7 @@ from ..config.model import PilotConfig
 from ..runtimes.base import RunSpec, Runtime, RuntimeUnavailableError
 from ..runtimes.spec import SpecBuilder
 from ..tasks.taskdir import remove_warm_root, warm_root
-from .driver import FileWork
+from .driver import Done, Ended, FileWork
 from .protocol import ENV_TASK_MODE, WARM, encode_request
 from .worker_proc import Exited, WarmWorker
 
@@ -153,7 +153,8 @@ class WarmPool:
             self._idle.put_nowait(slot)
 
     async def _run_in(
-        self, slot: _Slot, task_id: str, infile: Path, outfile: Path, timeout: float | None, work: FileWork
+        self, slot: _Slot, task_id: str, infile: Path, outfile: Path, timeout: float | None, work: FileWork,
+        *, again: bool = True,
     ) -> WarmResult:
         worker = await self._ready_worker(slot)
         if worker is None:
@@ -169,6 +170,17 @@ class WarmPool:
             LOGGER.warning(f"warm worker {worker.name}: event {task_id} timed out: replacing the worker")
             exited = await self._retire(slot, stop=True)
             return WarmResult(False, exited.stderr_line or stderr_line or None, None, True)
+        if isinstance(reply, Done) and reply.ended is Ended.NOT_TAKEN:
+            # it exited between events, before this one reached it: not the event's failure
+            exited = await self._retire(slot, stop=False)
+            if again:
+                LOGGER.info(f"warm worker {worker.name} exited before taking event {task_id}: a new worker takes it")
+                return await self._run_in(slot, task_id, infile, outfile, timeout, work, again=False)
+            detail = f": {exited.stderr_line}" if exited.stderr_line else ""
+            return WarmResult(
+                False, f"warm worker exited (code {exited.exit_code}) before taking the event{detail}",
+                exited.exit_code, False,
+            )  # fmt: skip
         if isinstance(reply, Exited):
             await self._retire(slot, stop=False)
             detail = f": {reply.stderr_line}" if reply.stderr_line else ""

@@ -182,7 +182,8 @@ class WarmWorker:
     async def request(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> Reply | None:
         """Stage, send one request line, wait for its answer, collect: one trip to the driver thread.
 
-        The answer (with the collected value), the worker's exit, or None on timeout.
+        The answer (with the collected value), the worker's exit, or None on timeout; a `Done`
+        with `Ended.NOT_TAKEN` when it exited without reading the request (the event never started).
         """
         driver, ended = self._driver, self._ended
         assert driver is not None and ended is not None
@@ -193,6 +194,12 @@ class WarmWorker:
             return None
         if done.ended is Ended.EXITED:
             return await asyncio.shield(ended)
+        if done.ended is Ended.NOT_TAKEN:  # ending before reading it: the pool gives it to a new worker
+            try:
+                await asyncio.wait_for(asyncio.shield(ended), timeout)
+            except TimeoutError:  # a closed stdin, but still running: stopped like a hung worker
+                return None
+            return done
         if done.ended is Ended.BROKEN:  # a bug: the event fails as unexpected, the pool stops the worker
             raise RuntimeError(f"warm worker {self.name}: {done.error}")
         return done
