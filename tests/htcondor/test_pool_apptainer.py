@@ -112,31 +112,55 @@ async def test_events_mounts_env_init_and_teardown(
     assert (hub / "teardown.txt").read_text() == "bye"
 
 
+#: the task for the timeout test: the parent forks a child in its own session (detached
+#: from the task's), waits until the child has left its evidence in the data hub, and
+#: hangs; the child hangs too. Both carry the marker (argv[2]) in their command lines.
+ORPHAN_TASK = r"""
+import os, subprocess, sys, time
+role, marker, hub = sys.argv[1], sys.argv[2], sys.argv[3]
+evidence = os.path.join(hub, marker + ".child")
+if role == "child":
+    with open(evidence + ".tmp", "w") as f:
+        f.write(str(os.getpid()) + " " + str(os.getsid(0)))
+    os.replace(evidence + ".tmp", evidence)  # whole or absent
+else:
+    subprocess.Popen(["python3", __file__, "child", marker, hub], start_new_session=True)
+    while not os.path.exists(evidence):
+        time.sleep(0.05)
+time.sleep(600)
+"""
+
+
 async def test_timeout_kills_the_whole_container_process_tree(
     pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
 ) -> None:
     """A task that forks a detached child (own session) and hangs: at the timeout the
-    whole container goes, the child too; the event fails as a timeout."""
+    whole container goes, the child too; the event fails as a timeout.
+
+    Checked after the pilot has exited, not by catching both processes alive: the
+    child's evidence file shows it ran, the process list that it is gone."""
     marker = "orphan-" + uuid.uuid4().hex[:12]
-    spawn = (
-        "import subprocess, sys, time; "
-        "subprocess.Popen(['python3', '-c', 'import time; time.sleep(600)', sys.argv[1]], "
-        "start_new_session=True); time.sleep(600)"
-    )
+    code = pool_dir / "orphan-code"
+    code.mkdir()
+    (code / "orphan.py").write_text(ORPHAN_TASK)
+    code.chmod(0o755)
     await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", ["x"])
     env = _env(
         pool,
         rabbitmq_address,
         queue_name,
         pool_dir,
-        EWMS_PILOT_TASK_ARGS=f'python3 -c "{spawn}" {marker}',
+        EWMS_PILOT_TASK_ARGS=f"python3 {code}/orphan.py parent {marker} <<DATA_HUB>>",
+        EWMS_PILOT_EXTERNAL_DIRECTORIES=str(code),
         EWMS_PILOT_TASK_TIMEOUT="4",
     )
-    pilot = PoolPilot(env, pool_dir)
-    wait_for(lambda: len(pool_processes(marker)) >= 2, 60, "the task and its detached child")
-    rc, _, err = pilot.wait()
+    rc, _, err = PoolPilot(env, pool_dir).wait()
     assert rc == 3, err[-3000:]  # stopped listening after the task error
     assert "TaskTimeoutError" in err or "timed out" in err, err[-3000:]
+    evidence = pool_dir / "ewms-pilot-data" / "data-hub" / f"{marker}.child"
+    assert evidence.exists(), f"the detached child never ran; {err[-3000:]}"
+    pid, sid = evidence.read_text().split()
+    assert sid == pid  # it led its own session: detached from the task's
     assert pool_processes(marker) == []
 
 
