@@ -23,7 +23,6 @@ import asyncio
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from ..tasks.stall import process_tree_reader
 from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError, env_file_of
@@ -54,14 +53,6 @@ class OCIRuntime(Runtime):
         if binary is not None:
             self.binary = binary
         self.pull_timeout = pull_timeout
-
-    def process_cwd(self, spec: RunSpec) -> Path | None:
-        """The client runs in the container's private dir (its env file's), not the pilot's cwd.
-
-        podman's conmon leaves an empty `oom` file in its cwd after an out-of-memory kill; in
-        an HTCondor job the pilot's cwd is the scratch dir, whose new files go back to the submitter.
-        """
-        return spec.env_file.parent if spec.env_file is not None else None
 
     # -- hooks for the concrete CLIs --
 
