@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from mqclient.broker_client_interface import Message
+from pilot_proc import base_env
 
 from ewms_pilot.config.model import BrokerConfig
 from ewms_pilot.errors import BrokerError, BrokerUnavailableError, ConfigError
@@ -650,3 +652,103 @@ async def test_read_ahead_never_holds_more_than_prefetch_while_acks_and_gets_int
     assert sorted(seen) == list(range(60))  # each exactly once
     assert 1 <= most <= 3
     assert await local_counts(cfg) == {"ready": 0, "in_flight": 0}
+
+
+async def test_stop_taking_gives_back_what_was_read_ahead_and_ends_read_ahead(db: Path) -> None:
+    """A draining pilot holds nothing back from other pilots (review of the read ahead)."""
+    cfg = _cfg(db)
+    await _put(cfg, ["a", "b", "c"])
+    sub = await open_subscription(cfg, prefetch=2)
+    try:
+        a, b = await sub.get(1), await sub.get(1)
+        assert a is not None and b is not None
+        await sub.ack(a)  # reads "c" ahead
+        assert await local_counts(cfg) == {"ready": 0, "in_flight": 2}
+        await sub.stop_taking()
+        assert await local_counts(cfg) == {"ready": 1, "in_flight": 1}  # "c" is back, uncounted
+        await sub.ack(b)  # and acking reads nothing ahead any more
+        assert await local_counts(cfg) == {"ready": 1, "in_flight": 0}
+    finally:
+        await sub.close()
+    other = await open_subscription(cfg, prefetch=1)
+    try:
+        c = await other.get(1)
+        assert c is not None and (c.data, c.delivery_count) == ("c", 1)
+    finally:
+        await other.close()
+
+
+async def test_an_ack_refills_only_the_slots_it_frees(db: Path) -> None:
+    """EWMS_PILOT_PREFETCH=5 with one slot: one ack takes one event ahead, not five."""
+    cfg = _cfg(db)
+    await _put(cfg, list(range(7)))
+    sub = await open_subscription(cfg, prefetch=5)
+    try:
+        first = await sub.get(1)
+        assert first is not None
+        await sub.ack(first)
+        assert await local_counts(cfg) == {"ready": 5, "in_flight": 1}
+    finally:
+        await sub.close()
+
+
+async def test_what_was_read_ahead_is_not_handed_out_once_the_lease_may_have_run_out(db: Path) -> None:
+    """A frozen consumer (no renewal) whose lease ran out: another took the event; its next get must not."""
+    cfg = _cfg(db)
+    await _put(cfg, ["a", "b"])
+    frozen = await LocalSubscription.open(cfg, prefetch=1, lease=1.0, renew_every=3600)
+    other = await open_subscription(cfg, prefetch=1)
+    try:
+        a = await frozen.get(1)
+        assert a is not None
+        await frozen.ack(a)  # "b" read ahead, under a 1 s lease nobody renews
+        b = await other.get(10)  # once the lease ran out, the sweep gives "b" to `other`
+        assert b is not None and b.data == "b"
+        assert await frozen.get(0.2) is None  # not handed out a second time
+        assert await local_counts(cfg) == {"ready": 0, "in_flight": 1}
+    finally:
+        await other.close()
+        await frozen.close()
+
+
+def test_a_draining_pilot_leaves_the_queue_to_other_pilots(db: Path, tmp_path: Path) -> None:
+    """SIGTERM while two tasks run: the one that ends during the drain reads nothing ahead (review of the
+    read ahead: the next event sat claimed, out of other pilots' reach, until the pilot closed)."""
+    task = shlex.join([
+        sys.executable, "-c",
+        "import os,shutil,sys,time\n"
+        "d=open(sys.argv[1]).read()\n"
+        f"while not os.path.exists(os.path.join({str(tmp_path)!r}, 'release-' + d)): time.sleep(0.05)\n"
+        "shutil.copy(sys.argv[1], sys.argv[2])",
+        "<<INFILE>>", "<<OUTFILE>>",
+    ])  # fmt: skip
+    cfg = _cfg(db)
+    asyncio.run(_put(cfg, ["long", "mid", "x1"]))
+    env = base_env(
+        broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=tmp_path / "a",
+        task_args=task, extra={"EWMS_PILOT_MAX_CONCURRENT_TASKS": "2", "EWMS_PILOT_SHUTDOWN_GRACE": "120"},
+    )  # fmt: skip
+    journal = tmp_path / "a" / "ewms-pilot-tasks.jsonl"
+    log = tmp_path / "pilot.log"
+    with log.open("w") as err:
+        pilot = subprocess.Popen(
+            [sys.executable, "-m", "ewms_pilot", "run", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+            stderr=err, start_new_session=True,
+        )  # fmt: skip
+    try:
+        while asyncio.run(local_counts(cfg)) != {"ready": 1, "in_flight": 2}:  # "long" and "mid" run
+            assert pilot.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(pilot.pid, signal.SIGTERM)
+        while "waiting for 2 running task(s)" not in log.read_text():  # it stopped taking events
+            assert pilot.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        (tmp_path / "release-mid").touch()  # "mid" ends during the drain ...
+        while not journal.exists() or "succeeded" not in journal.read_text():
+            assert pilot.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert asyncio.run(local_counts(cfg)) == {"ready": 1, "in_flight": 1}  # ... and "x1" stays for others
+    finally:
+        (tmp_path / "release-long").touch()
+        assert pilot.wait(120) == 6, log.read_text()[-3000:]  # evicted, after "long" finished
+    assert asyncio.run(local_counts(cfg)) == {"ready": 1, "in_flight": 0}

@@ -226,6 +226,7 @@ class Pilot:
                 got_first = True
                 self._set_state(PilotState.TASKING)
             self._start(handler, delivery)
+        await sub.stop_taking()  # nothing held back from other pilots while this one drains
         if self._running:
             self._set_state(PilotState.PENDING_REMAINING)
 

@@ -76,6 +76,14 @@ class Subscription(abc.ABC):
         raw delivery count bounds it.
         """
 
+    async def stop_taking(self) -> None:
+        """The pilot takes no more events (it drains): give back what was taken ahead for it.
+
+        Settling what was handed out still works. Only a subscription that reads ahead
+        (the local queue) has anything to do.
+        """
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection; unsettled events return to the queue."""

@@ -179,6 +179,10 @@ class LocalSubscription(Subscription):
         self._claims = 0  # worker thread only: events held, handed out or ahead (what prefetch bounds)
         self._next_sweep = 0.0  # worker thread only, monotonic; 0 = sweep on the first claim
         self._found_last = False  # the last claim found an event
+        self._taking = True  # False once the pilot takes no more events (no read ahead then)
+        # monotonic time until which this holder's lease surely holds (set before each extension):
+        # what was read ahead is handed out only within it, never once another consumer may have it
+        self._lease_ok_until = 0.0
         self._closed = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
         self._acks: _Batcher[Claimed, bool] = _Batcher(worker, self._ack_many)
@@ -222,9 +226,11 @@ class LocalSubscription(Subscription):
         sweep = self._sweep_due()
         if look_first and not sweep and not self._store.has_ready():
             return None
+        started = time.monotonic()
         claim = self._store.claim(self.holder, self._lease, sweep)
         if claim is None:
             return None
+        self._lease_ok_until = started + self._lease
         self._claims += 1
         return _decode(claim)
 
@@ -262,6 +268,8 @@ class LocalSubscription(Subscription):
         while True:
             if self._closed:
                 raise BrokerError(f"{_where(self._cfg)}: subscription is closed")
+            if self._ahead and time.monotonic() >= self._lease_ok_until:  # frozen past the lease: maybe not ours
+                await self._worker.call(self._unclaim_ahead)  # gives back only what is still ours
             if self._ahead:  # claimed with the last ack: no trip to the database
                 ahead = self._ahead.popleft()
                 self._held.add((ahead.raw.id, ahead.raw.delivery_count))
@@ -318,8 +326,12 @@ class LocalSubscription(Subscription):
         events wait in `_ahead` for the next `get`, and go back uncounted if never handed out.
         """
         self._claims -= len(claims)
-        room = 0 if self._closed else self._prefetch - self._claims
+        # refill only the slots these acks free: a large prefetch is not filled by one ack
+        room = min(len(claims), self._prefetch - self._claims) if self._taking and not self._closed else 0
+        started = time.monotonic()
         acked, taken = self._store.ack_and_take(claims, self.holder, self._lease, room, room > 0 and self._sweep_due())
+        if taken:
+            self._lease_ok_until = started + self._lease
         self._claims += len(taken)
         self._ahead.extend(_decode(claim) for claim in taken)
         return list(acked)
@@ -345,19 +357,33 @@ class LocalSubscription(Subscription):
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self._renew_every)
+            started = time.monotonic()
             try:
                 ok = await self._worker.call(self._store.renew, self.holder, self._lease)
             except Exception as e:  # a busy/broken database: the next round tries again
                 LOGGER.warning(f"{_where(self._cfg)}: renewing the lease failed: {e}")
                 continue
+            if ok:
+                self._lease_ok_until = started + self._lease
+            else:  # swept as dead: what was read ahead is ready again, maybe someone else's now
+                self._lease_ok_until = 0.0
             if not ok and self._held:
                 LOGGER.warning(
                     f"{_where(self._cfg)}: lease lost; {len(self._held)} unacked event(s) "
                     "are redelivered (acking them will be skipped)"
                 )
 
+    async def stop_taking(self) -> None:
+        """Draining: acks no longer read ahead, and what was read ahead goes back uncounted."""
+        self._taking = False
+        if not self._closed:
+            try:
+                await self._worker.call(self._unclaim_ahead)
+            except BrokerError as e:  # close (release_all) gives them back
+                LOGGER.warning(f"{_where(self._cfg)}: giving back events read ahead failed: {e}")
+
     def _unclaim_ahead(self) -> None:
-        """Worker thread, at close: events read ahead go back as if never delivered."""
+        """Worker thread: events read ahead and still this holder's go back as if never delivered."""
         ahead = [d.raw for d in self._ahead]
         self._ahead.clear()
         self._store.unclaim(ahead, self.holder)
