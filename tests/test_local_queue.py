@@ -739,7 +739,7 @@ def test_a_draining_pilot_leaves_the_queue_to_other_pilots(db: Path, tmp_path: P
         while asyncio.run(local_counts(cfg)) != {"ready": 1, "in_flight": 2}:  # "long" and "mid" run
             assert pilot.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
-        os.killpg(pilot.pid, signal.SIGTERM)
+        os.kill(pilot.pid, signal.SIGTERM)  # the pilot only (its group could catch a task before its setsid)
         while "waiting for 2 running task(s)" not in log.read_text():  # it stopped taking events
             assert pilot.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
