@@ -32,12 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .lines import MAX_LINE, hand_on, split_lines
 from .protocol import Answer, parse_answer
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
 
-#: longest stdout line handled whole; longer ones are cut (and are never answers)
-MAX_LINE = 1024 * 1024
 #: seconds to read what a worker wrote before its exit was seen (an answer may still be in the pipe)
 DRAIN_WAIT = 5.0
 _CHUNK = 65536
@@ -246,15 +245,9 @@ class Driver:
         return bool(unread >= len(job.line))
 
     def _lines(self, data: bytes, *, final: bool) -> bytes:
-        """Sort complete lines into the answer and noise; the incomplete rest (all of it when `final`)."""
-        *lines, rest = data.split(b"\n")
-        if final and rest:
-            lines, rest = [*lines, rest], b""
-        while len(rest) > MAX_LINE:
-            lines.append(rest[:MAX_LINE])
-            rest = rest[MAX_LINE:]
+        """Sort complete lines into the answer and noise; the incomplete rest (none when `final`)."""
+        lines, rest = split_lines(data, final=final)
         for raw in lines:
-            raw = raw.rstrip(b"\r")
             answer = parse_answer(raw.decode("utf-8", "replace")) if len(raw) < MAX_LINE else None
             job = self._job
             if answer is not None and job is not None and answer.id == job.task_id:
@@ -263,7 +256,7 @@ class Driver:
                 continue
             if answer is not None:
                 LOGGER.warning(f"{self.name}: answer for event {answer.id!r}, which it was not given: ignored")
-            self._noise(raw)
+            hand_on(self._on_noise, raw)
         return rest
 
     def _answered(self, answer: Answer) -> None:
@@ -281,12 +274,6 @@ class Driver:
         assert self._job is not None
         self._finish(self._job, done)
         self._job = None
-
-    def _noise(self, raw: bytes) -> None:
-        try:
-            self._on_noise(raw)
-        except Exception:  # a bug here must not stop the driver (the worker would block on a full pipe)
-            LOGGER.exception("handling a warm worker's output line failed")
 
     @staticmethod
     def _finish(job: _Job, done: Done) -> None:

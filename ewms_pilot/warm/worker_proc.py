@@ -28,16 +28,13 @@ from ..tasks.errors import extract_error_line
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
 from ..tasks.process import group_exists, signal_group, terminate, uncancellable
-from .driver import Done, Driver, Ended, FileWork
+from .driver import DRAIN_WAIT, Done, Driver, Ended, FileWork
+from .lines import hand_on, split_lines
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
 
-#: longest stderr line handled whole; longer ones are cut
-MAX_LINE = 1024 * 1024
 #: stderr lines kept in memory to explain a crash in one line
 STDERR_LINES_KEPT = 50
-#: seconds to let the readers reach EOF once the process has exited
-DRAIN_WAIT = 5.0
 
 
 @dc.dataclass(frozen=True)
@@ -239,19 +236,8 @@ async def _read_lines(reader: asyncio.StreamReader, handle: Callable[[bytes], No
     """Hand every line (without its newline) to `handle`; over-long lines in pieces."""
     pending = b""
     while chunk := await reader.read(65536):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+        lines, pending = split_lines(pending + chunk)
         for line in lines:
-            _safe(handle, line.rstrip(b"\r"))
-        while len(pending) > MAX_LINE:
-            _safe(handle, pending[:MAX_LINE])
-            pending = pending[MAX_LINE:]
-    if pending:
-        _safe(handle, pending.rstrip(b"\r"))
-
-
-def _safe(handle: Callable[[bytes], None], line: bytes) -> None:
-    try:
-        handle(line)
-    except Exception:  # a bug here must not stop the reader (the worker would block on a full pipe)
-        LOGGER.exception("handling a warm worker's output line failed")
+            hand_on(handle, line)
+    for line in split_lines(pending, final=True)[0]:
+        hand_on(handle, line)
