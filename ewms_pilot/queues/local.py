@@ -377,10 +377,13 @@ class LocalSubscription(Subscription):
         """Draining: acks no longer read ahead, and what was read ahead goes back uncounted."""
         self._taking = False
         if not self._closed:
-            try:
-                await self._worker.call(self._unclaim_ahead)
-            except BrokerError as e:  # close (release_all) gives them back
-                LOGGER.warning(f"{_where(self._cfg)}: giving back events read ahead failed: {e}")
+            await self._give_back_ahead()
+
+    async def _give_back_ahead(self) -> None:
+        try:
+            await self._worker.call(self._unclaim_ahead)
+        except BrokerError as e:  # close's release_all still gives them back (counted as a delivery)
+            LOGGER.warning(f"{_where(self._cfg)}: giving back events read ahead failed: {e}")
 
     def _unclaim_ahead(self) -> None:
         """Worker thread: events read ahead and still this holder's go back as if never delivered."""
@@ -401,10 +404,7 @@ class LocalSubscription(Subscription):
         self._renewer.cancel()
         await asyncio.gather(self._renewer, return_exceptions=True)
         try:
-            try:
-                await self._worker.call(self._unclaim_ahead)
-            except BrokerError as e:  # release_all below still gives them back (counted as a delivery)
-                LOGGER.warning(f"{_where(self._cfg)}: giving back events read ahead failed: {e}")
+            await self._give_back_ahead()
             released = await self._worker.call(self._store.release_all, self.holder)
             if released:
                 LOGGER.info(

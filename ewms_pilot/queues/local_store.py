@@ -304,14 +304,13 @@ class LocalStore:
         if len(claims) == 1:
             return [self.ack(claims[0], holder)]
 
-        def _txn() -> list[bool]:
-            sql = f"DELETE FROM events WHERE {self._MINE}"
-            return [
-                self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims
-            ]
-
-        result: list[bool] = self._write(_txn)
+        result: list[bool] = self._write(self._delete_mine, claims, holder)
         return result
+
+    def _delete_mine(self, claims: list[Claimed], holder: str) -> list[bool]:
+        """Inside a transaction: forget each claim that is still `holder`'s; one answer per claim."""
+        sql = f"DELETE FROM events WHERE {self._MINE}"
+        return [self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims]
 
     def ack_and_take(
         self, claims: list[Claimed], holder: str, lease: float, n: int, sweep: bool
@@ -325,8 +324,7 @@ class LocalStore:
             return self.ack_many(claims, holder), []
 
         def _txn() -> tuple[list[bool], list[Claimed]]:
-            sql = f"DELETE FROM events WHERE {self._MINE}"
-            acked = [self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims]
+            acked = self._delete_mine(claims, holder)
             now = time.time()
             if sweep:
                 self._sweep(now, holder)
