@@ -62,11 +62,12 @@ def base_env(
     return env
 
 
-def start_pilot(env: Mapping[str, str]) -> subprocess.Popen[str]:
-    """Start `python -m ewms_pilot run --no-progress` in its own process group."""
+def start_pilot(env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start `python -m ewms_pilot run --no-progress` in its own process group (in `cwd`: a job's scratch dir)."""
     return subprocess.Popen(
         [sys.executable, "-m", "ewms_pilot", "run", "--no-progress"],
         env=dict(env),
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -86,10 +87,10 @@ def wait_pilot(proc: subprocess.Popen[str], timeout: float = 120, started: float
     return PilotRun(proc.returncode, out, err, time.monotonic() - t0)
 
 
-def run_pilot(env: Mapping[str, str], timeout: float = 120) -> PilotRun:
-    """Start a pilot and wait for it."""
+def run_pilot(env: Mapping[str, str], timeout: float = 120, cwd: Path | None = None) -> PilotRun:
+    """Start a pilot (in `cwd`) and wait for it."""
     t0 = time.monotonic()
-    return wait_pilot(start_pilot(env), timeout, t0)
+    return wait_pilot(start_pilot(env, cwd), timeout, t0)
 
 
 def run_pilot_chirped(env: Mapping[str, str], directory: Path, timeout: float = 120) -> tuple[PilotRun, ChirpServer]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -94,6 +96,31 @@ def test_init_container_fills_hub_for_container_tasks(
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=2))) == ["GEOa", "GEOb"]
     assert (tmp_path / "ewms-pilot-data" / "data-hub" / "geo.txt").read_text() == "GEO"
+
+
+def test_relative_paths_are_the_jobs_dir_where_the_pilot_starts(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str
+) -> None:
+    """A relative CONTAINERS_CONF and `docker-archive:` image, as a job gives them (its scratch dir is the cwd)."""
+    job = tmp_path / "job"
+    job.mkdir()
+    conf = Path(os.environ["CONTAINERS_CONF"])  # the podman_image fixture checked it exists
+    shutil.copy(conf, job / "containers.conf")
+    subprocess.run(["podman", "save", "--quiet", "-o", str(job / "image.tar"), podman_image], check=True, timeout=300)
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a"]))
+    init = shlex.join(["python3", "-c", "import os; open(os.environ['EWMS_TASK_DATA_HUB_DIR']+'/i','w').write('I')"])
+    task = shlex.join([
+        "python3", "-c", "import sys; open(sys.argv[2],'w').write(open(sys.argv[3]+'/i').read()+open(sys.argv[1]).read())",
+        "<<INFILE>>", "<<OUTFILE>>", "<<DATA_HUB>>",
+    ])  # fmt: skip
+    env = _env(
+        rabbitmq_address, queue_name, tmp_path / "data", "docker-archive:image.tar", task,
+        EWMS_PILOT_INIT_IMAGE="docker-archive:image.tar", EWMS_PILOT_INIT_ARGS=init,
+    )  # fmt: skip
+    run = run_pilot({**env, "CONTAINERS_CONF": "containers.conf"}, timeout=300, cwd=job)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=1)) == ["Ia"]
+    assert sorted(p.name for p in job.iterdir()) == ["containers.conf", "image.tar"]
 
 
 def test_task_timeout_stops_the_container(rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str) -> None:

@@ -70,10 +70,13 @@ def test_podman_memory_limit_kills_only_the_hungry_task(
 ) -> None:
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["ok1", "BIG", "ok2", "ok3"]))
     env = _env("rabbitmq", rabbitmq_address, queue_name, tmp_path, "podman", podman_image, EWMS_PILOT_TASK_MEMORY="64m")
-    run = run_pilot(env, timeout=300)
+    job = tmp_path / "job"  # the job's scratch dir: HTCondor sends every new file in it back
+    job.mkdir()
+    run = run_pilot(env, timeout=300, cwd=job)
     out = asyncio.run(drain("rabbitmq", rabbitmq_address, queue_name + "o", timeout=2, expect=3))
     _check_only_the_hungry_task_failed(run.stderr, run.returncode, out, "64 MiB")
     assert "exit code 137" in run.stderr
+    assert sorted(p.name for p in job.iterdir()) == []  # conmon's `oom` marker is not left here
     assert "the pilot runs up to 2 task(s) at once, each with a 64 MiB memory limit" in run.stderr  # start line
 
 
@@ -283,8 +286,14 @@ def test_a_warm_worker_refused_memory_fails_its_event_as_out_of_memory(tmp_path:
 
 
 @pytest.mark.podman
-def test_a_warm_container_killed_for_memory_fails_its_event_as_out_of_memory(tmp_path: Path, podman_image: str) -> None:
+def test_a_warm_container_killed_for_memory_fails_its_event_as_out_of_memory(
+    tmp_path: Path, podman_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = tmp_path / "job"  # the pilot's cwd: a job's scratch dir
+    job.mkdir()
+    monkeypatch.chdir(job)
     records = _warm_oom(
         tmp_path, "python3", "64m", EWMS_PILOT_CONTAINER_PLATFORM="podman", EWMS_PILOT_TASK_IMAGE=podman_image
     )
     _only_big_ran_out_of_memory(records, "killed at its 64 MiB memory limit (exit code 137)")
+    assert sorted(p.name for p in job.iterdir()) == []  # conmon's `oom` marker is not left here

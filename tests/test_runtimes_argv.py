@@ -30,6 +30,7 @@ from ewms_pilot.runtimes.base import (
     RunSpec,
     RuntimeUnavailableError,
 )
+from ewms_pilot.runtimes.clientpaths import absolute_image
 from ewms_pilot.runtimes.mounts import (
     MountPolicyError,
     external_mounts,
@@ -160,6 +161,64 @@ def test_container_clients_never_get_the_pilots_settings(tmp_path: Path, dirs: d
             "PATH": "/usr/bin",
             "CONTAINERS_CONF": "/c.conf",
         }
+
+
+@pytest.mark.parametrize("runtime", [DockerRuntime, PodmanRuntime])
+def test_oci_client_runs_in_the_containers_dir_with_the_start_dirs_paths(
+    runtime: type[DockerRuntime | PodmanRuntime], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dirs: dict[str, Path]
+) -> None:
+    """Not in the pilot's cwd (conmon's `oom` file), so what was relative to it is made absolute."""
+    job = tmp_path / "job"
+    job.mkdir()
+    monkeypatch.chdir(job)
+    rt = runtime()  # the pilot's cwd when the runtime is made is what relative paths mean
+    monkeypatch.chdir(tmp_path)
+    inherited = {
+        "CONTAINERS_CONF": "conf/containers.conf",
+        "DOCKER_CONFIG": "./docker",
+        "REGISTRY_AUTH_FILE": "/etc/auth.json",
+        "XDG_RUNTIME_DIR": "",  # empty: unset, left so
+        "PATH": "bin:/usr/bin:",  # an empty entry is the cwd
+        "SITE_NOTE": "not/a/path/podman/reads",
+    }
+    assert rt.process_env(spec(dirs), inherited) == {
+        "CONTAINERS_CONF": f"{job}/conf/containers.conf",
+        "DOCKER_CONFIG": f"{job}/./docker",
+        "REGISTRY_AUTH_FILE": "/etc/auth.json",
+        "XDG_RUNTIME_DIR": "",
+        "PATH": f"{job}/bin:/usr/bin:{job}/",
+        "SITE_NOTE": "not/a/path/podman/reads",
+    }
+    assert rt.process_cwd(spec(dirs, client_dir=dirs["io"])) == dirs["io"]
+
+
+async def test_oci_image_from_a_relative_archive_is_run_from_the_start_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`podman run docker-archive:x.tar` reads the archive again: the reference to run is absolute."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "podman"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import sys\n"
+        f"open({str(log)!r}, 'a').write(repr(sys.argv[1:]) + '\\n')\n"
+        "sys.exit(1 if sys.argv[1:3] == ['image', 'exists'] else 0)\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.chdir(tmp_path)
+    rt = PodmanRuntime(binary=str(fake))
+    assert await rt.prepare_image("docker-archive:img.tar") == f"docker-archive:{tmp_path}/img.tar"
+    calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 - our own repr
+    assert calls == [["image", "exists", f"docker-archive:{tmp_path}/img.tar"], ["pull", f"docker-archive:{tmp_path}/img.tar"]]
+    for given, used in [
+        ("oci-archive:sub/img.tar:name:1", f"oci-archive:{tmp_path}/sub/img.tar:name:1"),  # the reference tail kept
+        ("oci:layout:v2", f"oci:{tmp_path}/layout:v2"),
+        ("dir:unpacked", f"dir:{tmp_path}/unpacked"),
+        ("docker-archive:/abs/img.tar", "docker-archive:/abs/img.tar"),
+        ("docker://quay.io/x:1", "docker://quay.io/x:1"),
+        ("localhost:5000/x:1", "localhost:5000/x:1"),  # a registry's port, not a transport
+    ]:
+        assert absolute_image(given, tmp_path) == used
 
 
 def test_oci_stop_remove_and_image_argvs() -> None:

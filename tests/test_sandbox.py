@@ -29,7 +29,7 @@ from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
 
 from ewms_pilot.config.model import BrokerConfig, ContainerConfig, ContainerPlatform, PilotConfig
-from ewms_pilot.runtimes import get_runtime
+from ewms_pilot.runtimes import RunSpec, Runtime, get_runtime
 from ewms_pilot.tasks.taskdir import TaskDir
 
 T = TypeVar("T")
@@ -112,8 +112,8 @@ def test_refused_bind_is_a_config_error_before_anything_is_consumed(
 # ---------------------------------------------------------------- one spec builder
 
 
-def test_every_container_of_a_pilot_carries_the_same_owner_labels(tmp_path: Path) -> None:
-    """Warm workers were labelled with the pilot id only: the orphan sweep could not find them."""
+def _one_of_each_spec(tmp_path: Path) -> tuple[dict[str, RunSpec], Path, Runtime]:
+    """A podman pilot's task, warm worker and init specs (with an external dir)."""
     from ewms_pilot.runtimes.spec import SpecBuilder
 
     ext = tmp_path / "ext"
@@ -127,13 +127,20 @@ def test_every_container_of_a_pilot_carries_the_same_owner_labels(tmp_path: Path
         external_directories=(ext,),
     )
     cfg.data_hub_dir.mkdir(parents=True)
-    specs = SpecBuilder.for_pilot(cfg, get_runtime(cfg), "p1")
+    runtime = get_runtime(cfg)
+    specs = SpecBuilder.for_pilot(cfg, runtime, "p1")
     tdir = TaskDir.create(cfg.data_dir, "t1", ".in", ".out")
     made = {
         "t1": specs.task("img", cfg.task, "t1", tdir),
-        "warm0-1": specs.warm_worker("img", cfg.task, "warm0-1", cfg.data_dir / "w", {}),
+        "warm0-1": specs.warm_worker("img", cfg.task, "warm0-1", cfg.data_dir / "w", {}, tmp_path / "clients"),
         "init": specs.once("img", cfg.task, "init", cfg.data_dir / "init"),
     }
+    return made, ext, runtime
+
+
+def test_every_container_of_a_pilot_carries_the_same_owner_labels(tmp_path: Path) -> None:
+    """Warm workers were labelled with the pilot id only: the orphan sweep could not find them."""
+    made, ext, _ = _one_of_each_spec(tmp_path)
     owner = {k: v for k, v in made["t1"].labels.items() if k != "ewms-pilot.task"}
     assert set(owner) == {"ewms-pilot.owner", "ewms-pilot.machine", "ewms-pilot.holder"}
     for role, spec in made.items():
@@ -142,6 +149,15 @@ def test_every_container_of_a_pilot_carries_the_same_owner_labels(tmp_path: Path
         assert spec.argv == ("run", "/ewms-pilot-data/data-hub")
         assert spec.env["K"] == "v" and spec.env_file is not None
         assert [m for m in spec.mounts if m.readonly] == [m for m in spec.mounts if m.source == ext]
+
+
+def test_no_container_can_reach_the_dir_its_client_runs_in(tmp_path: Path) -> None:
+    """conmon creates `oom` in its client's cwd through a link: a task must not be able to plant one there."""
+    made, _, runtime = _one_of_each_spec(tmp_path)
+    for role, spec in made.items():
+        cwd = runtime.process_cwd(spec)
+        assert cwd is not None and cwd.is_absolute(), role
+        assert not [m.source for m in spec.mounts if cwd.is_relative_to(m.source)], role
 
 
 # ---------------------------------------------------------------- clean task environment

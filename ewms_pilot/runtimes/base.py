@@ -49,6 +49,8 @@ class RunSpec:
     #: owner-only host file the client reads `env` from (container runtimes: never on argv);
     #: written just before the start and removed after the exit, see `runtimes/envfile.py`
     env_file: Path | None = None
+    #: pilot-side dir no task can reach, where a container client runs (`OCIRuntime.process_cwd`)
+    client_dir: Path | None = None
     #: bytes the task may use (None: no limit); each runtime enforces it its own way
     memory_limit: int | None = None
     #: GPU ids (as the slot lists them) this task holds; the runtime exposes only these

@@ -14,6 +14,9 @@ How a container dies with its pilot:
   `envfile`), never `--env NAME=VALUE`: argv is world-readable in `ps`. The
   format is one `NAME=VALUE` line per variable, the value taken as is: a value
   cannot hold a line break.
+- The client runs in its container's private dir (`RunSpec.client_dir`), not in
+  the pilot's cwd (`process_cwd` says why); relative paths it is given are made
+  absolute against the pilot's start dir first (`clientpaths`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import asyncio
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from ..tasks.stall import process_tree_reader
 from .base import CLEANUP_TIMEOUT, RunSpec, Runtime, RuntimeUnavailableError, env_file_of
+from .clientpaths import absolute_env, absolute_image, start_dir
 from .commands import run_command
+from .envfile import client_env
 from .mounts import require_plain_paths
 
 LOGGER = logging.getLogger(__name__)
@@ -53,6 +59,26 @@ class OCIRuntime(Runtime):
         if binary is not None:
             self.binary = binary
         self.pull_timeout = pull_timeout
+        #: what the client's relative paths mean: the pilot's cwd when it starts (the runtime is made then)
+        self.start_dir = start_dir()
+
+    def process_cwd(self, spec: RunSpec) -> Path | None:
+        """The container's private dir (`spec.client_dir`), never the pilot's cwd.
+
+        podman's conmon inherits the client's cwd and, after an out-of-memory kill,
+        creates an empty `oom` file there: conmon before containers/conmon#514 (2024;
+        Debian 12 has 2.1.6) always does, besides the copy in its `--persist-dir`, and
+        no podman or conmon option moves that one (containers/conmon#504). In an
+        HTCondor job the pilot's cwd is the scratch dir, whose new files go back to the
+        submitter; in the container's dir the file goes away with it. No task may reach
+        that dir: conmon follows a link there. docker (or podman behind a `docker` name)
+        runs the same way, so both read relative paths alike (`clientpaths`).
+        """
+        return spec.client_dir
+
+    def process_env(self, spec: RunSpec, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The pilot's environment without its settings; path-valued variables absolute (`clientpaths`)."""
+        return absolute_env(client_env(inherited), self.start_dir)
 
     # -- hooks for the concrete CLIs --
 
@@ -148,9 +174,14 @@ class OCIRuntime(Runtime):
             raise RuntimeUnavailableError(f"{self.binary} not found on PATH")
 
     async def prepare_image(self, image: str) -> str:
-        """Use `image` from local storage, else pull it once; one-line error when neither works."""
+        """Use `image` from local storage, else pull it once; one-line error when neither works.
+
+        Returns the reference every container runs: a path transport's relative path
+        (`docker-archive:x.tar`, which `run` reads again) absolute against the start dir.
+        """
         if not image or image.startswith("-"):
             raise RuntimeUnavailableError(f"invalid image reference {image!r}")
+        image = absolute_image(image, self.start_dir)
         self._require_binary()
         present = await run_command(self.image_present_argv(image), timeout=INSPECT_TIMEOUT)
         if present.ok:

@@ -107,15 +107,26 @@ class SpecBuilder:
         return dc.replace(spec, gpus=gpus, env=env)
 
     def warm_worker(
-        self, image: str, container: ContainerConfig, worker_id: str, private_dir: Path, extra_env: Mapping[str, str]
+        self,
+        image: str,
+        container: ContainerConfig,
+        worker_id: str,
+        private_dir: Path,
+        extra_env: Mapping[str, str],
+        client_dir: Path,
     ) -> RunSpec:
-        """A warm worker: the whole data dir writable (each event's paths come on its stdin)."""
+        """A warm worker: the whole data dir writable (each event's paths come on its stdin).
+
+        So `private_dir` (under the data dir) is the worker's to see; its client runs in
+        `client_dir`, outside the data dir.
+        """
         own: tuple[Mount, ...] = ()
         if not self.runtime.uses_host_paths:
             own = (Mount(self.real_data_dir, CONTAINER_DATA_ROOT),)
         spec = self._spec(
             image, container, worker_id, own,
             infile="", outfile="", hub=self.hub_path(), private_dir=private_dir, interactive=True,
+            client_dir=client_dir,
         )  # fmt: skip
         env = {k: v for k, v in spec.env.items() if k not in (ENV_INFILE, ENV_OUTFILE)}
         return dc.replace(spec, env={**env, **extra_env})
@@ -164,6 +175,7 @@ class SpecBuilder:
         private_dir: Path,
         interactive: bool = False,
         limited: bool = True,  # the per-task memory limit (init/teardown: the whole slot is theirs)
+        client_dir: Path | None = None,  # where the client runs; default `private_dir`, which no task sees
     ) -> RunSpec:
         name = _container_name(self.pilot_id, what)
         # the external dirs were checked once (`for_pilot`); the pilot's own dirs are checked per spec
@@ -178,6 +190,7 @@ class SpecBuilder:
             workdir=None,  # process runtime: the pilot's cwd, so relative task paths work
             interactive=interactive,
             env_file=None if self.runtime.uses_host_paths else private_dir / f"{name}{ENV_FILE_SUFFIX}",
+            client_dir=private_dir if client_dir is None else client_dir,
             memory_limit=self.task_memory if limited else None,
         )
 

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import dataclasses as dc
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,8 @@ class WarmPool:
         self.pilot_id = pilot_id
         self.size = size or cfg.max_concurrent_tasks
         self.log_dir = cfg.data_dir / LOG_DIR_NAME
+        # where the workers' clients run: outside the data dir, which every worker sees (made at start)
+        self._client_dir: Path | None = None
         # the whole data dir is bound, so every per-task dir is visible to a long-lived container
         self.specs = SpecBuilder.for_pilot(cfg, runtime, pilot_id)
         self._slots = [_Slot(i) for i in range(self.size)]
@@ -102,8 +106,10 @@ class WarmPool:
     def _spec(self, slot: _Slot) -> RunSpec:
         """Config loading already refused per-event placeholders and bad quoting in the args."""
         worker_id = f"warm{slot.index}-{slot.generation}"
+        if self._client_dir is None:
+            raise RuntimeError("a warm worker before the pool's start: a bug")
         return self.specs.warm_worker(
-            self.image, self.cfg.task, worker_id, self.log_dir, {ENV_TASK_MODE: WARM}
+            self.image, self.cfg.task, worker_id, self.log_dir, {ENV_TASK_MODE: WARM}, self._client_dir
         )
 
     async def _spawn(self, slot: _Slot) -> WarmWorker:
@@ -116,6 +122,8 @@ class WarmPool:
 
     async def start(self) -> None:
         """Start every worker; `WarmStartError` when they cannot be started at all."""
+        prefix = f"ewms-pilot-{self.pilot_id}-warm-"
+        self._client_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix))  # owner-only
         if self.cfg.task.timeout is not None:
             LOGGER.info(
                 "warm mode: EWMS_PILOT_TASK_TIMEOUT applies per event; a worker's first event "
@@ -259,6 +267,8 @@ class WarmPool:
                 LOGGER.error(f"closing warm worker {worker.name} failed: {end!r}")
         self._retired += live
         await asyncio.to_thread(self._tidy_logs, live, ends)
+        if self._client_dir is not None:  # with what a client left there (conmon's `oom`)
+            await asyncio.to_thread(shutil.rmtree, self._client_dir, ignore_errors=True)
 
     def _tidy_logs(self, closed: list[WarmWorker], ends: list[Exited | BaseException]) -> None:
         """Drop the logs of workers that ended cleanly (unless all task files are kept)."""
