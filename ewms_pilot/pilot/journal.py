@@ -2,8 +2,8 @@
 
 It lives beside `ewms-pilot-data/`, not in it: 1.x's layout (every entry of
 the data dir is a directory) is what site tools walk. Appended as each event
-ends (flushed, so a crash keeps what was done); several pilots may share the
-file. A line a crashed pilot left half-written is skipped with one warning,
+ends (by the recorder's thread, `recorder.py`: one write, no buffering, so a
+crash keeps what was done); several pilots may share the file. A line a crashed pilot left half-written is skipped with one warning,
 and the next record starts on a fresh line, so one bad line costs one record.
 """
 
@@ -38,7 +38,12 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record; first end a line another pilot left unterminated."""
-        line = (scrub(json.dumps(record, default=str)) + "\n").encode()  # errors may quote addresses
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Write records in one append (one line each); first end a line another pilot left unterminated."""
+        # errors may quote addresses
+        line = "".join(scrub(json.dumps(record, default=str)) + "\n" for record in records).encode()
         with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:

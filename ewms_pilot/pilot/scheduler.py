@@ -37,6 +37,7 @@ from .init_step import InitFailedError, run_init_container, run_once_container
 from .journal import Journal, journal_path
 from .outcome import Outcome, Result
 from .ownership import sweep_orphans
+from .recorder import Recorder
 from .settle import Settler
 from .shutdown import Shutdown, StopCause, StopRequest
 from .state import PilotState, Tally
@@ -76,6 +77,7 @@ class Pilot:
         self._last_activity = time.monotonic()
         self.health = BrokerHealth()  # every broker call's outcome; read by the consume loop
         self.journal = Journal(journal_path(cfg.data_dir_parent))
+        self.recorder = Recorder(self.journal)  # its thread starts with `run`
         self.disk = DiskWatch(cfg.data_dir, cfg.min_free_disk)  # free space where task dirs live
         # the lifetime's end on the monotonic clock (a wall-clock step must not move it)
         end = cfg.lifetime_end
@@ -114,6 +116,7 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp.start()  # reports Started (once) with the start time
         LOGGER.info(resources_line(self.cfg))  # what the slot has, what the pilot uses of it
+        self.recorder.start()
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None
@@ -143,7 +146,7 @@ class Pilot:
                 env = TaskEnvironment.build(self.cfg, self.runtime, image, self.pilot_id)
                 handler = TaskHandler(
                     env, Settler(self.cfg, self.pilot_id, sub, pub, dlq, self.health), self._critical,
-                    journal=self.journal, on_progress=self.chirp.set_task_progress, warm_pool=pool,
+                    self.recorder, on_progress=self.chirp.set_task_progress, warm_pool=pool,
                 )
                 await self._consume(sub, handler)
         except ConfigError as e:
@@ -253,12 +256,15 @@ class Pilot:
     async def _disk_short(self) -> bool:
         """True while free disk is below EWMS_PILOT_MIN_FREE_DISK (or unknown): no event is taken.
 
-        With no task running nothing of this pilot's can free it (a fresh reading
-        confirms): the pilot ends, its events left on the queue. A data dir that does
-        not answer is waited for, never called full.
+        With no task running and every finished task's files removed, nothing of this
+        pilot's can free it (a fresh reading confirms): the pilot ends, its events
+        left on the queue. A data dir that does not answer is waited for, never
+        called full.
         """
         short = await self.disk.short()
         if short is not None and not self._running and not self.disk.unanswered:
+            if not await self.recorder.flush(POLL_SLICE):  # finished tasks' files are still being removed
+                return True
             short = await self.disk.short(fresh=True)  # the last task's files may be gone just now
             if short is not None and not self.disk.unanswered:
                 self.chirp.set_error(DiskFullError(short))
@@ -461,6 +467,7 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
+        await self.recorder.close(max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN))
         runtimes = await asyncio.to_thread(self.journal.runtimes, self.pilot_id)
         print(render_summary(self.tally, request, runtimes), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:

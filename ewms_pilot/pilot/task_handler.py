@@ -11,6 +11,7 @@ whatever was really done by then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses as dc
 import logging
 import os
@@ -47,8 +48,8 @@ from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id, warm_root
 from ..warm.driver import FileWork
 from ..warm.pool import WarmPool
-from .journal import Journal
 from .outcome import Outcome, Result
+from .recorder import Recorder
 from .settle import Settler
 
 LOGGER = logging.getLogger("ewms_pilot.task")
@@ -58,6 +59,8 @@ OUTPUT_DUMP_BYTES = 64 * 1024
 # s between SIGTERM and SIGKILL when a task is stopped (timeout, eviction): short enough that an
 # evicted pilot, after its grace, still exits within grace + 5 s with podman's stop/rm included
 STOP_GRACE = 3.0
+# s a disk-full task's slot waits for its files to be removed (a stop cuts it short: nothing is lost)
+FREE_WAIT = 60.0
 
 
 def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
@@ -69,38 +72,6 @@ def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
     made.append(tdir)
     write_infile(data, tdir.infile)
     return os.lstat(tdir.infile).st_size
-
-
-def _settle_files(
-    journal: Journal | None, record: dict[str, Any], tdir: TaskDir | None, *, free_first: bool = False
-) -> tuple[OSError | None, OSError | None]:
-    """One trip to a thread after the settle: the journal line, then the task dir removed (if given).
-
-    The line first: a kill or a timed-out shutdown during a long removal (a task that left many files)
-    must not leave a published, acked event without its line. Only a full disk (`free_first`)
-    removes first: the line needs the space the removal frees.
-    Returns (journal error, removal error), for the caller to log.
-    """
-    journal_error = remove_error = None
-
-    def remove() -> None:
-        nonlocal remove_error
-        if tdir is not None:
-            try:
-                tdir.remove()
-            except OSError as e:
-                remove_error = e
-
-    if free_first:
-        remove()
-    if journal is not None:
-        try:
-            journal.append(record)
-        except OSError as e:
-            journal_error = e
-    if not free_first:
-        remove()
-    return journal_error, remove_error
 
 
 def _load_result(path: Path, max_bytes: int) -> tuple[Any, int | None]:
@@ -254,14 +225,14 @@ class TaskHandler:
         env: TaskEnvironment,
         settler: Settler,
         critical: Critical,
-        journal: Journal | None = None,
+        recorder: Recorder,
         on_progress: Callable[[str, float | None, str | None], None] | None = None,
         warm_pool: WarmPool | None = None,
     ) -> None:
         self.env = env
         self.settler = settler
         self.critical = critical
-        self.journal = journal
+        self.recorder = recorder  # the journal line and the task files' removal, off the loop
         self.on_progress = on_progress
         self.warm_pool = warm_pool  # EWMS_PILOT_TASK_MODE=warm: events go to long-lived workers
 
@@ -409,7 +380,7 @@ class TaskHandler:
         return Result.FAILED, failure, await settler.failed(delivery, failure, log)
 
     async def _record(self, outcome: Outcome, tdir: TaskDir | None, log: TaskLog) -> None:
-        """Journal line and task-dir clean-up, in one trip to a thread; a cancel cannot undo the write.
+        """Hand the journal line and the task dir's removal to the recorder's threads; wait only on a full disk.
 
         The dump before it is best-effort: a stop cuts it short, never skips the record of an event
         that may already be published and acked.
@@ -419,16 +390,10 @@ class TaskHandler:
         remove = tdir is not None and (outcome.ok or free) and not cfg.keep_all_task_files
         if tdir is not None and outcome.ok and cfg.dump_task_output:
             await self._dump_unless_cancelled(tdir, log)
-        try:
-            journal_error, remove_error = await asyncio.to_thread(
-                _settle_files, self.journal, outcome.record(), tdir if remove else None, free_first=free
-            )
-        except asyncio.CancelledError:  # the thread writes on; the loop's shutdown waits for it
-            return
-        if journal_error is not None:
-            log.warning(f"could not write the journal record: {journal_error}")
-        if remove_error is not None and tdir is not None:
-            log.warning(f"could not remove task files in {tdir.files_at}: {remove_error}")
+        self.recorder.record(outcome.record(), tdir if remove else None, log, free_first=free)
+        if free:  # the next event needs the space: its slot frees only once the files are gone
+            with contextlib.suppress(asyncio.CancelledError):  # a stop: the removal goes on regardless
+                await self.recorder.flush(FREE_WAIT)
         if tdir is not None and not outcome.ok and not remove:
             log.info(f"task files kept in {tdir.files_at}")
 
