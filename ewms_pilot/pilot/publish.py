@@ -37,7 +37,9 @@ async def publish_with_retry(
     while True:
         try:
             # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
-            await asyncio.wait_for(publisher.send(data, headers=headers), max(end - time.monotonic(), 1.0))
+            # (a timeout scope, not `wait_for`: no task of its own per publish)
+            async with asyncio.timeout(max(end - time.monotonic(), 1.0)):
+                await publisher.send(data, headers=headers)
         except ResultRejectedError:
             if health is not None:
                 health.ok(which)  # it answered: refusing this message is not an outage
