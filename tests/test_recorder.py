@@ -1,4 +1,4 @@
-"""The recorder: each event's journal line, then its task files' removal, on one thread (issue 15).
+"""The recorder: each event's journal line, then its task files' removal, off the event loop (issue 15).
 
 The handler no longer waits for either; what it promises instead: lines never
 wait behind a long removal, a line comes before its own event's removal (a
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ def _task_dir(tmp_path: Path, task_id: str) -> TaskDir:
 def _lines(tmp_path: Path) -> list[str]:
     path = journal_path(tmp_path)
     return [r["task_id"] for r in journal(tmp_path)] if path.exists() else []
+
+
+async def _until(ok: Any, what: str) -> None:
+    """Poll `ok()` for up to 30 s (a busy machine); fail naming `what`."""
+    for _ in range(3000):
+        if ok():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 30 s: {what}")
 
 
 def _hold_removals(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event, list[str]]:
@@ -64,11 +74,8 @@ def test_a_line_does_not_wait_behind_another_events_long_removal(
             rec.record({"task_id": "a"}, _task_dir(tmp_path, "a"), LOG)
             assert await asyncio.to_thread(reached.wait, 30)  # a's removal is under way, and held
             rec.record({"task_id": "b"}, None, LOG)
-            for _ in range(300):  # b's line is written while a's removal still waits
-                if _lines(tmp_path) == ["a", "b"]:
-                    break
-                await asyncio.sleep(0.01)
-            assert _lines(tmp_path) == ["a", "b"] and removed == []
+            await _until(lambda: _lines(tmp_path) == ["a", "b"], "b's line while a's removal waits")
+            assert removed == []
         finally:
             opened.set()
             assert await rec.close(30)
@@ -99,11 +106,7 @@ def test_a_record_after_close_is_still_written(tmp_path: Path) -> None:
         assert await rec.close(30)
         tdir = _task_dir(tmp_path, "late")
         rec.record({"task_id": "late"}, tdir, LOG)
-        for _ in range(300):
-            if _lines(tmp_path) == ["late"] and not tdir.files_at.exists():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"late record not written: {_lines(tmp_path)}, dir left: {tdir.files_at.exists()}")
+        await _until(lambda: _lines(tmp_path) == ["late"] and not tdir.files_at.exists(), "the late record")
 
     asyncio.run(main())
 
@@ -133,6 +136,28 @@ def test_the_line_comes_before_its_removal_except_on_a_full_disk(
     asyncio.run(main())
     assert seen == {"ok": ["ok"], "full": ["ok"]}  # a full disk frees the space first, then the line
     assert _lines(tmp_path) == ["ok", "full"]
+
+
+def test_a_full_disks_removal_holds_back_only_its_own_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, opened, removed = _hold_removals(monkeypatch)
+
+    async def main() -> None:
+        rec = Recorder(Journal(journal_path(tmp_path)))
+        rec.start()
+        try:
+            freed = rec.record({"task_id": "full"}, _task_dir(tmp_path, "full"), LOG, free_first=True)
+            assert freed is not None
+            assert await asyncio.to_thread(reached.wait, 30)  # its removal is under way, and held
+            assert rec.record({"task_id": "other"}, None, LOG) is None  # nothing to wait for
+            await _until(lambda: _lines(tmp_path) == ["other"], "the other event's line")
+            assert not freed.done()
+        finally:
+            opened.set()
+        await asyncio.wait_for(freed, 30)  # the full disk's slot: free once its files are gone and its line is in
+        assert removed == ["full"] and _lines(tmp_path) == ["other", "full"]
+        assert await rec.close(30)
+
+    asyncio.run(main())
 
 
 def test_a_journal_that_cannot_be_written_is_a_warning_and_the_files_still_go(
@@ -176,10 +201,15 @@ def test_a_slow_journal_does_not_hold_back_the_next_events(tmp_path: Path, monke
         try:
             assert await asyncio.to_thread(held.wait, 30)  # the first line's write hangs
             out: list[str] = []
-            while len(out) < 3 and not run.done():  # the other two events are run and published meanwhile
-                out += [d.data for d in await take(cfg, queues.outgoing)]
-                await asyncio.sleep(0.05)
-            assert not run.done() and held.is_set()
+
+            async def published() -> bool:
+                out.extend(d.data for d in await take(cfg, queues.outgoing))
+                return len(out) == 3 or run.done()
+
+            async with asyncio.timeout(60):  # the other two events are run and published meanwhile
+                while not await published():
+                    await asyncio.sleep(0.05)
+            assert not run.done()
             return out
         finally:
             opened.set()
@@ -188,3 +218,25 @@ def test_a_slow_journal_does_not_hold_back_the_next_events(tmp_path: Path, monke
     out = asyncio.run(main())
     assert sorted(out) == ["out:e1", "out:e2", "out:e3"]
     assert [(r["result"], r["settlement"]) for r in journal(tmp_path)] == [("succeeded", "acked")] * 3
+
+
+def test_the_exit_summary_counts_a_line_that_was_slow_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's runtimes come from the journal: the pilot's exit waits for its lines first."""
+    append_many = Journal.append_many
+
+    def slow(self: Journal, records: list[dict[str, Any]]) -> None:
+        time.sleep(1.0)
+        append_many(self, records)
+
+    monkeypatch.setattr(Journal, "append_many", slow)
+    queues = new_queues()
+    cfg = memory_config(queues, tmp_path, ECHO)
+
+    async def main() -> None:
+        await put(cfg, "e1")
+        await Pilot(cfg).run()
+
+    asyncio.run(main())
+    assert "task runtime (s): count 1 " in capsys.readouterr().out

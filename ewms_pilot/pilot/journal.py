@@ -50,7 +50,9 @@ class Journal:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line
-                os.write(fd, line)
+                view = memoryview(line)
+                while view:  # a write cut short (a full disk, a size limit) goes on, or raises
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
 

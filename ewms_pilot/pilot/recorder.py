@@ -1,22 +1,29 @@
-"""The one thread that writes each event's journal line and then removes its finished task files.
+"""Each event's journal line, then the removal of its finished task files, on threads of their own.
 
 An event's record is the last step of its path, and nothing on the event loop
 needs to wait for the disk to take it: the handler hands the record over and
 returns its outcome (from which the summary counts and chirp are derived).
-Before this, every event paid a trip to a helper thread and back for it
-(benchmarks/README.md, issue 15). Lines that arrive together go out in one
-append, and lines always go before removals: a kill or a timed-out shutdown
-during a long removal (a task that left many files) must not leave a
-published, acked event without its line. Only a full disk removes first
-(the line needs the space the removal frees).
+Before, every event paid a trip to a helper thread and back for it
+(benchmarks/README.md, issue 15).
 
-`close` waits, within the shutdown's time, for what was handed over; the exit
-summary reads the journal after it.
+Two lanes, each one thread working through its queue in order:
+- *lines*: every line queued when it looks, in one append; then it passes each
+  event's removal on. So a line is on disk before its own event's files go
+  (a kill or a timed-out shutdown during a long removal must not leave a
+  published, acked event without its line).
+- *removals*: the task dirs, one after another; a line never waits behind
+  one. A full disk is the exception: that event's files go first, on this
+  lane, and its line right after (the line needs the space the removal frees).
+
+`flush` and `close` are barriers through both lanes; the exit summary reads
+the journal after `close`. Waiting never holds a thread of the event loop's
+executor: the far end of a barrier resolves an asyncio future.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses as dc
 import logging
 import queue
@@ -33,28 +40,51 @@ Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 @dc.dataclass(frozen=True)
+class _Done:
+    """Resolves one asyncio future from a lane's thread (a closed loop: nobody waits any more)."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def __call__(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+    @classmethod
+    def here(cls) -> _Done:
+        loop = asyncio.get_running_loop()
+        return cls(loop, loop.create_future())
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dc.dataclass(frozen=True)
 class _Entry:
     record: dict[str, Any] | None  # None: no journal line (no journal)
-    remove: TaskDir | None  # the task's files to remove once the line is written
-    free_first: bool  # a full disk: remove before writing
+    remove: TaskDir | None  # the task's files, removed after its line (before it on a full disk)
+    free_first: bool
     log: Log
+    done: _Done | None = None  # told once both are done (only a full-disk handler waits for it)
 
 
 @dc.dataclass(frozen=True)
 class _Mark:
-    """Passes through both lanes behind what was handed over before it; `done` is set at the far end."""
+    """Passes through both lanes behind everything handed over before it."""
 
-    done: threading.Event = dc.field(default_factory=threading.Event)
-    end: bool = False  # `close`: the lanes end after it
+    done: _Done
+    end: bool = False  # `close`: the lanes' threads end after it
 
 
 class _Lane:
-    """One daemon thread working through a queue in batches (what is queued when it looks)."""
+    """One daemon thread working through a queue in batches (all that is queued when it looks)."""
 
     def __init__(self, name: str, work: Callable[[list[_Entry]], None], then: _Lane | None = None) -> None:
         self._inbox: queue.SimpleQueue[_Entry | _Mark] = queue.SimpleQueue()
         self._work = work
-        self._then = then  # marks go on there once this lane's batch is done
+        self._then = then  # where marks go once this lane's batch is done (None: the far end)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -74,26 +104,23 @@ class _Lane:
                     break
             try:
                 self._work([i for i in items if isinstance(i, _Entry)])
-            except Exception:  # a bug: the next events must still be recorded
+            except Exception:  # a bug: later events must still be recorded
                 LOGGER.exception("writing a journal line or removing task files failed")
             for mark in (i for i in items if isinstance(i, _Mark)):
                 ending = ending or mark.end
                 if self._then is not None:
                     self._then.put(mark)
                 else:
-                    mark.done.set()
+                    mark.done()
 
 
 class Recorder:
-    """Journal lines on one thread, then task-file removals on another, each in the order handed over.
-
-    Two threads, so that a line never waits behind another event's long removal.
-    """
+    """Journal lines and task-file removals for one pilot run; `start` it, `close` it in a `finally`."""
 
     def __init__(self, journal: Journal | None) -> None:
         self.journal = journal
         self._removals = _Lane("ewms-recorder-removals", self._remove_all)
-        self._lines = _Lane("ewms-recorder-lines", lambda batch: self._write(batch, self._removals.put), then=self._removals)
+        self._lines = _Lane("ewms-recorder-lines", self._write_lines, then=self._removals)
         self._started = False
         self._closing = False
 
@@ -102,62 +129,90 @@ class Recorder:
         self._lines.start()
         self._started = True
 
-    def record(self, record: dict[str, Any], remove: TaskDir | None, log: Log, *, free_first: bool = False) -> None:
-        """Hand over one event's line (and the files to remove after it); never blocks the caller."""
-        entry = _Entry(record if self.journal is not None else None, remove, free_first, log)
+    def record(
+        self, record: dict[str, Any], remove: TaskDir | None, log: Log, *, free_first: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Hand over one event's line and the files to remove; never blocks.
+
+        A full disk (`free_first`) gets a future that resolves once both are done (its slot waits for the
+        space); other events get none: nothing on the loop hears of their record again.
+        """
+        done = _Done.here() if free_first else None
+        entry = _Entry(record if self.journal is not None else None, remove, free_first, log, done)
         if not self._started or self._closing:  # a handler that outlived `close`: a thread of its own
             threading.Thread(target=self._alone, args=(entry,), name="ewms-recorder-late", daemon=True).start()
-            return
-        self._lines.put(entry)
+        else:
+            self._lines.put(entry)
+        return done.future if done is not None else None
 
     async def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` s for every line and removal handed over so far; False if not all done."""
-        return await self._wait(_Mark(), timeout)
+        if not self._started or self._closing:
+            return True
+        return await self._wait(_Mark(_Done.here()), timeout)
 
     async def close(self, timeout: float) -> bool:
-        """`flush`, then the threads end (later records get a thread of their own)."""
-        if self._closing:
+        """`flush`, and the threads end after it (they do even if this wait is cut short)."""
+        if not self._started or self._closing:
             return True
         self._closing = True
-        done = await self._wait(_Mark(end=True), timeout)
+        done = await self._wait(_Mark(_Done.here(), end=True), timeout)
         if not done:
             LOGGER.warning(
-                f"journal lines or task-file removals still in progress after {timeout:.1f}s: left to the exit"
+                f"journal lines or task-file removals still in progress after {timeout:.1f}s: "
+                "what is not written by the exit is lost"
             )
         return done
 
     async def _wait(self, mark: _Mark, timeout: float) -> bool:
-        if not self._started or self._closing and not mark.end:
-            return True
         self._lines.put(mark)
-        return await asyncio.to_thread(mark.done.wait, timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(mark.done.future)
+        except TimeoutError:
+            return False
+        return True
 
     # -- the threads ----------------------------------------------------------------
 
-    def _write(self, entries: list[_Entry], remove_later: Callable[[_Entry], None]) -> None:
-        """Removals a full disk needs first, then every line in one append; the other removals after."""
+    def _write_lines(self, entries: list[_Entry]) -> None:
+        """Lines thread: every line in one append (a full disk's after its removal), then removals on."""
+        self._append([e for e in entries if not e.free_first])
         for e in entries:
-            if e.free_first:
-                self._remove(e)
-        records = [e.record for e in entries if e.record is not None]
-        if records and self.journal is not None:
-            try:
-                self.journal.append_many(records)
-            except OSError as err:
-                for e in entries:
-                    if e.record is not None:
-                        e.log.warning(f"could not write the journal record: {err}")
-        for e in entries:
-            if not e.free_first and e.remove is not None:
-                remove_later(e)
+            if e.free_first or e.remove is not None:
+                self._removals.put(e)
+            elif e.done is not None:
+                e.done()
 
     def _remove_all(self, entries: list[_Entry]) -> None:
+        """Removals thread: in order; a full disk's line right after its removal."""
         for e in entries:
             self._remove(e)
+            if e.free_first:
+                self._append([e])
+            if e.done is not None:
+                e.done()
 
     def _alone(self, entry: _Entry) -> None:
-        """A late record: its line, then its removal, on this (its own) thread."""
-        self._write([entry], self._remove)
+        """A late record, on its own thread: line and removal in the same order as on the lanes."""
+        if not entry.free_first:
+            self._append([entry])
+        self._remove(entry)
+        if entry.free_first:
+            self._append([entry])
+        if entry.done is not None:
+            entry.done()
+
+    def _append(self, entries: list[_Entry]) -> None:
+        records = [e.record for e in entries if e.record is not None]
+        if not records or self.journal is None:
+            return
+        try:
+            self.journal.append_many(records)
+        except OSError as err:
+            for e in entries:
+                if e.record is not None:
+                    e.log.warning(f"could not write the journal record: {err}")
 
     @staticmethod
     def _remove(entry: _Entry) -> None:

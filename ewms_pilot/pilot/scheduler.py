@@ -116,12 +116,12 @@ class Pilot:
         self.state = PilotState.STARTED
         self.chirp.start()  # reports Started (once) with the start time
         LOGGER.info(resources_line(self.cfg))  # what the slot has, what the pilot uses of it
-        self.recorder.start()
         sub: Subscription | None = None
         pub: Publisher | None = None
         dlq: Publisher | None = None
         pool: WarmPool | None = None
         umask_before: int | None = None
+        self.recorder.start()
         try:
             umask_before = await asyncio.to_thread(prepare_data_dir, self.cfg.data_dir, self.cfg.data_hub_dir)
             image = await self.runtime.prepare_image(self.cfg.task.image)
@@ -165,13 +165,18 @@ class Pilot:
             LOGGER.exception("unexpected error")
             self._fatal(StopCause.FATAL, f"unexpected error: {type(e).__name__}: {e}", e)
         finally:
-            await self._drain()
-            if pool is not None:
-                await pool.close(self.shutdown.cleanup_budget(pool.CLOSE_TIME))
-            await self._teardown()
-            await self._close(sub, pub, dlq)
-            if umask_before is not None:
-                os.umask(umask_before)
+            try:
+                await self._drain()
+                if pool is not None:
+                    await self.recorder.flush(self._final_step())  # its events' files, before its dir goes
+                    await pool.close(self.shutdown.cleanup_budget(pool.CLOSE_TIME))
+                await self._teardown()
+                await self._close(sub, pub, dlq)
+            finally:
+                # every line before the summary reads the journal; the threads end even if this is cut short
+                await self.recorder.close(self._final_step())
+                if umask_before is not None:
+                    os.umask(umask_before)
         request = self.stop_request or StopRequest(StopCause.FATAL, "ended without a reason")
         await self._finish(request)
         return request
@@ -401,7 +406,7 @@ class Pilot:
             await self._critical.wait(max(sd.cleanup_budget(CRITICAL_WAIT) - ABANDON_RESERVE, 0))
         self._abandon_critical()
         if self._running:  # containers still stopping (the stop cannot be skipped): the rest of the time
-            await asyncio.wait(set(self._running), timeout=max(sd.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN))
+            await asyncio.wait(set(self._running), timeout=self._final_step())
 
     def _abandon_critical(self) -> None:
         if self._critical.pending:
@@ -441,12 +446,16 @@ class Pilot:
                 return
             await sd.wait_changed(left)
 
+    def _final_step(self) -> float:
+        """Seconds one step of the pilot's ending may take: what is left of the clean-up time, at least a little."""
+        return max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN)
+
     async def _close(self, *conns: Subscription | Publisher | None) -> None:
         """Close every connection at once, within what is left of the clean-up time."""
         live = [c for c in conns if c is not None]
         if not live:
             return
-        budget = max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN)
+        budget = self._final_step()
         if self.health.down and self.shutdown.deadline is not None:
             budget = FINAL_STEP_MIN  # a broker that is down does not answer a close either
         results = await asyncio.gather(
@@ -467,7 +476,6 @@ class Pilot:
         self._set_state(final)
         self.chirp.set_end_reason(request.reason)
         self._report()
-        await self.recorder.close(max(self.shutdown.cleanup_budget(CRITICAL_WAIT), FINAL_STEP_MIN))
         runtimes = await asyncio.to_thread(self.journal.runtimes, self.pilot_id)
         print(render_summary(self.tally, request, runtimes), flush=True)
         if request.cause == StopCause.TASK_ERRORS and self.cfg.quarantine_time > 0 and not self.shutdown.evicted:

@@ -390,10 +390,11 @@ class TaskHandler:
         remove = tdir is not None and (outcome.ok or free) and not cfg.keep_all_task_files
         if tdir is not None and outcome.ok and cfg.dump_task_output:
             await self._dump_unless_cancelled(tdir, log)
-        self.recorder.record(outcome.record(), tdir if remove else None, log, free_first=free)
-        if free:  # the next event needs the space: its slot frees only once the files are gone
-            with contextlib.suppress(asyncio.CancelledError):  # a stop: the removal goes on regardless
-                await self.recorder.flush(FREE_WAIT)
+        freed = self.recorder.record(outcome.record(), tdir if remove else None, log, free_first=free)
+        if freed is not None:  # a full disk: the next event needs the space, so this slot waits for it
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):  # a stop: the removal goes on
+                async with asyncio.timeout(FREE_WAIT):
+                    await asyncio.shield(freed)
         if tdir is not None and not outcome.ok and not remove:
             log.info(f"task files kept in {tdir.files_at}")
 
