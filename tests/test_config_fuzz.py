@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ewms_pilot.cli.logs import one_line
 from ewms_pilot.cli.main import main
 from ewms_pilot.config import redact
 from ewms_pilot.config.loader import load_config
@@ -225,6 +226,8 @@ def test_any_argv(clean_env: Path, capsys: pytest.CaptureFixture[str], argv: lis
         ([], {"EWMS_PILOT_HTCHIRP_RATELIMIT_INTERVAL": "1e300"}),
         (["queue", "get", *_local(Path("q.db")), "--timeout", "inf"], {}),
         (["run", "--progress-interval", "0"], {}),
+        # found by test_queue_broker_address_env: "\x1e" (and \u2028, \x85, ...) end a line for splitlines
+        (["queue", "count", "--broker-type", "local", "--broker-address-env", "A", "--queue", "q"], {"A": "\x1e/0"}),
     ],
 )
 def test_real_processes(tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
@@ -289,3 +292,12 @@ def test_a_walltime_beyond_a_year_in_the_job_ad_is_ignored(tmp_path: Path) -> No
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert "OriginalTime = 1e+20 is out of range" in res.stderr  # named, then ignored:
     assert "(HTCondor job ad)" in res.stdout and "lifetime" not in res.stdout.splitlines()[-1]
+
+
+def test_an_operator_line_escapes_whatever_would_break_it() -> None:
+    """Messages quote paths and addresses raw in places; the one line the operator gets stays one line."""
+    text = "a\nb\rc\x0bd\x0ce\x1cf\x1dg\x1eh\x85i\u2028j\u2029k\tl"
+    line = one_line(text)
+    assert line.splitlines() == [line] and line.isprintable()
+    assert line == "a\\nb\\rc\\x0bd\\x0ce\\x1cf\\x1dg\\x1eh\\x85i\\u2028j\\u2029k\\tl"
+    assert one_line("plain – ünïcode ✓") == "plain – ünïcode ✓"  # printable text is left as it is

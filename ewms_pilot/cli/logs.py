@@ -83,9 +83,20 @@ def scrub_uncaught() -> None:
     threading.excepthook = _print_uncaught_in_thread
 
 
+def one_line(text: str) -> str:
+    """`text` as one line: every character that ends a line or does not print is written as its escape.
+
+    A value quoted in a message (a path, an address) may hold any of them, and `\x1e` or `\u2028`
+    breaks a line for `str.splitlines` and for the tools that read the log as well as `\n` does.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def say(text: str) -> None:
     """One line for the operator on stderr (outside logging), secrets masked."""
-    print(scrub(text), file=sys.stderr)
+    print(scrub(one_line(text)), file=sys.stderr)
 
 
 # libraries whose expected failures (a broker restarting) come with a full traceback

@@ -16,6 +16,7 @@ from ..config.redact import scrub
 from ..config.types import ENV_NAME
 from ..exitcodes import ExitCode
 from ..resources.slot import MAX_SECONDS
+from .logs import one_line
 
 MIN_PROGRESS_INTERVAL = 0.1  # s: a status line more often than this floods the log
 MAX_EVENTS = 10**9
@@ -25,9 +26,8 @@ class OneLineParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one line (subparsers inherit the class)."""
 
     def error(self, message: str) -> NoReturn:
-        one_line = message.replace("\r", "\\r").replace("\n", "\\n")
         # scrubbed: a value may be an address given to the wrong option
-        self.exit(int(ExitCode.CONFIG), scrub(f"{self.prog}: error: {one_line} (see --help)\n"))
+        self.exit(int(ExitCode.CONFIG), scrub(one_line(f"{self.prog}: error: {message} (see --help)")) + "\n")
 
 
 def _number(text: str) -> float:
