@@ -36,6 +36,15 @@ from benchmarks.rabbitnode import (
 
 #: each task takes `argv[3]` seconds
 TASK = "import sys,time; d=open(sys.argv[1]).read(); time.sleep(float(sys.argv[3])); open(sys.argv[2],'w').write('out:'+d)"
+# runs until the file argv[3] exists (the test opens the gate), at most 90 s
+GATED_TASK = (
+    "import os, sys, time\n"
+    "d = open(sys.argv[1]).read()\n"
+    "end = time.monotonic() + 90\n"
+    "while not os.path.exists(sys.argv[3]) and time.monotonic() < end:\n"
+    "    time.sleep(0.1)\n"
+    "open(sys.argv[2], 'w').write('out:' + d)\n"
+)
 
 
 def _tally(events: list[str], outputs: list[Any]) -> Tally:
@@ -231,12 +240,17 @@ def _connections_of(node: RabbitNode, pid: int) -> dict[int, int]:
 def test_long_task_keeps_rabbitmq_connection_alive(
     private_rabbit: RabbitNode, new_queue: Any, tmp_path: Path, record: Any
 ) -> None:
-    """A 9 s task with a 2 s heartbeat (set as the server's default: mqclient drops URL query params)."""
-    heartbeat, task = 2, 9.0
+    """A task that runs for over 3 heartbeats of 2 s (the server's default: mqclient drops URL query params).
+
+    The task ends only when the test opens its gate, after the second look at the connections: that look
+    is always taken while the task runs, however slow `rabbitmqctl` is on a busy machine.
+    """
+    heartbeat, idle = 2, 6.0  # the connections stay idle for at least 3 heartbeats while the task runs
     rabbitmq_address = private_rabbit.address
     qin, qout = new_queue("i"), new_queue("o")
+    gate = tmp_path / "gate"
     put("rabbitmq", rabbitmq_address, qin, ["long"])
-    env = pilot_env("rabbitmq", rabbitmq_address, qin, qout, tmp_path, task_args(TASK, str(task)),
+    env = pilot_env("rabbitmq", rabbitmq_address, qin, qout, tmp_path, task_args(GATED_TASK, str(gate)),
                     EWMS_PILOT_TIMEOUT_QUEUE_INCOMING="1")
     private_rabbit.ctl("eval", f"application:set_env(rabbit, heartbeat, {heartbeat}).")
     try:
@@ -247,20 +261,23 @@ def test_long_task_keeps_rabbitmq_connection_alive(
     assert connected, pilot.log()[-3000:]
     assert wait_until(lambda: pilot.received() == 1, 30), pilot.log()[-3000:]
     started = time.monotonic()
-    before = _connections_of(private_rabbit, pilot.pid)
-    # while the task still runs, both connections have been idle for > 3 heartbeats
-    time.sleep(max(0.0, started + task - 3 - time.monotonic()))
-    during = _connections_of(private_rabbit, pilot.pid)
+    try:
+        before = _connections_of(private_rabbit, pilot.pid)
+        time.sleep(max(0.0, started + idle - time.monotonic()))
+        during = _connections_of(private_rabbit, pilot.pid)  # the task still runs: its gate is shut
+        assert pilot.alive() and pilot.finished() == 0, pilot.log()[-3000:]
+    finally:
+        gate.touch()
     rc = pilot.wait(60)
     outputs = take_data("rabbitmq", rabbitmq_address, qout, idle=1)
     left = take_data("rabbitmq", rabbitmq_address, qin, idle=1)
     log = pilot.log()
     record.add(
-        case=f"{task:g} s task, RabbitMQ heartbeat {heartbeat} s",
+        case=f"task idle over {idle:g} s, RabbitMQ heartbeat {heartbeat} s",
         broker="rabbitmq", point="-",
         events=1, outputs=len(outputs), duplicates=max(0, len(outputs) - 1), lost=1 - len(outputs) - len(left),
         detail=f"exit {rc}; heartbeats negotiated {sorted(before.values())}; same connections after "
-        f"{task - 3:g}s: {during == before}",
+        f"{idle:g}s: {during == before}",
     )
     assert sorted(before.values()) == [heartbeat, heartbeat], before  # the test really ran with it
     assert during == before  # neither connection was dropped and replaced
