@@ -250,3 +250,22 @@ async def test_two_subscriptions_on_one_queue_never_share_an_event(broker: Broke
         for s in subs:
             await s.close()
     assert sorted(a + b) == events  # each exactly once
+
+
+async def test_a_result_that_cannot_be_encoded_fails_alone_and_the_publisher_goes_on(broker: Broker) -> None:
+    """Encoding happens where each adapter sends (a worker or broker thread): its error is the caller's."""
+    pub = await open_publisher(broker.cfg())
+    try:
+        with pytest.raises(BrokerError, match="not JSON serializable"):
+            await pub.send({"bad": object()})
+        await pub.send("good")  # the connection was not dropped or broken by it
+    finally:
+        await pub.close()
+    s = await broker.sub()
+    try:
+        d = await _get(s)
+        assert d.data == "good"
+        assert await s.ack(d) == Settlement.ACKED
+        assert await s.get(EMPTY) is None
+    finally:
+        await s.close()

@@ -78,9 +78,13 @@ class Connection:
         return BrokerThread(f"broker-{self.kind}-{self.cfg.queue}", serialize=self._serialize)
 
     async def call(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
-        """Run `coro` on the connection's thread; past `timeout` abandon the connection."""
+        """Run `coro` on the connection's thread; past `timeout` abandon the connection.
+
+        A timeout scope, not `wait_for`: no task of its own per broker call (issue 15).
+        """
         try:
-            return await asyncio.wait_for(self.thread.call(coro), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.thread.call(coro)
         except TimeoutError:
             self.abandon()
             raise BrokerError(f"{what} on {where(self.cfg)} hung for {timeout:.0f}s") from None
@@ -150,6 +154,10 @@ class Connection:
         return bool(generation == self.generation and self.raw is not None)
 
 
+class _Refused(Exception):
+    """A message this publisher will not send at all (cannot be encoded, or over the broker's limit)."""
+
+
 class MQClientPublisher(Publisher):
     """Outgoing queue on an oms-mqclient broker; adapters override the broker-specific hooks."""
 
@@ -192,33 +200,40 @@ class MQClientPublisher(Publisher):
     # -------------------------------------------------------------------------
 
     async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
-        try:  # serialize off the loop: zstd of a big outfile takes time
-            payload = await asyncio.to_thread(codec.encode, data, headers)
-        except TypeError as e:  # not JSON-serialisable: never worth retrying
-            raise ResultRejectedError(f"publishing to {where(self._conn.cfg)} failed: {e}") from e
-        await self.send_payload(payload)
+        """Encode and publish on the connection's thread, in one trip (zstd of a big outfile takes time)."""
+        await self._publish(lambda: codec.encode(data, headers))
 
     async def send_payload(self, payload: bytes) -> None:
         """Publish bytes already in oms-mqclient's format; returns once the broker confirmed them."""
+        await self._publish(lambda: payload)
+
+    async def _publish(self, make: Callable[[], bytes]) -> None:
         pub = await self._conn.ensure_open()
         self.check_alive(pub)
         self.max_message_bytes = limit = self.limit(pub)
-        if limit is not None and len(payload) > limit:
-            raise ResultRejectedError(
-                f"message of {len(payload)} bytes is larger than {where(self._conn.cfg)} takes ({limit} bytes)"
-            )
+        size = 0
+
+        async def _send() -> None:  # on the connection's thread
+            nonlocal size
+            try:
+                payload = make()
+            except TypeError as e:  # not JSON-serialisable: never worth retrying
+                raise _Refused(f"publishing to {where(self._conn.cfg)} failed: {e}") from e
+            size = len(payload)
+            if limit is not None and size > limit:
+                raise _Refused(f"message of {size} bytes is larger than {where(self._conn.cfg)} takes ({limit} bytes)")
+            await pub.send_message(payload, retries=RETRIES, retry_delay=RETRY_DELAY)
+
         try:
-            await self._conn.call(
-                pub.send_message(payload, retries=RETRIES, retry_delay=RETRY_DELAY), SEND_TIMEOUT, "publishing"
-            )
+            await self._conn.call(_send(), SEND_TIMEOUT, "publishing")
         except BrokerError:
             raise
+        except _Refused as e:  # nothing was sent: the connection is fine
+            raise ResultRejectedError(str(e)) from e.__cause__
         except Exception as e:
             await self._conn.drop()  # a refusal may close the channel too (RabbitMQ): start afresh
             if self.is_permanent_refusal(e):
-                raise ResultRejectedError(
-                    f"{where(self._conn.cfg)} refused a message of {len(payload)} bytes: {e!r}"
-                ) from e
+                raise ResultRejectedError(f"{where(self._conn.cfg)} refused a message of {size} bytes: {e!r}") from e
             raise BrokerError(f"publishing to {where(self._conn.cfg)} failed: {e!r}") from e
 
     async def close(self) -> None:

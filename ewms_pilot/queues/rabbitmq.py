@@ -134,4 +134,5 @@ class RabbitMQSubscription(MQClientSubscription):
 
         raw.connection.add_callback_threadsafe(_on_thread)
         self._conn.thread.pump_soon()
-        await asyncio.wait_for(asyncio.shield(done), SETTLE_TIMEOUT)
+        async with asyncio.timeout(SETTLE_TIMEOUT):  # a scope, not `wait_for`: no task per settle
+            await asyncio.shield(done)
