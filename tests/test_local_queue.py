@@ -8,7 +8,9 @@ consumers, and no event lost when a consumer freezes, closes or is SIGKILLed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses as dc
 import json
+import logging
 import os
 import shlex
 import signal
@@ -22,12 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_helpers import take_all_local
+from memory_pilot import ECHO, Queues, journal, memory_config
 from mqclient.broker_client_interface import Message
 from pilot_proc import base_env
 
-from ewms_pilot.config.model import BrokerConfig
+from ewms_pilot.config.model import BrokerConfig, PilotConfig
 from ewms_pilot.errors import BrokerError, BrokerUnavailableError, ConfigError
 from ewms_pilot.liveness import ProcessIdentity, current, is_surely_dead
+from ewms_pilot.pilot import scheduler
+from ewms_pilot.pilot.health import BrokerHealth
+from ewms_pilot.pilot.scheduler import Pilot
+from ewms_pilot.pilot.settle import Settler
 from ewms_pilot.queues import Settlement, open_publisher, open_subscription
 from ewms_pilot.queues.local import (
     LocalPublisher,
@@ -36,6 +44,7 @@ from ewms_pilot.queues.local import (
     _Worker,
     local_counts,
 )
+from ewms_pilot.queues.memory import MemoryPublisher
 
 
 def _cfg(db: Path, queue: str = "in") -> BrokerConfig:
@@ -752,3 +761,239 @@ def test_a_draining_pilot_leaves_the_queue_to_other_pilots(db: Path, tmp_path: P
         (tmp_path / "release-long").touch()
         assert pilot.wait(120) == 6, log.read_text()[-3000:]  # evicted, after "long" finished
     assert asyncio.run(local_counts(cfg)) == {"ready": 1, "in_flight": 0}
+
+
+# --------------------------------------------------------------------------- a result published with its ack (issue 15)
+
+
+async def _held_one(db: Path, **open_args: Any) -> tuple[LocalSubscription, LocalPublisher, Any]:
+    """A subscription on "in" holding its one event, and a publisher on "out" in the same file."""
+    await _put(_cfg(db, "in"), ["e"])
+    sub = await LocalSubscription.open(_cfg(db, "in"), 1, **open_args)
+    pub = await LocalPublisher.open(_cfg(db, "out"))
+    d = await sub.get(1)
+    assert d is not None
+    return sub, pub, d
+
+
+async def test_a_result_and_its_ack_are_one_commit(db: Path) -> None:
+    """Nobody can see the result without the ack (or the ack without the result): one transaction."""
+    sub, pub, d = await _held_one(db, lease=3600, renew_every=3600)
+    try:
+        assert sub.settles_with(pub)
+        before = _wal_commits(db)
+        assert await sub.ack_publishing(d, pub, {"result": 1}) == Settlement.ACKED
+        assert _wal_commits(db) - before == 1
+    finally:
+        await pub.close()
+        await sub.close()
+    assert await local_counts(_cfg(db, "in")) == {"ready": 0, "in_flight": 0}
+    assert await _next_delivery(_cfg(db, "out")) == ({"result": 1}, 1)
+
+
+async def test_a_lost_claim_publishes_nothing_and_the_event_comes_back(db: Path) -> None:
+    """The lease ran out while the task ran: no result (the event is run again), not a duplicate."""
+    sub, pub, d = await _held_one(db, lease=1.0, renew_every=3600)
+    try:
+        while await local_counts(_cfg(db, "in")) != {"ready": 1, "in_flight": 0}:  # swept, by another
+            await asyncio.sleep(0.05)
+        assert await sub.ack_publishing(d, pub, "result") == Settlement.LEFT
+    finally:
+        await pub.close()
+        await sub.close()
+    assert await local_counts(_cfg(db, "out")) == {"ready": 0, "in_flight": 0}
+    assert await _next_delivery(_cfg(db, "in")) == ("e", 2)
+
+
+async def test_the_commit_that_publishes_a_result_is_synced_as_a_publish(db: Path) -> None:
+    """The subscription's connection skips the fsync of a claim or an ack (synchronous=NORMAL), but
+    not for a transaction that publishes: a result must survive a power cut once it counts as sent."""
+    await _put(_cfg(db, "in"), ["a", "b"])
+    sub = await LocalSubscription.open(_cfg(db, "in"), 2, lease=3600, renew_every=3600)
+    pub = await LocalPublisher.open(_cfg(db, "out"))
+    statements: list[str] = []
+    await sub._worker.call(sub._store._conn.set_trace_callback, statements.append)
+    try:
+        a, b = await sub.get(1), await sub.get(1)
+        assert a is not None and b is not None
+        del statements[:]
+        assert await sub.ack(a) == Settlement.ACKED
+        assert not any("synchronous" in sql for sql in statements)
+        del statements[:]
+        assert await sub.ack_publishing(b, pub, "result") == Settlement.ACKED
+        sync = [i for i, sql in enumerate(statements) if "synchronous" in sql or sql in ("BEGIN IMMEDIATE", "COMMIT")]
+        assert [statements[i] for i in sync] == [
+            "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE", "COMMIT", "PRAGMA synchronous = NORMAL"
+        ]
+    finally:
+        await pub.close()
+        await sub.close()
+
+
+async def test_a_result_publishes_with_its_ack_only_into_the_same_file(db: Path, tmp_path: Path) -> None:
+    """Same file by another spelling: yes (any queue in it); another file or another broker: no."""
+    await _put(_cfg(db, "in"), ["e"])
+    sub = await LocalSubscription.open(_cfg(db, "in"), 1)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.db").symlink_to(db)
+    pubs = [
+        await LocalPublisher.open(_cfg(tmp_path / "sub" / ".." / "queue.db", "out")),
+        await LocalPublisher.open(_cfg(tmp_path / "link.db", "in")),
+        await LocalPublisher.open(_cfg(tmp_path / "other.db", "out")),
+    ]
+    memory = await MemoryPublisher.open(BrokerConfig(queue="out", broker_type="memory", address="m"))
+    try:
+        assert [sub.settles_with(p) for p in pubs] == [True, True, False]
+        assert not sub.settles_with(memory)
+    finally:
+        for p in pubs:
+            await p.close()
+        await sub.close()
+
+
+async def test_a_result_that_cannot_be_encoded_fails_alone_and_its_event_stays_held(db: Path) -> None:
+    """Met in one batch with a good one: that one is published and acked, the bad one neither."""
+    cfg = _cfg(db, "in")
+    await _put(cfg, ["good", "bad"])
+    sub = await LocalSubscription.open(cfg, 2, lease=3600, renew_every=3600)
+    pub = await LocalPublisher.open(_cfg(db, "out"))
+    try:
+        good, bad = await sub.get(1), await sub.get(1)
+        assert good is not None and bad is not None
+        settled = await _all_at_once(sub._worker, sub._acks, [
+            sub.ack_publishing(good, pub, "ok"), _raises(sub.ack_publishing(bad, pub, {1, 2}))
+        ])  # fmt: skip
+        assert settled[0] == Settlement.ACKED
+        assert isinstance(settled[1], BrokerError) and "publishing to local queue 'out'" in str(settled[1])
+        assert await local_counts(cfg) == {"ready": 0, "in_flight": 1}
+        assert await sub.release(bad) == Settlement.RELEASED  # still this subscription's to give back
+    finally:
+        await pub.close()
+        await sub.close()
+    assert await local_counts(_cfg(db, "out")) == {"ready": 1, "in_flight": 0}
+    assert await _next_delivery(cfg) == ("bad", 2)
+
+
+async def _raises(call: Any) -> BaseException:
+    try:
+        await call
+    except BaseException as e:
+        return e
+    raise AssertionError("did not raise")
+
+
+async def test_a_failed_transaction_changes_nothing_and_can_be_tried_again(db: Path) -> None:
+    """The pilot retries a failed publish-with-ack: the first try must not have half-happened."""
+    sub, pub, d = await _held_one(db, lease=3600, renew_every=3600)
+    await sub._worker.call(sub._store._conn.execute, "PRAGMA busy_timeout = 0")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(BrokerError, match="locked"):
+            await sub.ack_publishing(d, pub, "result")
+        blocker.execute("ROLLBACK")
+        assert await local_counts(_cfg(db, "out")) == {"ready": 0, "in_flight": 0}
+        assert await sub.ack_publishing(d, pub, "result") == Settlement.ACKED
+    finally:
+        blocker.close()
+        await pub.close()
+        await sub.close()
+    assert await local_counts(_cfg(db, "in")) == {"ready": 0, "in_flight": 0}
+    assert await local_counts(_cfg(db, "out")) == {"ready": 1, "in_flight": 0}
+
+
+def _local_pilot_config(tmp: Path, code: str, incoming: Path, outgoing: Path, **extra: str) -> PilotConfig:
+    cfg = memory_config(Queues("", "in", "out", "dlq"), tmp, code, **extra)
+    return dc.replace(
+        cfg,
+        incoming=dc.replace(cfg.incoming, broker_type="local", address=str(incoming)),
+        outgoing=dc.replace(cfg.outgoing, broker_type="local", address=str(outgoing)),
+    )
+
+
+def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the result was published, the ack failed, the event ran again: two results for one event."""
+    db = tmp_path / "q.db"
+    go = tmp_path / "go"
+    task = f"import os,sys,time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\n" + (
+        "open(sys.argv[2],'w').write('out:'+open(sys.argv[1]).read())"
+    )
+    cfg = _local_pilot_config(tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1")  # no 2nd claim
+
+    async def _sub(c: BrokerConfig, prefetch: int) -> LocalSubscription:  # a lease nobody renews
+        return await LocalSubscription.open(c, prefetch, lease=1.0, renew_every=3600)
+
+    monkeypatch.setattr(scheduler, "open_subscription", _sub)
+
+    async def main() -> None:
+        await _put(cfg.incoming, ["e1"])
+        run = asyncio.ensure_future(Pilot(cfg).run())
+        # the task runs until `go`; meanwhile its lease runs out and another consumer sweeps it
+        for held in ({"ready": 0, "in_flight": 1}, {"ready": 1, "in_flight": 0}):
+            while await local_counts(cfg.incoming) != held:
+                assert not run.done()
+                await asyncio.sleep(0.05)
+        go.touch()
+        await asyncio.wait_for(run, 60)
+
+    asyncio.run(main())
+    first, second = journal(tmp_path)
+    assert (first["result"], first["settlement"], first["published"]) == ("succeeded", "left-for-redelivery", False)
+    assert (second["settlement"], second["published"], second["delivery_count"]) == ("acked", True, 2)
+    assert asyncio.run(take_all_local(db, "out")) == ["out:e1"]  # one result, not two
+    warned = [r.getMessage() for r in caplog.records if "result NOT published" in r.getMessage()]
+    assert len(warned) == 1 and first["task_id"] in warned[0] and "redelivered" in warned[0]
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+async def test_a_failed_publish_with_ack_is_retried_and_its_event_released_when_the_pilot_gives_up(
+    db: Path, tmp_path: Path, retries: int
+) -> None:
+    """EWMS_PILOT_PUBLISH_RETRIES holds for the one step too; each try's outcome reaches BrokerHealth."""
+    cfg = _local_pilot_config(tmp_path, ECHO, db, db, EWMS_PILOT_PUBLISH_RETRIES=str(retries))
+    sub, pub, d = await _held_one(db, lease=3600, renew_every=3600)
+    await sub._worker.call(sub._store._conn.execute, "PRAGMA busy_timeout = 0")
+    health = BrokerHealth()
+    settler = Settler(cfg, "pilot", sub, pub, None, health)
+    log = logging.getLogger("test")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert settler.fused
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the first try fails
+        step = asyncio.ensure_future(settler.publish_with_ack(d, "result", log))
+        while not health.down:
+            await asyncio.sleep(0.01)
+        blocker.execute("ROLLBACK")
+        if retries:
+            assert await step == Settlement.ACKED
+            assert not health.down
+        else:
+            with pytest.raises(BrokerError, match="gave up publishing after 1 tries"):
+                await step
+            assert await settler.release(d, log) == Settlement.RELEASED
+    finally:
+        blocker.close()
+        await pub.close()
+        await sub.close()
+    assert await local_counts(_cfg(db, "out")) == {"ready": int(retries > 0), "in_flight": 0}
+    assert await local_counts(_cfg(db, "in")) == {"ready": int(retries == 0), "in_flight": 0}
+
+
+@pytest.mark.parametrize("files", ["one file", "two files"])
+def test_a_pilot_publishes_every_result_once_with_its_queues_in_one_file_or_two(tmp_path: Path, files: str) -> None:
+    """One file: each result rides on its ack; two: published, then acked. The same results either way."""
+    incoming = tmp_path / "in.db"
+    outgoing = incoming if files == "one file" else tmp_path / "out.db"
+    cfg = _local_pilot_config(tmp_path, ECHO, incoming, outgoing)
+    events = [f"e{i}" for i in range(6)]
+
+    async def main() -> None:
+        await _put(cfg.incoming, events)
+        await asyncio.wait_for(Pilot(cfg).run(), 60)
+
+    asyncio.run(main())
+    assert sorted(asyncio.run(take_all_local(outgoing, "out"))) == [f"out:{e}" for e in events]
+    assert all((r["settlement"], r["published"]) == ("acked", True) for r in journal(tmp_path))
+    assert asyncio.run(local_counts(cfg.incoming)) == {"ready": 0, "in_flight": 0}

@@ -1,4 +1,8 @@
-"""Publish a result with exponential backoff and jitter, bounded in tries and time."""
+"""Publish a result with exponential backoff and jitter, bounded in tries and time.
+
+`retry_publishing` retries any publishing step: a `send`, or a local queue's result
+published with its ack (`Subscription.ack_publishing`), where a failed try changed nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,35 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ..errors import BrokerError, ResultRejectedError
 from ..queues.base import Publisher
 from .health import BrokerHealth
 
+T = TypeVar("T")
+
 
 async def publish_with_retry(
-    publisher: Publisher,
-    data: Any,
+    publisher: Publisher, data: Any, *, headers: dict[str, Any] | None = None, **retry: Any
+) -> None:
+    """Send `data` (with `headers`), retried as `retry_publishing` says."""
+    await retry_publishing(lambda: publisher.send(data, headers=headers), **retry)
+
+
+async def retry_publishing(
+    step: Callable[[], Awaitable[T]],
     *,
     retries: int,
     deadline: float,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    headers: dict[str, Any] | None = None,
     health: BrokerHealth | None = None,
     which: str = "outgoing",
     base_delay: float = 0.5,
     max_delay: float = 10.0,
-) -> None:
-    """Send `data`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent.
+) -> T:
+    """`await step()`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent.
 
     `ResultRejectedError` (the broker refuses this message for good) is raised at once.
     Every try's outcome goes to `health` (as broker `which`), so the pilot sees an outage
@@ -37,9 +49,9 @@ async def publish_with_retry(
     while True:
         try:
             # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
-            # (a timeout scope, not `wait_for`: no task of its own per publish)
+            # (a timeout scope, not `wait_for`: no task of its own per try)
             async with asyncio.timeout(max(end - time.monotonic(), 1.0)):
-                await publisher.send(data, headers=headers)
+                done = await step()
         except ResultRejectedError:
             if health is not None:
                 health.ok(which)  # it answered: refusing this message is not an outage
@@ -58,4 +70,4 @@ async def publish_with_retry(
         else:
             if health is not None:
                 health.ok(which)
-            return
+            return done

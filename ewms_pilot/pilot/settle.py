@@ -7,13 +7,17 @@ The attempt policy lives here and nowhere else (docs/reliability.md):
 - an event the broker delivered more than `EWMS_PILOT_MAX_REDELIVERIES` times,
   or whose payload cannot be decoded, is dead-lettered without running;
 - a stopped task (eviction, shutdown) or a result the outgoing broker could
-  not take for now is released: never counted as an attempt.
+  not take for now is released: never counted as an attempt;
+- a result is published, then its event acked; where the subscription can do
+  both in one step (`Subscription.settles_with`: a local queue file holding both
+  queues) they are one transaction, so a lost claim publishes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
 from ..errors import BrokerError
@@ -21,11 +25,12 @@ from ..queues import codec
 from ..queues.base import Delivery, Publisher, Settlement, Subscription
 from ..tasks.errors import TaskFailure
 from .health import BrokerHealth
-from .publish import publish_with_retry
+from .publish import publish_with_retry, retry_publishing
 
 LOGGER = logging.getLogger("ewms_pilot.task")
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+T = TypeVar("T")
 
 
 class Settler:
@@ -46,6 +51,7 @@ class Settler:
         self.sub = subscription
         self.pub = publisher
         self.deadletter = deadletter
+        self.fused = subscription.settles_with(publisher)  # results published in their acks
 
     def over_redeliveries(self, delivery: Delivery) -> bool:
         count = delivery.delivery_count
@@ -57,9 +63,19 @@ class Settler:
 
     async def publish(self, result: Any, log: Log) -> None:
         """Publish a result; `ResultRejectedError` (permanent) or `BrokerError` (transient)."""
-        await publish_with_retry(
-            self.pub, result, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log,
-            health=self.health,
+        await self._publishing(lambda: self.pub.send(result), log)
+
+    async def publish_with_ack(self, delivery: Delivery, result: Any, log: Log) -> Settlement:
+        """`self.fused` only: publish a result and ack its event in one step, tried as `publish` is.
+
+        ACKED (both done) or LEFT (neither: the claim was lost); raises as `publish` does, with
+        nothing acked. A failed try changed nothing, so trying again is safe.
+        """
+        return await self._publishing(lambda: self.sub.ack_publishing(delivery, self.pub, result), log)
+
+    async def _publishing(self, step: Callable[[], Awaitable[T]], log: Log) -> T:
+        return await retry_publishing(
+            step, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log, health=self.health
         )
 
     async def ack(self, delivery: Delivery, log: Log) -> Settlement:

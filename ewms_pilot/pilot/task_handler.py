@@ -354,7 +354,13 @@ class TaskHandler:
             return result, None, await settler.ack(delivery, log)
         if result is Result.SUCCEEDED:
             try:
-                await settler.publish(value, log)
+                if settler.fused:  # one transaction: the result is published exactly when the event is acked
+                    settlement = await settler.publish_with_ack(delivery, value, log)
+                    facts.published = settlement == Settlement.ACKED
+                else:
+                    await settler.publish(value, log)
+                    facts.published = True  # before the ack: an abandoned ack must not hide it
+                    settlement = await settler.ack(delivery, log)
             except ResultRejectedError as e:
                 failure = ResultTooLargeError(
                     f"result of {facts.bytes_out} bytes refused by the outgoing broker "
@@ -369,12 +375,14 @@ class TaskHandler:
                 log.error(f"{failure.reason}; releasing the event so it is redone")
                 return Result.FAILED, failure, await settler.release(delivery, log)
             else:
-                facts.published = True
-                settlement = await settler.ack(delivery, log)
-                log.info(
-                    f"done in {time.time() - facts.start:.2f}s: result published"
-                    + (", event acked" if settlement == Settlement.ACKED else ", event NOT acked")
-                )
+                took = f"done in {time.time() - facts.start:.2f}s"
+                if settlement == Settlement.ACKED:
+                    log.info(f"{took}: result published, event acked")
+                elif facts.published:
+                    log.info(f"{took}: result published, event NOT acked")
+                else:  # fused with the ack, and the claim was lost first
+                    log.warning(f"{took}: result NOT published, its event's claim was lost: "
+                                "the event will be redelivered and run again")  # fmt: skip
                 return result, None, settlement
         assert failure is not None
         return Result.FAILED, failure, await settler.failed(delivery, failure, log)

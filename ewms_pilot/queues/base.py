@@ -76,6 +76,23 @@ class Subscription(abc.ABC):
         raw delivery count bounds it.
         """
 
+    def settles_with(self, publisher: Publisher) -> bool:
+        """Can `ack_publishing` publish to `publisher` in the same atomic step as an ack?
+
+        Only the local queue can (a publisher on the same database file); elsewhere the
+        pilot publishes, then acks.
+        """
+        return False
+
+    async def ack_publishing(self, delivery: Delivery, publisher: Publisher, data: Any) -> Settlement:
+        """Publish `data` to `publisher`'s queue and ack `delivery`, all or nothing (`settles_with` only).
+
+        ACKED: both done (the result as durable as `send` makes it). LEFT: neither, and the claim is
+        gone (the event is redelivered and run again; no duplicate result). Raises `BrokerError`
+        when the step failed and changed nothing: the event is still held, to try again or release.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot publish with an ack")
+
     async def stop_taking(self) -> None:
         """The pilot takes no more events (it drains): give back what was taken ahead for it.
 

@@ -22,6 +22,9 @@ Design (details in docs/local-queue.md):
 - Prefetch = most unacked deliveries one subscription holds at once. An ack's
   transaction also claims the events it makes room for (read ahead), so the
   next `get` needs no trip; unhanded ones go back uncounted at close.
+- A result for a queue in the same file is published in its event's ack
+  transaction (`settles_with` / `ack_publishing`): exactly when the event is
+  acked, never when the claim was lost.
 - Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
   every other broker, decoded by the one shared path (`codec.py`).
 - SQLite runs on one worker thread per subscription/publisher (one connection
@@ -46,7 +49,7 @@ from ..config.model import BrokerConfig
 from ..errors import BrokerError, BrokerUnavailableError, ConfigError
 from . import codec
 from .base import Delivery, Publisher, Settlement, Subscription
-from .local_store import Claimed, LocalStore, check_address
+from .local_store import Ack, Claimed, LocalStore, check_address
 
 LOGGER = logging.getLogger(__name__)
 
@@ -149,6 +152,18 @@ async def _open_store(cfg: BrokerConfig, worker: _Worker, *, durable: bool) -> L
         raise
 
 
+def _encode(cfg: BrokerConfig, data: Any, headers: dict[str, Any] | None) -> bytes | BrokerError:
+    """Worker thread: one message's bytes for `cfg`'s queue, or why it cannot be sent (it fails alone)."""
+    try:
+        return codec.encode(data, headers)
+    except TypeError as e:  # not JSON-serialisable: the caller's mistake, say so plainly
+        return BrokerError(f"publishing to {_where(cfg)} failed: {e}")
+
+
+#: one ack for the batcher: the claim, and the result published with it (its queue, its data), if any
+_AckItem = tuple[Claimed, tuple[BrokerConfig, Any] | None]
+
+
 def _decode(claim: Claimed) -> Delivery:
     """Runs on the worker thread: unpacking a large payload must not stall the caller's loop."""
     return codec.decode(str(claim.id), claim.payload, claim.delivery_count, raw=claim)
@@ -185,7 +200,7 @@ class LocalSubscription(Subscription):
         self._lease_ok_until = 0.0
         self._closed = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease-{self.holder}")
-        self._acks: _Batcher[Claimed, bool] = _Batcher(worker, self._ack_many)
+        self._acks: _Batcher[_AckItem, bool] = _Batcher(worker, self._ack_many)
 
     @classmethod
     async def open(
@@ -296,8 +311,19 @@ class LocalSubscription(Subscription):
         )
 
     async def _settle_with(
-        self, delivery: Delivery, verb: str, done: Settlement, change: Callable[[Claimed], Awaitable[bool]]
+        self,
+        delivery: Delivery,
+        verb: str,
+        done: Settlement,
+        change: Callable[[Claimed], Awaitable[bool]],
+        *,
+        may_retry: bool = False,
     ) -> Settlement:
+        """`done` when the store changed the claim; LEFT (with the reason logged) otherwise.
+
+        `may_retry`: a failed change raises instead (the caller may try again or release the event,
+        which stays held), as does a cancel while it was under way.
+        """
         claim = delivery.raw
         if not isinstance(claim, Claimed):
             raise TypeError(f"{verb}: not a delivery from a local queue: {delivery!r}")
@@ -312,33 +338,86 @@ class LocalSubscription(Subscription):
         try:
             changed = await change(claim)
         except BrokerError as e:  # still claimed by this holder: released at close or when its lease ends
+            if may_retry:
+                self._held.add(key)
+                raise
             LOGGER.warning(f"cannot {verb} event {claim.id} ({e}): it is redelivered later")
             return Settlement.LEFT
+        except asyncio.CancelledError:
+            if may_retry:  # maybe never done: still this subscription's to settle
+                self._held.add(key)
+            raise
         if not changed:
             LOGGER.warning(f"cannot {verb} event {claim.id}: its lease ran out, so it is redelivered")
             return Settlement.LEFT
         return done
 
-    def _ack_many(self, claims: list[Claimed]) -> list[bool | BaseException]:
-        """Worker thread: the acks in one transaction, which also claims the events they make room for.
+    def _ack_many(self, items: list[_AckItem]) -> list[bool | BaseException]:
+        """Worker thread: the acks, each with its result, in one transaction, which also claims the
+        events they make room for.
 
+        A result is encoded here (a large one must not stall the caller's loop); one that cannot be
+        fails alone, its event not acked. When the transaction fails nothing changed: an ack with a
+        result is still held (its caller may try again), a plain one is given up (LEFT).
         Read ahead stays within prefetch (counted here, on the one thread that claims); the
         events wait in `_ahead` for the next `get`, and go back uncounted if never handed out.
         """
-        self._claims -= len(claims)
-        # refill only the slots these acks free: a large prefetch is not filled by one ack
-        room = min(len(claims), self._prefetch - self._claims) if self._taking and not self._closed else 0
-        started = time.monotonic()
-        acked, taken = self._store.ack_and_take(claims, self.holder, self._lease, room, room > 0 and self._sweep_due())
-        if taken:
-            self._lease_ok_until = started + self._lease
-        self._claims += len(taken)
-        self._ahead.extend(_decode(claim) for claim in taken)
-        return list(acked)
+        unsendable: dict[int, BaseException] = {}
+        acks: list[Ack] = []
+        for i, (claim, result) in enumerate(items):
+            if result is None:
+                acks.append(Ack(claim))
+                continue
+            out, data = result
+            payload = _encode(out, data, None)
+            if isinstance(payload, BrokerError):
+                unsendable[i] = payload
+            else:
+                acks.append(Ack(claim, (out.queue, payload)))
+        outcome: list[bool | BaseException] = []
+        if acks:
+            # refill only the slots these acks free: a large prefetch is not filled by one ack
+            room = min(len(acks), self._prefetch - self._claims + len(acks)) if self._taking and not self._closed else 0
+            started = time.monotonic()
+            try:
+                acked, taken = self._store.ack_and_take(
+                    acks, self.holder, self._lease, room, room > 0 and self._sweep_due()
+                )
+            except BrokerError as e:
+                self._claims -= sum(ack.result is None for ack in acks)
+                outcome = [e] * len(acks)
+            else:
+                if taken:
+                    self._lease_ok_until = started + self._lease
+                self._claims += len(taken) - len(acks)
+                self._ahead.extend(_decode(claim) for claim in taken)
+                outcome = list(acked)
+        decided = iter(outcome)
+        return [unsendable[i] if i in unsendable else next(decided) for i in range(len(items))]
 
     async def ack(self, delivery: Delivery) -> Settlement:
         """Acks that meet on the worker thread are committed together (`_Batcher`), with the next claims."""
-        return await self._settle_with(delivery, "ack", Settlement.ACKED, self._acks)
+        return await self._settle_with(delivery, "ack", Settlement.ACKED, lambda claim: self._acks((claim, None)))
+
+    def settles_with(self, publisher: Publisher) -> bool:
+        """True for a `LocalPublisher` on this subscription's database file (any queue in it)."""
+        return isinstance(publisher, LocalPublisher) and publisher.file_id == self._store.file_id
+
+    async def ack_publishing(self, delivery: Delivery, publisher: Publisher, data: Any) -> Settlement:
+        """The result and the ack in one transaction, group-committed with other acks like `ack`.
+
+        The commit is synced as a `send`'s (`synchronous=FULL`): the result is as durable as if
+        published alone. A lost claim publishes nothing (LEFT: the event is redelivered and run again).
+        """
+        if not isinstance(publisher, LocalPublisher) or not self.settles_with(publisher):
+            raise ValueError(f"{publisher!r} is not a local queue in {self._cfg.address}")
+        if publisher.closed:
+            raise BrokerError(f"{_where(publisher.cfg)}: publisher is closed")
+        result = (publisher.cfg, data)
+        return await self._settle_with(
+            delivery, "publish the result and ack", Settlement.ACKED,
+            lambda claim: self._acks((claim, result)), may_retry=True,
+        )  # fmt: skip
 
     async def release(self, delivery: Delivery) -> Settlement:
         return await self._settle(delivery, "release", Settlement.RELEASED, self._store.release)
@@ -420,10 +499,11 @@ class LocalPublisher(Publisher):
     """Outgoing local queue: `send` returns once the event is committed (and fsynced)."""
 
     def __init__(self, cfg: BrokerConfig, worker: _Worker, store: LocalStore) -> None:
-        self._cfg = cfg
+        self.cfg = cfg
+        self.file_id = store.file_id  # which database file (a subscription on it may publish for it)
         self._worker = worker
         self._store = store
-        self._closed = False
+        self.closed = False
         self._sends: _Batcher[tuple[Any, dict[str, Any] | None], int] = _Batcher(worker, self._publish_many)
 
     @classmethod
@@ -435,24 +515,19 @@ class LocalPublisher(Publisher):
 
     def _publish_many(self, items: list[tuple[Any, dict[str, Any] | None]]) -> list[int | BaseException]:
         """Worker thread: encode each item (a bad one fails alone), then commit the rest together."""
-        encoded: list[bytes | BaseException] = []
-        for data, headers in items:
-            try:
-                encoded.append(codec.encode(data, headers))
-            except TypeError as e:  # not JSON-serialisable: the caller's mistake, say so plainly
-                encoded.append(BrokerError(f"publishing to {_where(self._cfg)} failed: {e}"))
+        encoded = [_encode(self.cfg, data, headers) for data, headers in items]
         ids = iter(self._store.publish_many([p for p in encoded if isinstance(p, bytes)]))
         return [p if isinstance(p, BaseException) else next(ids) for p in encoded]
 
     async def send(self, data: Any, headers: dict[str, Any] | None = None) -> None:
-        if self._closed:
-            raise BrokerError(f"{_where(self._cfg)}: publisher is closed")
+        if self.closed:
+            raise BrokerError(f"{_where(self.cfg)}: publisher is closed")
         await self._sends((data, headers))
 
     async def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         try:
             await self._worker.call(self._store.close)
         finally:

@@ -19,6 +19,7 @@ An in-flight event whose holder row is gone is released (made ready again).
 from __future__ import annotations
 
 import dataclasses as dc
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -68,6 +69,14 @@ class Claimed:
     delivery_count: int
 
 
+@dc.dataclass(frozen=True)
+class Ack:
+    """One ack for `ack_and_take`; `result` (queue, payload) is published with it, in its transaction."""
+
+    claim: Claimed
+    result: tuple[str, bytes] | None = None
+
+
 def check_address(address: str) -> Path:
     """The database path for a broker address; a bad path is a setting mistake."""
     if not address or address == ":memory:" or address.startswith("file:"):
@@ -99,7 +108,9 @@ class LocalStore:
     def __init__(self, path: Path, queue: str, *, durable: bool) -> None:
         self.path = path
         self.queue = queue
+        self.durable = durable
         self.here = liveness.current()
+        self.file_id = (0, 0)  # (st_dev, st_ino), os.path.samefile's test: set by `_connect`
         self._conn = self._connect(durable)
 
     # ------------------------------------------------------------------ setup
@@ -118,10 +129,15 @@ class LocalStore:
                     f"(got {mode!r}; is it on a network filesystem?)"
                 )
             # a publish must survive power loss once `send` returned; a lost claim/ack
-            # only means a redelivery, so consumers can skip the extra fsync
+            # only means a redelivery, so consumers skip the extra fsync, except in a
+            # commit that also publishes (a result with its ack: `_write(durable=True)`)
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._init_schema(conn)
-        except sqlite3.Error as e:
+            # which file this is, so a subscription can tell (without a stat on the caller's
+            # thread) that a publisher writes to the same file
+            st = os.stat(self.path)
+            self.file_id = (st.st_dev, st.st_ino)
+        except (sqlite3.Error, OSError) as e:
             conn.close()
             raise _unavailable(self.path, e) from e
         except BrokerUnavailableError:
@@ -162,16 +178,29 @@ class LocalStore:
 
     # ------------------------------------------------------------ transactions
 
-    def _write(self, fn: Any, *args: Any) -> Any:
-        """Run `fn(*args)` inside `BEGIN IMMEDIATE` ... `COMMIT` (all or nothing)."""
+    def _write(self, fn: Any, *args: Any, durable: bool = False) -> Any:
+        """Run `fn(*args)` inside `BEGIN IMMEDIATE` ... `COMMIT` (all or nothing).
+
+        A failure (of `fn` or of the commit) leaves nothing changed and no transaction open, so the
+        caller may simply try again. `durable`: this commit is synced as a publish's is
+        (`synchronous=FULL`) on a connection that otherwise skips that fsync.
+        """
+        switch = durable and not self.durable
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if switch:
+                self._conn.execute("PRAGMA synchronous = FULL")
             try:
-                result = fn(*args)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(*args)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if switch:
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
             return result
         except sqlite3.Error as e:
             raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
@@ -185,30 +214,26 @@ class LocalStore:
 
     # --------------------------------------------------------------- publish
 
+    def _insert(self, queue: str, payload: bytes, now: float) -> int:
+        """Append one ready event to `queue` (inside a transaction, or autocommit); its id."""
+        cur = self._conn.execute(
+            "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)", (queue, payload, now)
+        )
+        return int(cur.lastrowid or 0)
+
     def publish(self, payload: bytes) -> int:
         """Append one ready event; returns its id once it is committed."""
         try:
-            cur = self._conn.execute(
-                "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
-                (self.queue, payload, time.time()),
-            )
+            return self._insert(self.queue, payload, time.time())
         except sqlite3.Error as e:
             raise BrokerError(f"local queue database {str(self.path)!r}: {e}") from e
-        return int(cur.lastrowid or 0)
 
     def publish_many(self, payloads: list[bytes]) -> list[int]:
         """Append ready events in one transaction (one fsync for all); their ids once committed."""
 
         def _txn() -> list[int]:
             now = time.time()
-            ids = []
-            for payload in payloads:
-                cur = self._conn.execute(
-                    "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
-                    (self.queue, payload, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
-            return ids
+            return [self._insert(self.queue, payload, now) for payload in payloads]
 
         if len(payloads) <= 1:
             return [self.publish(p) for p in payloads]
@@ -299,38 +324,44 @@ class LocalStore:
             == 1
         )
 
-    def ack_many(self, claims: list[Claimed], holder: str) -> list[bool]:
-        """`ack` for several claims in one transaction; one answer per claim."""
-        if len(claims) == 1:
-            return [self.ack(claims[0], holder)]
-
-        result: list[bool] = self._write(self._delete_mine, claims, holder)
-        return result
-
-    def _delete_mine(self, claims: list[Claimed], holder: str) -> list[bool]:
-        """Inside a transaction: forget each claim that is still `holder`'s; one answer per claim."""
+    def _ack_mine(self, acks: list[Ack], holder: str) -> list[bool]:
+        """Inside a transaction: forget each claim that is still `holder`'s, and only then publish
+        its result; one answer per ack (False: the claim was lost, nothing published for it)."""
         sql = f"DELETE FROM events WHERE {self._MINE}"
-        return [self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1 for c in claims]
+        now = time.time()
+        answers = []
+        for ack in acks:
+            c = ack.claim
+            mine = self._conn.execute(sql, (c.id, holder, c.delivery_count)).rowcount == 1
+            if mine and ack.result is not None:
+                self._insert(*ack.result, now)
+            answers.append(mine)
+        return answers
 
     def ack_and_take(
-        self, claims: list[Claimed], holder: str, lease: float, n: int, sweep: bool
+        self, acks: list[Ack], holder: str, lease: float, n: int, sweep: bool
     ) -> tuple[list[bool], list[Claimed]]:
-        """`ack_many`, and in the same transaction up to `n` next events for `holder` (read ahead).
+        """Acks (each with its result, if any), and in the same transaction up to `n` next events for
+        `holder` (read ahead).
 
-        One `BEGIN ... COMMIT` where acking and then claiming took two: the slot an ack frees is
-        refilled before the consumer asks.
+        One `BEGIN ... COMMIT` where acking, publishing and then claiming took three: the slot an
+        ack frees is refilled before the consumer asks, and a result is published exactly when its
+        event is acked. A commit that publishes is synced as `LocalPublisher`'s (`synchronous=FULL`).
         """
-        if n <= 0:
-            return self.ack_many(claims, holder), []
+        publishes = any(ack.result is not None for ack in acks)
+        if n <= 0 and len(acks) == 1 and not publishes:  # one statement, no transaction needed
+            return [self.ack(acks[0].claim, holder)], []
 
         def _txn() -> tuple[list[bool], list[Claimed]]:
-            acked = self._delete_mine(claims, holder)
+            acked = self._ack_mine(acks, holder)
+            if n <= 0:
+                return acked, []
             now = time.time()
             if sweep:
                 self._sweep(now, holder)
             return acked, self._take(holder, lease, n, now)
 
-        result: tuple[list[bool], list[Claimed]] = self._write(_txn)
+        result: tuple[list[bool], list[Claimed]] = self._write(_txn, durable=publishes)
         return result
 
     def unclaim(self, claims: list[Claimed], holder: str) -> int:
@@ -368,10 +399,7 @@ class LocalStore:
                 f"DELETE FROM events WHERE {self._MINE}", (claim.id, holder, claim.delivery_count)
             ).rowcount != 1:
                 return False
-            self._conn.execute(
-                "INSERT INTO events (queue, payload, enqueued_at) VALUES (?, ?, ?)",
-                (self.queue, payload, time.time()),
-            )
+            self._insert(self.queue, payload, time.time())
             return True
 
         return bool(self._write(_txn))

@@ -26,7 +26,10 @@ HEADER = """\
 
 The pilot promises **at-least-once** processing: an event is acked only after
 its result is published, so a crash, an eviction or a broker outage can cause
-an event to be *done twice* (a duplicate) but never *lost*. The fault suite in
+an event to be *done twice* (a duplicate) but never *lost*. (On the local
+queue with both queues in one file, the result and the ack are one
+transaction: a result is published exactly when its event is acked, so a lost
+claim publishes nothing; see [local-queue.md](local-queue.md).) The fault suite in
 `tests/faults/` hurts real pilot processes (real RabbitMQ, NATS JetStream,
 the local SQLite queue, podman) and counts every event by value.
 
