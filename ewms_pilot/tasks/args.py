@@ -6,6 +6,7 @@ argument; nothing here ever goes through a shell.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,14 @@ def split_args(args: str) -> list[str]:
     Raises `ValueError` with a one-line reason for unbalanced quoting; the
     caller reports it as a config error.
     """
+    return list(_split(args))
+
+
+@functools.lru_cache(maxsize=16)
+def _split(args: str) -> tuple[str, ...]:
+    """Remembered: every one-shot event splits the same configured args, and `shlex` is slow Python."""
     try:
-        return shlex.split(args, posix=True)
+        return tuple(shlex.split(args, posix=True))
     except ValueError as e:
         hint = _SHLEX_HINTS.get(str(e), str(e))
         raise ValueError(
