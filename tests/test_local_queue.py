@@ -917,7 +917,10 @@ def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_agai
     """Before: the result was published, the ack failed, the event ran again: two results for one event."""
     db = tmp_path / "q.db"
     go = tmp_path / "go"
-    task = f"import os,sys,time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\n" + (
+    started = tmp_path / "started"
+    task = (
+        f"import os,sys,time\nopen({str(started)!r},'w').close()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
         "open(sys.argv[2],'w').write('out:'+open(sys.argv[1]).read())"
     )
     cfg = _local_pilot_config(tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1")  # no 2nd claim
@@ -931,10 +934,10 @@ def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_agai
         await _put(cfg.incoming, ["e1"])
         run = asyncio.ensure_future(Pilot(cfg).run())
         # the task runs until `go`; meanwhile its lease runs out and another consumer sweeps it
-        for held in ({"ready": 0, "in_flight": 1}, {"ready": 1, "in_flight": 0}):
-            while await local_counts(cfg.incoming) != held:
-                assert not run.done()
-                await asyncio.sleep(0.05)
+        # (its start is seen by a file, not by the counts: a stalled loop could miss the claim)
+        while not started.exists() or await local_counts(cfg.incoming) != {"ready": 1, "in_flight": 0}:
+            assert not run.done()
+            await asyncio.sleep(0.05)
         go.touch()
         await asyncio.wait_for(run, 60)
 
@@ -997,3 +1000,53 @@ def test_a_pilot_publishes_every_result_once_with_its_queues_in_one_file_or_two(
     assert sorted(asyncio.run(take_all_local(outgoing, "out"))) == [f"out:{e}" for e in events]
     assert all((r["settlement"], r["published"]) == ("acked", True) for r in journal(tmp_path))
     assert asyncio.run(local_counts(cfg.incoming)) == {"ready": 0, "in_flight": 0}
+
+
+def test_a_publish_with_ack_that_outlasts_the_publish_deadline_is_recorded_as_it_ended(tmp_path: Path) -> None:
+    """Review: a try cut at EWMS_PILOT_PUBLISH_DEADLINE still committed on the queue's thread; the pilot had
+    given the event up and journalled failed / not published, while the result was out and the event acked."""
+    db = tmp_path / "q.db"
+    ready, locked = tmp_path / "ready", tmp_path / "locked"
+    task = (  # says it is about to finish, waits until another process holds the write lock, then writes
+        f"import os,sys,time\nopen({str(ready)!r},'w').close()\n"
+        f"while not os.path.exists({str(locked)!r}): time.sleep(0.02)\n"
+        "open(sys.argv[2],'w').write('out:'+open(sys.argv[1]).read())"
+    )
+    cfg = _local_pilot_config(
+        tmp_path, task, db, db, EWMS_PILOT_PUBLISH_DEADLINE="1", EWMS_PILOT_PUBLISH_RETRIES="0",
+        EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false",
+    )  # fmt: skip
+
+    def another_process() -> None:  # a write transaction of 3 s, longer than the publish deadline
+        assert _wait_file(ready, 60)
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.touch()
+        time.sleep(3.0)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    async def main() -> None:
+        await _put(cfg.incoming, ["e1"])
+        other = threading.Thread(target=another_process)
+        other.start()
+        try:
+            await asyncio.wait_for(Pilot(cfg).run(), 60)
+        finally:
+            other.join()
+
+    asyncio.run(main())
+    assert asyncio.run(take_all_local(db, "out")) == ["out:e1"]
+    assert asyncio.run(local_counts(cfg.incoming)) == {"ready": 0, "in_flight": 0}
+    assert [(r["result"], r["published"], r["settlement"]) for r in journal(tmp_path)] == [
+        ("succeeded", True, "acked")
+    ]
+
+
+def _wait_file(path: Path, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True

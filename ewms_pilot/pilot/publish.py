@@ -37,12 +37,15 @@ async def retry_publishing(
     which: str = "outgoing",
     base_delay: float = 0.5,
     max_delay: float = 10.0,
+    bounded: bool = True,
 ) -> T:
     """`await step()`; raise `BrokerError` once `retries` extra tries or `deadline` s are spent.
 
     `ResultRejectedError` (the broker refuses this message for good) is raised at once.
     Every try's outcome goes to `health` (as broker `which`), so the pilot sees an outage
-    while the retries still go on.
+    while the retries still go on. `bounded=False`: a try is not cut at the deadline, for a
+    step that always answers and whose outcome must be known (a local transaction: cut short,
+    it may still commit, and the pilot would record as failed what was done).
     """
     end = time.monotonic() + deadline
     attempt = 0
@@ -50,7 +53,7 @@ async def retry_publishing(
         try:
             # a send may hang (a broker that stalls, a client retrying for minutes): bound it too
             # (a timeout scope, not `wait_for`: no task of its own per try)
-            async with asyncio.timeout(max(end - time.monotonic(), 1.0)):
+            async with asyncio.timeout(max(end - time.monotonic(), 1.0) if bounded else None):
                 done = await step()
         except ResultRejectedError:
             if health is not None:

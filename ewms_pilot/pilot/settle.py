@@ -71,12 +71,17 @@ class Settler:
         ACKED (both done) or LEFT (neither: the claim was lost); raises as `publish` does, with
         nothing acked. A failed try changed nothing, so trying again is safe.
         """
-        return await self._publishing(lambda: self.sub.ack_publishing(delivery, self.pub, result), log)
-
-    async def _publishing(self, step: Callable[[], Awaitable[T]], log: Log) -> T:
-        return await retry_publishing(
-            step, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log, health=self.health
+        # each try runs to its answer (a local transaction ends within the store's busy timeout):
+        # one cut short at the deadline could still commit after the pilot gave the event up
+        return await self._publishing(
+            lambda: self.sub.ack_publishing(delivery, self.pub, result), log, bounded=False
         )
+
+    async def _publishing(self, step: Callable[[], Awaitable[T]], log: Log, *, bounded: bool = True) -> T:
+        return await retry_publishing(
+            step, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log, health=self.health,
+            bounded=bounded,
+        )  # fmt: skip
 
     async def ack(self, delivery: Delivery, log: Log) -> Settlement:
         return await self._settle("ack", self.sub.ack(delivery), log)

@@ -134,8 +134,10 @@ class Critical:
             try:
                 return await asyncio.shield(fut)
             except asyncio.CancelledError:
-                if fut.done():
+                if fut.cancelled():
                     raise
+                if fut.done():  # it ended in the same turn as the cancel: what it did stands
+                    return fut.result()
                 # the handler was cancelled: the unit decides the event's fate, wait for it
 
     @property

@@ -90,6 +90,7 @@ class Subscription(abc.ABC):
         ACKED: both done (the result as durable as `send` makes it). LEFT: neither, and the claim is
         gone (the event is redelivered and run again; no duplicate result). Raises `BrokerError`
         when the step failed and changed nothing: the event is still held, to try again or release.
+        A call cancelled while under way may have done both or neither (only its end tells).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot publish with an ack")
 

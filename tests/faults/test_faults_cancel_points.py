@@ -446,3 +446,31 @@ def test_stopped_during_clean_up_the_journal_line_is_present(
     _row(record, "stopped during clean-up", rec, len(out), len(left))
     assert [(r["result"], r["settlement"], r["published"]) for r in at_kill] == [("succeeded", "acked", True)]
     assert [d.data for d in out] == ["out:e1"] and left == []
+
+
+def test_a_settle_that_ends_in_the_same_turn_as_the_stop_keeps_what_it_did() -> None:
+    """Review: the handler's cancel landing after its publish/settle unit ended (before the handler resumed)
+    made `Critical.run` raise, so an acked event was journalled as left for redelivery."""
+    crit = task_handler.Critical()
+
+    async def main() -> str:
+        finished = asyncio.Event()
+
+        async def unit() -> str:
+            await finished.wait()
+            return "acked"
+
+        async def handler() -> str:
+            try:
+                return await crit.run(unit())
+            except asyncio.CancelledError:
+                return "recorded as left for redelivery"
+
+        h = asyncio.ensure_future(handler())
+        await asyncio.sleep(0)  # the handler waits on its unit
+        finished.set()
+        await asyncio.sleep(0)  # the unit ends; the handler's wake-up is only scheduled
+        h.cancel()  # the scheduler stopping unfinished handlers, in that same turn
+        return await h
+
+    assert asyncio.run(main()) == "acked"
