@@ -79,6 +79,20 @@ async def test_exit_code_output_files_env_and_cwd(tmp_path: Path) -> None:
     assert (tmp_path / "stderr").read_text() == "err line\n"
 
 
+async def test_output_files_are_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """A task that could write the outputs dir (a warm worker) cannot aim the pilot's writes at a host file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original\n")
+    for name in ("stdout", "stderr"):
+        (tmp_path / name).symlink_to(victim)
+    code = "import sys; print('out'); print('err', file=sys.stderr)"
+    outcome = await run(tmp_path, [PY, "-c", code])
+    assert outcome.exit_code == 0
+    assert victim.read_text() == "original\n"
+    assert not (tmp_path / "stdout").is_symlink() and (tmp_path / "stdout").read_text() == "out\n"
+    assert not (tmp_path / "stderr").is_symlink() and (tmp_path / "stderr").read_text() == "err\n"
+
+
 async def test_missing_command_is_exit_127_with_reason(tmp_path: Path) -> None:
     outcome = await run(tmp_path, ["/nonexistent/task-binary", "x"])
     assert outcome.exit_code == 127

@@ -389,3 +389,61 @@ def test_warm_worker_cannot_make_the_pilot_write_a_host_file(
     else:
         assert list(victim.iterdir()) == []  # no worker could start there: the pool gave up
         assert run.returncode in (0, 3), run.stderr[-3000:]
+
+
+TEARDOWN_PLANTING_WORKER = r"""
+import os, re, sys
+data = os.path.dirname(os.environ["EWMS_TASK_DATA_HUB_DIR"])  # the whole data dir is the worker's
+attack, victim = sys.argv[1], sys.argv[2]
+if attack == "file-link":  # the teardown's own output files, linked to a host file
+    os.makedirs(data + "/teardown/outputs")
+    for name in ("stdoutfile", "stderrfile"):
+        os.symlink(victim, data + "/teardown/outputs/" + name)
+elif attack == "role-link":  # the teardown's dir, linked to a host dir
+    os.symlink(victim, data + "/teardown")
+else:  # its outputs dir, linked to a host dir
+    os.makedirs(data + "/teardown")
+    os.symlink(victim, data + "/teardown/outputs")
+for line in sys.stdin:
+    field = lambda k: re.search('"%s": "([^"]*)"' % k, line).group(1)
+    open(field("outfile"), "w").write("ok:" + open(field("infile")).read())
+    print('{"id": "%s", "ok": true}' % field("id"), flush=True)
+"""
+TEARDOWN = "import sys; print('TEARDOWN-OUT'); print('TEARDOWN-ERR', file=sys.stderr)"
+
+
+@pytest.mark.parametrize("attack", ["file-link", "role-link", "outputs-link"])
+def test_warm_worker_cannot_make_the_teardown_write_a_host_file(attack: str, tmp_path: Path) -> None:
+    """The teardown runs after the warm workers, in the data dir they could write: its outputs are made afresh."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "w.py").write_text(TEARDOWN_PLANTING_WORKER)
+    victim = tmp_path / ("victim.txt" if attack == "file-link" else "victim-dir")
+    if attack == "file-link":
+        victim.write_text("original\n")
+    else:
+        victim.mkdir()
+    db = tmp_path / "q.sqlite"
+    asyncio.run(put_local(db, "in", ["a"]))
+    env = base_env(
+        broker_type="local", address=str(db), queue_in="in", queue_out="out", data_dir=tmp_path / "data",
+        task_args=shlex.join([sys.executable, str(scripts / "w.py"), attack, str(victim)]),
+        extra={
+            "EWMS_PILOT_TASK_MODE": "warm",
+            "EWMS_PILOT_TEARDOWN_IMAGE": "unused",
+            "EWMS_PILOT_TEARDOWN_ARGS": shlex.join([sys.executable, "-c", TEARDOWN]),
+        },
+    )  # fmt: skip
+    run = run_pilot(env, timeout=DEADLINE)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert asyncio.run(take_all_local(db, "out")) == ["ok:a"]
+    if attack == "file-link":
+        assert victim.read_text() == "original\n"
+    else:
+        assert list(victim.iterdir()) == []
+    # the teardown's output is where it always was, in real dirs of the data dir
+    outputs = tmp_path / "data" / "ewms-pilot-data" / "teardown" / "outputs"
+    assert not outputs.parent.is_symlink() and not outputs.is_symlink()
+    assert not (outputs / "stdoutfile").is_symlink()
+    assert (outputs / "stdoutfile").read_text() == "TEARDOWN-OUT\n"
+    assert (outputs / "stderrfile").read_text() == "TEARDOWN-ERR\n"

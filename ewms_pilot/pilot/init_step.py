@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from ..config.model import ContainerConfig, PilotConfig
 from ..runtimes.base import Runtime
 from ..runtimes.spec import SpecBuilder
 from ..tasks.errors import ContainerRunError, TaskFailure, TaskTimeoutError, read_tail
 from ..tasks.process import run_to_completion
+from ..tasks.taskdir import make_fresh_dir
 
 LOGGER = logging.getLogger("ewms_pilot.init")
 
@@ -39,7 +41,9 @@ async def run_once_container(
     """Run `container` with the data hub mounted; raise `InitFailedError` unless it exits 0."""
     image = await runtime.prepare_image(container.image)
     outputs = cfg.data_dir / role / "outputs"
-    await asyncio.to_thread(outputs.mkdir, parents=True, exist_ok=True)
+    # a warm worker (or an older pilot's) may have planted links there: never written through;
+    # no task runs meanwhile (init: before the first, teardown: after the last)
+    await asyncio.to_thread(make_fresh_dir, cfg.data_dir, Path(role, "outputs"))
     specs = await asyncio.to_thread(SpecBuilder.for_pilot, cfg, runtime, pilot_id)
     spec = specs.once(image, container, role, outputs)
     LOGGER.info(f"running {role} container ({container.image or 'host process'})")

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
-from ..runtimes.envfile import remove_env_file
+from ..runtimes.envfile import open_private, remove_env_file
 from .logcap import CappedLog
 from .stall import wait_for_stall
 
@@ -290,8 +290,12 @@ async def run_to_completion(
     cwd = runtime.process_cwd(spec)
     loop = asyncio.get_running_loop()
     try:
-        # unbuffered: a write that fails for space fails once, nothing is left to fail again at close
-        with open(stdout_path, "wb", buffering=0) as out_file, open(stderr_path, "wb", buffering=0) as err_file:
+        # unbuffered: a write that fails for space fails once, nothing is left to fail again at close;
+        # new files, never a link's target (`open_private`): a task may have written their dir
+        with (
+            os.fdopen(open_private(stdout_path), "wb", buffering=0) as out_file,
+            os.fdopen(open_private(stderr_path), "wb", buffering=0) as err_file,
+        ):
             runtime.write_env_file(spec)  # owner-only; the client reads it as it starts
             started = loop.time()
             piped = on_line is not None or log_max is not None

@@ -6,6 +6,8 @@
 <data_dir>/<task id>/outputs/stderrfile
 <data_dir>/warm-<pilot id>/task-io/infile-<id><ext>   (warm mode: one dir for all events)
 <data_dir>/warm-<pilot id>/task-io/outfile-<id><ext>
+<data_dir>/init/outputs/stdoutfile, stderrfile     (init/teardown: made afresh, `make_fresh_dir`)
+<data_dir>/teardown/outputs/stdoutfile, stderrfile
 
 Everything under the data dir is the pilot user's only (dirs 0700, files 0600,
 process umask 077): an event, a result or a task's env is nobody else's to
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses as dc
+import errno
 import os
 import shutil
 import sys
@@ -206,6 +209,50 @@ def remove_warm_root(root: Path) -> None:
             continue
         except OSError:  # not empty (a failed event's files), or replaced: left for a look
             return
+
+
+def make_fresh_dir(base: Path, rel: Path) -> None:
+    """Make `base/rel` a new empty dir of the pilot's, whatever a task left on its way.
+
+    A warm worker can write anywhere under the data dir (`base`), so no part of
+    `rel` is trusted: each is opened without following a link, a link or file
+    in the way is removed (never followed) and replaced by a dir, and the last
+    part is removed with what it holds before it is made anew.
+    """
+    fd = os.open(base, _DIR_FLAGS)
+    try:
+        for i, name in enumerate(rel.parts):
+            if i == len(rel.parts) - 1:
+                _remove_entry(name, fd)
+            child = _open_or_make_dir(name, fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def _open_or_make_dir(name: str, dir_fd: int) -> int:
+    """The fd of dir `name` in `dir_fd` (made if missing; a link or file at its name replaced)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=dir_fd)
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    os.unlink(name, dir_fd=dir_fd)  # a link or a file: only the name goes
+    os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=dir_fd)
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _remove_entry(name: str, dir_fd: int) -> None:
+    """Remove `name` in `dir_fd`, whatever it is (a dir with its contents; a link itself, not its target)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        _rmtree(name, dir_fd=dir_fd)
 
 
 def _open_dir(path: Path | str, dir_fd: int | None = None) -> int | None:
