@@ -351,20 +351,26 @@ for line in sys.stdin:
 """
 
 
+def _planting_setup(tmp_path: Path, worker: str, attack: str) -> tuple[Path, Path]:
+    """(dir holding the planting worker `w.py`, its victim: a host file for "file-link", else an empty host dir)."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "w.py").write_text(worker)
+    victim = tmp_path / ("victim.txt" if attack == "file-link" else "victim-dir")
+    if attack == "file-link":
+        victim.write_text("original\n")
+    else:
+        victim.mkdir()
+    return scripts, victim
+
+
 @pytest.mark.podman
 @pytest.mark.parametrize("attack", ["file-link", "dir-link"])
 def test_warm_worker_cannot_make_the_pilot_write_a_host_file(
     attack: str, rabbitmq_address: str, queue_name: str, tmp_path: Path, podman_image: str
 ) -> None:
     """Worker logs live in the data dir a warm container may write: their links are never followed."""
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "w.py").write_text(PLANTING_WORKER)
-    victim = tmp_path / ("victim.txt" if attack == "file-link" else "victim-dir")
-    if attack == "file-link":
-        victim.write_text("original\n")
-    else:
-        victim.mkdir()
+    scripts, victim = _planting_setup(tmp_path, PLANTING_WORKER, attack)
     asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", ["a", "b"]))
     env = base_env(
         broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
@@ -415,14 +421,7 @@ TEARDOWN = "import sys; print('TEARDOWN-OUT'); print('TEARDOWN-ERR', file=sys.st
 @pytest.mark.parametrize("attack", ["file-link", "role-link", "outputs-link"])
 def test_warm_worker_cannot_make_the_teardown_write_a_host_file(attack: str, tmp_path: Path) -> None:
     """The teardown runs after the warm workers, in the data dir they could write: its outputs are made afresh."""
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "w.py").write_text(TEARDOWN_PLANTING_WORKER)
-    victim = tmp_path / ("victim.txt" if attack == "file-link" else "victim-dir")
-    if attack == "file-link":
-        victim.write_text("original\n")
-    else:
-        victim.mkdir()
+    scripts, victim = _planting_setup(tmp_path, TEARDOWN_PLANTING_WORKER, attack)
     db = tmp_path / "q.sqlite"
     asyncio.run(put_local(db, "in", ["a"]))
     env = base_env(

@@ -3,8 +3,9 @@
 It lives beside `ewms-pilot-data/`, not in it: 1.x's layout (every entry of
 the data dir is a directory) is what site tools walk. Appended as each event
 ends (by the recorder's thread, `recorder.py`: one write, no buffering, so a
-crash keeps what was done); several pilots may share the file. A line a crashed pilot left half-written is skipped with one warning,
-and the next record starts on a fresh line, so one bad line costs one record.
+crash keeps what was done); several pilots may share the file. A line a
+crashed pilot left half-written is skipped with one warning, and the next
+record starts on a fresh line, so one bad line costs one record.
 """
 
 from __future__ import annotations

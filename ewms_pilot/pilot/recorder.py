@@ -185,23 +185,23 @@ class Recorder:
                 e.done()
 
     def _remove_all(self, entries: list[_Entry]) -> None:
-        """Removals thread: in order; a full disk's line right after its removal."""
+        """Removals thread: in order."""
         for e in entries:
-            self._remove(e)
-            if e.free_first:
-                self._append([e])
-            if e.done is not None:
-                e.done()
+            self._remove_then_done(e)
+
+    def _remove_then_done(self, e: _Entry) -> None:
+        """The entry's removal; a full disk's line right after it; then whoever waits is told."""
+        self._remove(e)
+        if e.free_first:
+            self._append([e])
+        if e.done is not None:
+            e.done()
 
     def _alone(self, entry: _Entry) -> None:
         """A late record, on its own thread: line and removal in the same order as on the lanes."""
         if not entry.free_first:
             self._append([entry])
-        self._remove(entry)
-        if entry.free_first:
-            self._append([entry])
-        if entry.done is not None:
-            entry.done()
+        self._remove_then_done(entry)
 
     def _append(self, entries: list[_Entry]) -> None:
         records = [e.record for e in entries if e.record is not None]
