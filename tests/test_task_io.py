@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
-from ewms_pilot.tasks.errors import InvalidDataForInfileException, InvalidDataFromOutfileException
+from ewms_pilot.tasks.errors import (
+    InvalidDataForInfileException,
+    InvalidDataFromOutfileException,
+    aggregatable,
+)
 from ewms_pilot.tasks.io import (
     NO_OUTFILE,
     ensure_publishable,
@@ -411,6 +415,27 @@ def test_new_task_ids_are_short_unique_and_name_safe() -> None:
     ids = {new_task_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(re.fullmatch(r"[0-9a-f]{12}", i) for i in ids)
+
+
+def test_every_task_id_is_taken_out_of_an_aggregated_error() -> None:
+    """The chirp error and the journal's reason are the same text for every task (an all-digit id was kept)."""
+    for i in (new_task_id() for _ in range(20_000)):
+        line = f"reading /scratch/job/ewms-pilot-data/{i}/task-io/infile-{i}.in"
+        assert aggregatable(line) == "reading <task dir>/task-io/infile-<id>.in", i
+
+
+def test_a_forked_child_does_not_repeat_its_parents_task_ids() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without pytest's clean-up
+        os.write(w, " ".join(new_task_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child = set(f.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_task_id() for _ in range(100)}
+    assert len(child) == 100 and not child & parent
 
 
 def test_taskdir_remove_never_follows_a_planted_link(tmp_path: Path) -> None:

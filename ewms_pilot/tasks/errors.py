@@ -36,7 +36,7 @@ def _one_line(text: str) -> str:
     return " | ".join(p for p in parts if p)
 
 
-# Per-task noise, most specific first. Task ids are 12 hex digits (taskdir.new_task_id),
+# Per-task noise, most specific first. Task ids are 12 hex digits, the first a letter (taskdir.new_task_id),
 # event ids UUIDs; a path up to a task's own directory differs on every pilot.
 _NOISE = (
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<id>"),
