@@ -23,6 +23,7 @@ from ewms_pilot.tasks.io import (
     NO_OUTFILE,
     ensure_publishable,
     read_outfile,
+    read_outfile_sized,
     write_infile,
 )
 from ewms_pilot.tasks.taskdir import (
@@ -221,6 +222,47 @@ def test_infile_is_never_written_through_a_planted_link_or_fifo(tmp_path: Path) 
     with pytest.raises(OSError, match="directory 'task-io' on its path is a symlink"):
         write_infile("event", task_io / "infile-c.txt")
     assert not (tmp_path / "task" / "real-io" / "infile-c.txt").exists()
+
+
+def test_a_kept_shared_dir_is_used_only_while_its_path_still_leads_to_it(tmp_path: Path) -> None:
+    """Warm mode keeps its shared dir's fd per thread: a worker that swaps, replaces or removes the dir
+    between events never gets the pilot to write, read or delete through a link, nor into a dir the
+    path no longer shows."""
+    td = TaskDir.in_shared(warm_root(tmp_path / "data", "pilot123"), "a", ".txt", ".txt")
+    td.make()
+    assert write_infile("event a", td.infile, shared_dir=True) == len("event a")
+    td.outfile.write_text("result a")
+    assert read_outfile_sized(td.outfile, shared_dir=True) == ("result a", len("result a"))
+    # swapped for a link to a host dir: refused, and nothing goes to the host or to the kept dir
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "outfile-b.txt").write_text("HOST-SECRET")
+    moved = td.root / "moved-io"
+    td.task_io.rename(moved)
+    td.task_io.symlink_to(host)
+    b = TaskDir.in_shared(td.root, "b", ".txt", ".txt")
+    with pytest.raises(OSError, match="directory 'task-io' on its path is a symlink"):
+        write_infile("event b", b.infile, shared_dir=True)
+    with pytest.raises(InvalidDataFromOutfileException, match="directory 'task-io' on its path is a symlink"):
+        read_outfile_sized(b.outfile, shared_dir=True)
+    (moved / "outfile-b.txt").write_text("kept dir")
+    with pytest.raises(OSError):
+        b.remove()
+    assert sorted(p.name for p in host.iterdir()) == ["outfile-b.txt"]
+    assert (host / "outfile-b.txt").read_text() == "HOST-SECRET"
+    assert not (moved / "infile-b.txt").exists() and (moved / "outfile-b.txt").exists()
+    # replaced by a new real dir: the file goes where the path leads
+    td.task_io.unlink()
+    td.task_io.mkdir()
+    write_infile("event b", b.infile, shared_dir=True)
+    assert b.infile.read_text() == "event b"
+    b.remove()
+    assert not b.infile.exists() and (moved / "outfile-b.txt").exists()
+    # removed: the write says so (the warm stage then makes the dir again)
+    td.task_io.rmdir()
+    with pytest.raises(FileNotFoundError):
+        write_infile("event c", td.task_io / "infile-c.txt", shared_dir=True)
+    assert read_outfile_sized(td.task_io / "outfile-c.txt", shared_dir=True) == (NO_OUTFILE, None)
 
 
 def test_infile_is_owner_only_whatever_the_umask(tmp_path: Path, lax_umask: None) -> None:

@@ -413,6 +413,39 @@ def test_two_hundred_events_survive_a_crash_a_hang_and_noise(rabbitmq_address: s
     assert sorted(p.read_text() for p in kept) == ["ev-123", "ev-57", "ev-77"]
 
 
+WIPING_WORKER = r"""
+import json, os, shutil, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    d = open(r["infile"]).read()
+    if d == "wipe":  # no outfile, and the whole shared task-io dir goes
+        shutil.rmtree(os.path.dirname(r["infile"]))
+    else:
+        open(r["outfile"], "w").write(d + d)
+    print(json.dumps({"id": r["id"], "ok": True}), flush=True)
+"""
+
+
+def test_a_worker_that_removes_its_task_dir_costs_no_later_event(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """The pilot keeps its shared warm dir open between events: a worker that removed the dir gets it back."""
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "wipe", "b", "c"]))
+    script = tmp_path / "worker.py"
+    script.write_text(WIPING_WORKER)
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, str(script)]),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1",
+               "EWMS_PILOT_PREFETCH": "1"},
+    )  # fmt: skip
+    run = run_pilot(env, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=2, expect=3))) == ["aa", "bb", "cc"]
+    assert "succeeded 4" in run.stdout and "failed 0" in run.stdout, run.stdout
+
+
 HANGING_WORKER = r"""
 import json, os, sys, time
 for line in sys.stdin:

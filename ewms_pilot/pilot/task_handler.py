@@ -14,11 +14,9 @@ import asyncio
 import contextlib
 import dataclasses as dc
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config.model import PilotConfig
@@ -42,7 +40,7 @@ from ..tasks.errors import (
     describe_failure,
     read_tail,
 )
-from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile, write_infile
+from ..tasks.io import NO_OUTFILE, ensure_publishable, read_outfile_sized, write_infile
 from ..tasks.process import run_to_completion
 from ..tasks.progress_lines import MalformedProgress, parse_progress_line
 from ..tasks.taskdir import TaskDir, new_task_id, warm_root
@@ -67,19 +65,24 @@ def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
     """One trip to a thread before the run: the task's directories, then its infile; the infile's size.
 
     `made` gets the task dir once it exists, so a failed infile write still finds it to keep.
+    A warm pilot's shared dir exists already (made once); it is made again only if a worker removed it.
     """
+    if tdir.shared:
+        with contextlib.suppress(FileNotFoundError):
+            size = write_infile(data, tdir.infile, shared_dir=True)
+            made.append(tdir)
+            return size
     tdir.make()
     made.append(tdir)
-    write_infile(data, tdir.infile)
-    return os.lstat(tdir.infile).st_size
+    return write_infile(data, tdir.infile, shared_dir=tdir.shared)
 
 
-def _load_result(path: Path, max_bytes: int) -> tuple[Any, int | None]:
-    """(publishable outfile value or NO_OUTFILE, its size in bytes); lstat: never follow a link."""
-    value = read_outfile(path, max_bytes=max_bytes)
+def _load_result(tdir: TaskDir, max_bytes: int) -> tuple[Any, int | None]:
+    """(publishable outfile value or NO_OUTFILE, the bytes read); the outfile is never read through a link."""
+    path = tdir.outfile
+    value, size = read_outfile_sized(path, max_bytes=max_bytes, shared_dir=tdir.shared)
     if value is NO_OUTFILE:
         return value, None
-    size = os.lstat(path).st_size
     return ensure_publishable(value, path, max_bytes=max_bytes), size
 
 
@@ -457,9 +460,7 @@ class TaskHandler:
 
     async def _read_result(self, tdir: TaskDir, record: RunFacts) -> Any:
         """The outfile's value, ready to publish (or `NO_OUTFILE`), in one trip to a thread."""
-        value, record.bytes_out = await asyncio.to_thread(
-            _load_result, tdir.outfile, self.env.cfg.max_result_bytes
-        )
+        value, record.bytes_out = await asyncio.to_thread(_load_result, tdir, self.env.cfg.max_result_bytes)
         return value
 
     async def _execute_warm(self, layout: TaskDir, data: Any, facts: RunFacts, made: list[TaskDir]) -> Any:
@@ -476,7 +477,7 @@ class TaskHandler:
             facts.bytes_in = _stage_files(layout, data, made)
 
         def collect() -> Any:
-            value, facts.bytes_out = _load_result(layout.outfile, max_bytes)
+            value, facts.bytes_out = _load_result(layout, max_bytes)
             return value
 
         result = await self.warm_pool.run(

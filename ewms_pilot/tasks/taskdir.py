@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .io import shared_dir_fd
 
 DATA_DIR_VAR = "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST"
 
@@ -189,24 +190,17 @@ class TaskDir:
 
     def _remove_files(self) -> None:
         """Shared dir: only this event's two names (a directory made at one of them included)."""
-        if (root_fd := _open_dir(self.root)) is None:
-            return
         try:
-            fd = _open_dir(self.task_io.name, root_fd)
-        finally:
-            os.close(root_fd)
-        if fd is None:
+            with shared_dir_fd(self.infile) as fd:
+                for path in (self.infile, self.outfile):
+                    try:
+                        os.unlink(path.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except IsADirectoryError:
+                        _rmtree(path.name, dir_fd=fd)
+        except FileNotFoundError:  # the dir is gone: nothing to remove
             return
-        try:
-            for path in (self.infile, self.outfile):
-                try:
-                    os.unlink(path.name, dir_fd=fd)
-                except FileNotFoundError:
-                    pass
-                except IsADirectoryError:
-                    _rmtree(path.name, dir_fd=fd)
-        finally:
-            os.close(fd)
 
     def _remove_known(self) -> None:
         """Remove the known files and directories; OSError when there is anything else."""
