@@ -21,7 +21,7 @@ from memory_pilot import ECHO, journal, memory_config, new_queues, put, take
 from ewms_pilot.pilot.journal import Journal, journal_path
 from ewms_pilot.pilot.recorder import Recorder
 from ewms_pilot.pilot.scheduler import Pilot
-from ewms_pilot.tasks.taskdir import TaskDir
+from ewms_pilot.tasks.taskdir import TaskDir, warm_root
 
 LOG = logging.getLogger("test")
 
@@ -80,6 +80,37 @@ def test_a_line_does_not_wait_behind_another_events_long_removal(
             opened.set()
             assert await rec.close(30)
         assert removed == ["a"] and not (tmp_path / "ewms-pilot-data" / "a").exists()
+
+    asyncio.run(main())
+
+
+def test_a_warm_events_files_go_with_its_line_and_a_planted_tree_does_not_hold_back_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warm events' two files are unlinked on the lines lane; a tree at one's name goes to the removals lane."""
+    reached, opened, removed = _hold_removals(monkeypatch)
+    root = warm_root(tmp_path / "ewms-pilot-data", "pilot1")
+    planted, plain = (TaskDir.in_shared(root, t, ".in", ".out") for t in ("a", "b"))
+    for tdir in (planted, plain):
+        tdir.make()
+        tdir.infile.write_text("x")
+    plain.outfile.write_text("y")
+    (planted.outfile / "deep").mkdir(parents=True)  # the worker made a tree at its outfile's name
+    (planted.outfile / "deep" / "f").write_text("z")
+
+    async def main() -> None:
+        rec = Recorder(Journal(journal_path(tmp_path)))
+        rec.start()
+        try:
+            rec.record({"task_id": "a"}, planted, LOG)
+            assert await asyncio.to_thread(reached.wait, 30)  # a's tree is on the removals lane, held
+            rec.record({"task_id": "b"}, plain, LOG)
+            await _until(lambda: not plain.infile.exists() and not plain.outfile.exists(), "b's files gone")
+            assert _lines(tmp_path) == ["a", "b"] and removed == []
+        finally:
+            opened.set()
+            assert await rec.close(30)
+        assert removed == ["task-io"] and sorted(p.name for p in root.joinpath("task-io").iterdir()) == []
 
     asyncio.run(main())
 

@@ -14,6 +14,9 @@ Two lanes, each one thread working through its queue in order:
 - *removals*: the task dirs, one after another; a line never waits behind
   one. A full disk is the exception: that event's files go first, on this
   lane, and its line right after (the line needs the space the removal frees).
+  A warm event's two files are unlinked on the lines lane, after the lines:
+  two unlinks are quick (a directory planted at one of their names is not,
+  and goes to this lane).
 
 `flush` and `close` are barriers through both lanes; the exit summary reads
 the journal after `close`. Waiting never holds a thread of the event loop's
@@ -176,13 +179,32 @@ class Recorder:
     # -- the threads ----------------------------------------------------------------
 
     def _write_lines(self, entries: list[_Entry]) -> None:
-        """Lines thread: every line in one append (a full disk's after its removal), then removals on."""
+        """Lines thread: every line in one append (a full disk's after its removal), then removals on.
+
+        A warm event's two files are unlinked here, after the lines: it is quick, and it spares
+        waking the removals thread for each event; a directory at one of their names goes on.
+        """
         self._append([e for e in entries if not e.free_first])
         for e in entries:
+            if not e.free_first and e.remove is not None and e.remove.shared and self._unlink_files(e):
+                continue
             if e.free_first or e.remove is not None:
                 self._removals.put(e)
             elif e.done is not None:
                 e.done()
+
+    @staticmethod
+    def _unlink_files(entry: _Entry) -> bool:
+        """A warm event's files unlinked (True), or left for the removals lane (a tree at one's name)."""
+        assert entry.remove is not None
+        try:
+            if not entry.remove.remove_files_only():
+                return False
+        except OSError as err:
+            entry.log.warning(f"could not remove task files in {entry.remove.files_at}: {err}")
+        if entry.done is not None:
+            entry.done()
+        return True
 
     def _remove_all(self, entries: list[_Entry]) -> None:
         """Removals thread: in order."""

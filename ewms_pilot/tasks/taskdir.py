@@ -181,15 +181,20 @@ class TaskDir:
         a task's own tree (extra files, a link it planted) falls back to `shutil.rmtree`.
         """
         if self.shared:
-            self._remove_files()
+            self._remove_files(trees=True)
             return
         try:
             self._remove_known()
         except OSError:  # ENOTEMPTY, EISDIR, ELOOP ...: not the usual tree
             _rmtree(self.root)
 
-    def _remove_files(self) -> None:
-        """Shared dir: only this event's two names (a directory made at one of them included)."""
+    def remove_files_only(self) -> bool:
+        """Shared dir: unlink this event's two files, quickly; False if a name is a directory (`remove` it)."""
+        assert self.shared, "a one-shot task's own tree goes with `remove`"
+        return self._remove_files(trees=False)
+
+    def _remove_files(self, *, trees: bool) -> bool:
+        """Shared dir: only this event's two names (a directory made at one of them too, with `trees`)."""
         try:
             with shared_dir_fd(self.infile) as fd:
                 for path in (self.infile, self.outfile):
@@ -198,9 +203,12 @@ class TaskDir:
                     except FileNotFoundError:
                         pass
                     except IsADirectoryError:
+                        if not trees:
+                            return False
                         _rmtree(path.name, dir_fd=fd)
         except FileNotFoundError:  # the dir is gone: nothing to remove
-            return
+            pass
+        return True
 
     def _remove_known(self) -> None:
         """Remove the known files and directories; OSError when there is anything else."""
