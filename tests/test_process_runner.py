@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from proc_helpers import pipe_ends_here
 
 from ewms_pilot.runtimes.base import RunSpec
 from ewms_pilot.runtimes.process import ProcessRuntime
+from ewms_pilot.tasks import process as process_module
 from ewms_pilot.tasks.process import ProcessOutcome, run_to_completion
 
 PY = sys.executable
@@ -161,6 +166,54 @@ async def test_background_process_left_by_a_finished_task_is_killed(tmp_path: Pa
     while alive(grandchild) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not alive(grandchild)
+
+
+async def test_a_task_leaving_a_child_on_its_output_pipes_ends_when_it_exits(tmp_path: Path) -> None:
+    """As the pilot runs tasks (piped output): Python 3.11's `Process.wait()` returns once the pipes are
+    closed too, so a task that exited leaving a background child on its stdout/stderr was taken for
+    running until the timeout, then reported timed out."""
+    pids_file = tmp_path / "pids"
+    code = (
+        "import subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pids_file)!r}, 'w').write(str(g.pid))\n"
+        "print('task done', flush=True)\n"
+        "sys.exit(5)\n"
+    )
+    lines: list[tuple[str, str]] = []
+    # the failure mode is waiting out the 60 s timeout; cancelling stops the whole group
+    outcome = await asyncio.wait_for(
+        run(tmp_path, [PY, "-c", code], timeout=60.0, on_line=lambda stream, line: lines.append((stream, line))), 15
+    )
+    assert (outcome.exit_code, outcome.timed_out, outcome.cancelled) == (5, False, False)
+    assert lines == [("stdout", "task done")]
+    (grandchild,) = [int(p) for p in pids_file.read_text().split()]
+    assert not alive(grandchild)
+
+
+async def test_a_detached_process_left_on_a_tasks_pipes_keeps_no_pipe_open_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process in its own session is out of the group kill's reach: the task still ends once its output
+    is drained, and the pilot's ends of the pipes are closed, not left to it."""
+    monkeypatch.setattr(process_module, "DRAIN_WAIT", 0.5)
+    pids_file = tmp_path / "pids"
+    code = (
+        "import subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        f"open({str(pids_file)!r}, 'w').write(str(g.pid))\n"
+    )
+    try:
+        outcome = await asyncio.wait_for(run(tmp_path, [PY, "-c", code], timeout=60.0, log_max=2**20), 15)
+        (detached,) = [int(p) for p in pids_file.read_text().split()]
+        assert alive(detached)
+        held = pipe_ends_here(detached, 1) + pipe_ends_here(detached, 2)
+    finally:
+        if pids_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pids_file.read_text()), signal.SIGKILL)
+    assert (outcome.exit_code, outcome.timed_out) == (0, False)
+    assert held == []
 
 
 async def test_cancellation_stops_the_tree_and_reraises(tmp_path: Path) -> None:

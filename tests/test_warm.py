@@ -9,6 +9,7 @@ without the `json` module (the test image has none).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from mq_helpers import drain, publish
 from pilot_proc import base_env, run_pilot, start_pilot, wait_pilot
+from proc_helpers import pipe_ends_here
 
 from ewms_pilot import worker
 from ewms_pilot.config.model import (
@@ -35,7 +37,9 @@ from ewms_pilot.config.model import (
 from ewms_pilot.runtimes import ProcessRuntime
 from ewms_pilot.tasks.taskdir import TaskDir
 from ewms_pilot.warm import WarmPool, WarmResult
+from ewms_pilot.warm import driver as driver_module
 from ewms_pilot.warm import pool as pool_module
+from ewms_pilot.warm import worker_proc as worker_proc_module
 from ewms_pilot.warm.driver import FileWork
 
 PY = sys.executable
@@ -325,6 +329,90 @@ async def test_close_stops_a_worker_that_ignores_eof(tmp_path: Path, monkeypatch
     assert not [pid for pid in map(int, pids.read_text().split()) if alive(pid)]
     # it did not exit cleanly: its log is kept for a look
     assert list((cfg.data_dir / "warm-workers").glob("*.log"))
+
+
+CRASH_LEAVING_A_CHILD = r"""
+import json, os, subprocess, sys
+req = json.loads(sys.stdin.readline())
+starts = sys.argv[1]
+if not os.path.exists(starts):  # the first worker: a background child holding its pipes, then a crash
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # inherits stderr
+    open(starts, "w").write(f"{os.getpid()} {child.pid}")
+    print("crashing with a child left behind", file=sys.stderr, flush=True)
+    sys.exit(4)
+print(json.dumps({"id": req["id"], "ok": True}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    print(json.dumps({"id": req["id"], "ok": True}), flush=True)
+"""
+
+
+async def test_a_crash_that_leaves_a_child_holding_stderr_fails_the_event_at_once(tmp_path: Path) -> None:
+    """Python 3.11's `Process.wait()` returns once the pipes are closed too: a worker that crashed leaving a
+    background child on its stderr was not seen to exit, and its event waited for the task timeout."""
+    starts = tmp_path / "starts"
+    cfg = _cfg(tmp_path, [PY, "-c", CRASH_LEAVING_A_CHILD, str(starts)])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r5")
+    await pool.start()
+    crashed_pid = pool._slots[0].worker.pid  # type: ignore[union-attr]
+    child = None
+    tdir = _event(cfg, 1)
+    work = FileWork(stage=lambda: None, collect=lambda: "value")
+    run = asyncio.ensure_future(pool.run("task1", tdir.infile, tdir.outfile, 60, work))
+    try:
+        done, _ = await asyncio.wait([run], timeout=15)  # the failure mode is waiting out the 60 s timeout
+        child = int(starts.read_text().split()[1])
+        assert run in done, "the worker's exit was not seen: the event waits for its timeout"
+        first = run.result()
+        second = await _run_one(pool, cfg, 2, 10)
+        replacement_pid = pool._slots[0].worker.pid  # type: ignore[union-attr]
+    finally:
+        if child is not None and alive(child):  # only when failing: let close() end instead of hanging
+            os.kill(child, signal.SIGKILL)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await pool.close(2)
+    assert (first.ok, first.timed_out, first.exit_code) == (False, False, 4)
+    assert first.error == "warm worker exited (code 4): crashing with a child left behind"
+    assert not alive(child)  # the worker's group was killed once it had exited
+    assert second.ok and second.value == "value"
+    assert replacement_pid != crashed_pid
+
+
+CRASH_LEAVING_A_DETACHED_CHILD = r"""
+import json, subprocess, sys
+json.loads(sys.stdin.readline())
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+open(sys.argv[1], "w").write(str(child.pid))
+print("crashing with a detached child left behind", file=sys.stderr, flush=True)
+sys.exit(4)
+"""
+
+
+async def test_a_detached_child_holding_a_crashed_workers_stderr_keeps_no_pipe_open_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child in its own session is out of the group kill's reach: its event still fails once the
+    output is drained, and the pilot's end of the stderr pipe is closed, not left to it."""
+    monkeypatch.setattr(driver_module, "DRAIN_WAIT", 0.5)
+    monkeypatch.setattr(worker_proc_module, "DRAIN_WAIT", 0.5)
+    pid_file = tmp_path / "child"
+    cfg = _cfg(tmp_path, [PY, "-c", CRASH_LEAVING_A_DETACHED_CHILD, str(pid_file)])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r6")
+    await pool.start()
+    try:
+        result = await _run_one(pool, cfg, 1, 60)  # HANG_GUARD: the failure mode is waiting out the 60 s
+        child = int(pid_file.read_text())
+        assert alive(child)
+        held = pipe_ends_here(child, 2)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        await pool.close(2)
+    assert (result.ok, result.timed_out, result.exit_code) == (False, False, 4)
+    assert result.error == "warm worker exited (code 4): crashing with a detached child left behind"
+    assert held == []
 
 
 def test_oci_runtimes_keep_stdin_attached_only_for_warm_workers() -> None:

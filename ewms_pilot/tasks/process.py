@@ -30,6 +30,7 @@ from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
 from ..runtimes.envfile import open_private, remove_env_file
 from .logcap import CappedLog
+from .spawn import start_process
 from .stall import wait_for_stall
 
 LOGGER = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ async def run_to_completion(
             piped = on_line is not None or log_max is not None
             try:
                 _require_executable(command[0], env, cwd)  # setpriv would only say so in its own words
-                proc = await asyncio.create_subprocess_exec(
+                proc = await start_process(  # wait() returns at the exit, not when the pipes close
                     *runtime.launch_argv(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE if piped else out_file,
@@ -354,6 +355,7 @@ async def run_to_completion(
                     signal_group(proc.pid, signal.SIGKILL)
                     await uncancellable(_group_gone_within(proc, KILL_WAIT))
                 await uncancellable(_drain(pumps))
+                proc.close_pipes()  # what a detached process still holds
     finally:
         remove_env_file(spec.env_file)
     log_error = next((c.error for c in caps if c.error is not None), None)

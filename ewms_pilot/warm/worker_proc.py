@@ -28,6 +28,7 @@ from ..tasks.errors import extract_error_line
 # The stop sequence (runtime stop command or group signals, then SIGKILL) is the
 # one-shot tasks' own: a warm worker must not outlive the pilot any more than they do.
 from ..tasks.process import group_exists, signal_group, terminate, uncancellable
+from ..tasks.spawn import Process, start_process
 from .driver import DRAIN_WAIT, Done, Driver, Ended, FileWork
 from .lines import hand_on, split_lines
 
@@ -105,7 +106,8 @@ class WarmWorker:
         try:
             # owner-only; the client reads it as it starts, removed when the worker has exited
             await asyncio.to_thread(self.runtime.write_env_file, self.spec)
-            proc = await asyncio.create_subprocess_exec(
+            # wait() returns at the exit, even while a child it left holds its stderr (Python 3.11)
+            proc = await start_process(
                 *argv,
                 stdin=in_r,
                 stdout=out_w,
@@ -150,7 +152,7 @@ class WarmWorker:
         self._write_log(raw + b"\n")
         self._stderr_tail.append(raw.decode("utf-8", "replace"))
 
-    async def _watch(self, proc: asyncio.subprocess.Process, stderr: asyncio.Task[None]) -> None:
+    async def _watch(self, proc: Process, stderr: asyncio.Task[None]) -> None:
         """Wait for the exit; let the driver read what is left and answer the request in flight."""
         code = await proc.wait()
         remove_env_file(self.spec.env_file)
@@ -162,6 +164,7 @@ class WarmWorker:
         for task in late:  # a detached grandchild holds the pipe open
             task.cancel()
         await asyncio.gather(stderr, return_exceptions=True)
+        proc.close_pipes()  # what such a grandchild still holds
         await asyncio.to_thread(self._driver.finished.wait, DRAIN_WAIT + 1)
         line = extract_error_line(
             "\n".join(self._stderr_tail), apptainer=self.runtime.name == "apptainer"
