@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -14,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from ewms_pilot.pilot.task_handler import _stage_files
+from ewms_pilot.tasks import io as task_io_module
 from ewms_pilot.tasks.errors import (
     InvalidDataForInfileException,
     InvalidDataFromOutfileException,
@@ -263,6 +267,73 @@ def test_a_kept_shared_dir_is_used_only_while_its_path_still_leads_to_it(tmp_pat
     with pytest.raises(FileNotFoundError):
         write_infile("event c", td.task_io / "infile-c.txt", shared_dir=True)
     assert read_outfile_sized(td.task_io / "outfile-c.txt", shared_dir=True) == (NO_OUTFILE, None)
+
+
+def _kept_shared(tmp_path: Path) -> TaskDir:
+    """A warm event's files whose shared dir this thread has kept (one write through it)."""
+    td = TaskDir.in_shared(warm_root(tmp_path / "data", "p1"), "a", ".txt", ".txt")
+    td.make()
+    write_infile("x", td.infile, shared_dir=True)
+    return td
+
+
+@pytest.mark.parametrize("target", ["moved root", "nowhere"])
+def test_a_link_planted_at_the_root_of_a_kept_shared_dir_is_refused(tmp_path: Path, target: str) -> None:
+    """Both task-writable levels are checked on every use: a worker's link at warm-<id> is refused as before."""
+    td = _kept_shared(tmp_path)
+    td.outfile.write_text("the result")
+    moved = td.root.with_name("moved-root")
+    td.root.rename(moved)
+    td.root.symlink_to(moved if target == "moved root" else tmp_path / "nowhere")
+    with pytest.raises(OSError, match="directory 'warm-p1' on its path is a symlink"):
+        write_infile("y", td.root / "task-io" / "infile-b.txt", shared_dir=True)
+    with pytest.raises(InvalidDataFromOutfileException, match="directory 'warm-p1' on its path is a symlink"):
+        read_outfile_sized(td.outfile, shared_dir=True)  # never "no outfile": the event must not be acked empty
+    assert not (moved / "task-io" / "infile-b.txt").exists()
+
+
+def test_a_kept_shared_dir_replaced_by_a_file_says_so_as_before(tmp_path: Path) -> None:
+    td = _kept_shared(tmp_path)
+    shutil.rmtree(td.root)
+    td.root.write_text("")
+    messages = []
+    for shared in (False, True):
+        with pytest.raises(OSError) as ei:
+            write_infile("y", td.infile, shared_dir=shared)
+        messages.append(str(ei.value))
+    assert messages[0] == messages[1] and "directory 'warm-p1' on its path is a regular file" in messages[0]
+
+
+def test_a_kept_fd_that_went_stale_is_dropped_after_one_error(tmp_path: Path) -> None:
+    """Emulates a network filesystem that gives a removed directory's inode number to its replacement:
+    the identity check passes, the fd is dead; the event's staging recovers, and so do later events."""
+    td = _kept_shared(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    stale = os.open(gone, os.O_RDONLY | os.O_DIRECTORY)
+    gone.rmdir()
+    kept = task_io_module._kept.dir
+    os.close(kept.fd)
+    kept.fd = stale  # same identity as the real dir, but a removed one
+    for i in range(3):
+        event = TaskDir.in_shared(td.root, f"e{i}", ".txt", ".txt")
+        assert _stage_files(event, "data", []) == 4
+        assert event.infile.read_text() == "data"
+
+
+def test_a_failed_infile_write_in_a_shared_dir_still_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk fails the write: the task dir is known, so the handler can free its files (and say where)."""
+    td = _kept_shared(tmp_path)
+
+    def no_space(fd: int, mode: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(task_io_module.os, "fchmod", no_space)
+    made: list[TaskDir] = []
+    event = TaskDir.in_shared(td.root, "b", ".txt", ".txt")
+    with pytest.raises(OSError, match="No space"):
+        _stage_files(event, "x" * 1000, made)
+    assert made == [event]
 
 
 def test_infile_is_owner_only_whatever_the_umask(tmp_path: Path, lax_umask: None) -> None:

@@ -68,13 +68,14 @@ def _stage_files(tdir: TaskDir, data: Any, made: list[TaskDir]) -> int:
     A warm pilot's shared dir exists already (made once); it is made again only if a worker removed it.
     """
     if tdir.shared:
+        made.append(tdir)  # it exists but for a worker that removed it: a failed write below still finds it
         with contextlib.suppress(FileNotFoundError):
-            size = write_infile(data, tdir.infile, shared_dir=True)
-            made.append(tdir)
-            return size
+            return write_infile(data, tdir.infile, shared_dir=True)
+        tdir.make()
+        return write_infile(data, tdir.infile, shared_dir=True)
     tdir.make()
     made.append(tdir)
-    return write_infile(data, tdir.infile, shared_dir=tdir.shared)
+    return write_infile(data, tdir.infile)
 
 
 def _load_result(tdir: TaskDir, max_bytes: int) -> tuple[Any, int | None]:

@@ -209,15 +209,37 @@ class _Role:
 
 
 class _KeptDir:
-    """One thread's fd of a shared task dir, with the identity it had when its path was checked."""
+    """One thread's fd of a shared task dir, and what its task-writable levels were when it was checked."""
 
-    def __init__(self, path: str, fd: int) -> None:
-        st = os.fstat(fd)
-        self.path, self.fd, self.ident = path, fd, (st.st_dev, st.st_ino)
+    def __init__(self, levels: tuple[str, ...], fd: int) -> None:
+        self.levels, self.fd = levels, fd
+        self.ident = _identities(levels)  # just after `_open_task_dir` found them real directories
+
+    def still_there(self) -> bool:
+        """Each task-writable level is still the directory (not a link, not another) it was."""
+        try:
+            return _identities(self.levels) == self.ident
+        except OSError:  # gone, or a file: `_open_task_dir` says so in its own words
+            return False
 
     def __del__(self) -> None:  # the thread ended (its locals go) or another dir took its place
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _identities(levels: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    stats = [os.stat(level, follow_symlinks=False) for level in levels]
+    return tuple((st.st_dev, st.st_ino) for st in stats)
+
+
+def _writable_levels(directory: Path) -> tuple[str, ...]:
+    """`directory` and the levels above it that a task can replace (`TASK_WRITABLE_DIR_LEVELS`)."""
+    levels: list[str] = []
+    level = Path(os.path.abspath(directory))
+    while len(levels) < TASK_WRITABLE_DIR_LEVELS and level.name:
+        levels.append(str(level))
+        level = level.parent
+    return tuple(levels)
 
 
 _kept = threading.local()
@@ -228,10 +250,12 @@ def _task_dir(role: _Role, *, keep: bool) -> Iterator[int]:
     """An fd of the file's directory, opened by `_open_task_dir`; closed after, unless `keep`.
 
     `keep` (a warm pilot's shared dir, used by the same worker thread event after
-    event): the thread keeps the fd, and later uses it while the path still leads
-    to that same directory (device and inode, one `lstat`), instead of opening
-    each level again: seven system calls fewer per file, each a turn at the GIL.
-    A directory replaced, moved or removed since is opened (and checked) afresh.
+    event): the thread keeps the fd, and later uses it while each task-writable
+    level of the path is still the directory it was (device and inode, one `lstat`
+    per level: a link planted at any of them shows), instead of opening each level
+    again: five system calls fewer per file, each a turn at the GIL. A level
+    replaced, moved or removed since is opened and checked afresh, and any error
+    while the kept fd is in use drops it (a stale fd must not fail every later event).
     """
     if not keep:
         fd = _open_task_dir(role)
@@ -240,16 +264,16 @@ def _task_dir(role: _Role, *, keep: bool) -> Iterator[int]:
         finally:
             os.close(fd)
         return
-    path = os.path.abspath(role.path.parent)
+    levels = _writable_levels(role.path.parent)
     kept: _KeptDir | None = getattr(_kept, "dir", None)
-    if kept is not None and kept.path == path:
-        st = os.stat(path, follow_symlinks=False)  # FileNotFoundError: gone, as `_open_task_dir` says
-        if (st.st_dev, st.st_ino) == kept.ident:
-            yield kept.fd
-            return
-    _kept.dir = None  # closes the old fd before a new one is opened
-    _kept.dir = kept = _KeptDir(path, _open_task_dir(role))
-    yield kept.fd
+    if kept is None or kept.levels != levels or not kept.still_there():
+        _kept.dir = kept = None  # the old fd goes first
+        _kept.dir = kept = _KeptDir(levels, _open_task_dir(role))
+    try:
+        yield kept.fd
+    except BaseException:
+        _kept.dir = None
+        raise
 
 
 @contextlib.contextmanager
