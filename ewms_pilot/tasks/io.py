@@ -211,8 +211,8 @@ class _Role:
 class _KeptDir:
     """One thread's fd of a shared task dir, and what its task-writable levels were when it was checked."""
 
-    def __init__(self, levels: tuple[str, ...], fd: int) -> None:
-        self.levels, self.fd = levels, fd
+    def __init__(self, where: str, levels: tuple[Path, ...], fd: int) -> None:
+        self.where, self.levels, self.fd = where, levels, fd  # where: the directory's absolute path
         self.ident = _identities(levels)  # just after `_open_task_dir` found them real directories
 
     def still_there(self) -> bool:
@@ -227,17 +227,17 @@ class _KeptDir:
             os.close(self.fd)
 
 
-def _identities(levels: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+def _identities(levels: tuple[Path, ...]) -> tuple[tuple[int, int], ...]:
     stats = [os.stat(level, follow_symlinks=False) for level in levels]
     return tuple((st.st_dev, st.st_ino) for st in stats)
 
 
-def _writable_levels(directory: Path) -> tuple[str, ...]:
-    """`directory` and the levels above it that a task can replace (`TASK_WRITABLE_DIR_LEVELS`)."""
-    levels: list[str] = []
-    level = Path(os.path.abspath(directory))
+def _writable_levels(directory: str) -> tuple[Path, ...]:
+    """The absolute `directory` and the levels above it that a task can replace, deepest first."""
+    levels: list[Path] = []
+    level = Path(directory)
     while len(levels) < TASK_WRITABLE_DIR_LEVELS and level.name:
-        levels.append(str(level))
+        levels.append(level)
         level = level.parent
     return tuple(levels)
 
@@ -257,18 +257,19 @@ def _task_dir(role: _Role, *, keep: bool) -> Iterator[int]:
     replaced, moved or removed since is opened and checked afresh, and any error
     while the kept fd is in use drops it (a stale fd must not fail every later event).
     """
+    where = os.path.abspath(role.path.parent)
     if not keep:
-        fd = _open_task_dir(role)
+        fd = _open_task_dir(role, _writable_levels(where))
         try:
             yield fd
         finally:
             os.close(fd)
         return
-    levels = _writable_levels(role.path.parent)
     kept: _KeptDir | None = getattr(_kept, "dir", None)
-    if kept is None or kept.levels != levels or not kept.still_there():
+    if kept is None or kept.where != where or not kept.still_there():
         _kept.dir = kept = None  # the old fd goes first
-        _kept.dir = kept = _KeptDir(levels, _open_task_dir(role))
+        levels = _writable_levels(where)
+        _kept.dir = kept = _KeptDir(where, levels, _open_task_dir(role, levels))
     try:
         yield kept.fd
     except BaseException:
@@ -283,20 +284,16 @@ def shared_dir_fd(file: Path) -> Iterator[int]:
         yield fd
 
 
-def _open_task_dir(role: _Role) -> int:
-    """An fd of the file's directory, whose last `TASK_WRITABLE_DIR_LEVELS` levels are real directories.
+def _open_task_dir(role: _Role, levels: tuple[Path, ...]) -> int:
+    """An fd of the file's directory, whose task-writable `levels` (`_writable_levels`) are real directories.
 
     The task can replace those levels with symlinks (e.g. to `/`); the levels
     above belong to the pilot and may be symlinks (a site's scratch link).
     """
-    names: list[str] = []
-    top = Path(os.path.abspath(role.path.parent))
-    while len(names) < TASK_WRITABLE_DIR_LEVELS and top.name:
-        names.append(top.name)
-        top = top.parent
+    top = levels[-1].parent if levels else Path(os.path.abspath(role.path.parent))
     fd = os.open(top, _DIR_FLAGS)
     try:
-        for name in reversed(names):
+        for name in (level.name for level in reversed(levels)):
             try:
                 sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:
