@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -240,6 +241,68 @@ async def test_the_timeout_still_applies_once_a_live_worker_closed_a_pipe(tmp_pa
     finally:
         await pool.close(2)
     assert second.timed_out
+
+
+SLOW_FOR_TASK2 = """
+import json, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    if req['id'] == 'task2':
+        time.sleep(1)  # still in flight when the other worker's event breaks
+    print(json.dumps({'id': req['id'], 'ok': True}), flush=True)
+"""
+
+
+async def test_a_bug_driving_one_worker_fails_its_event_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker is driven by one thread (warm/hub.py): a bug while handling one worker's output
+    fails that worker's event, as unexpected, and never the event in flight in another worker,
+    nor a later event in the broken worker's slot."""
+    real_parse = driver_module.parse_answer
+
+    def parse(line: str) -> object:
+        if '"task1"' in line:
+            raise ZeroDivisionError("a bug in the driver")
+        return real_parse(line)
+
+    monkeypatch.setattr(driver_module, "parse_answer", parse)
+    cfg = _cfg(tmp_path, [PY, "-c", SLOW_FOR_TASK2], size=2)
+    pool = WarmPool(cfg, ProcessRuntime(), "", "h1")
+    await pool.start()
+    try:
+        slow = asyncio.ensure_future(_run_one(pool, cfg, 2, 10))
+        await asyncio.sleep(0.2)  # task2 is in its worker
+        with pytest.raises(RuntimeError, match="ZeroDivisionError: a bug in the driver"):
+            await _run_one(pool, cfg, 1, 10)
+        assert not slow.done()
+        assert (await slow).ok
+        assert (await _run_one(pool, cfg, 3, 10)).ok  # the broken worker's slot has a new worker
+    finally:
+        await pool.close(2)
+
+
+def _warm_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("ewms-warm") or "-driver" in t.name)
+
+
+async def test_one_thread_drives_every_warm_worker_and_ends_with_the_last(tmp_path: Path) -> None:
+    """benchmarks/README.md, issue 15, seventh round: four threads for four workers took the GIL
+    in turn for each event; the workers of a pilot share one, which does not outlive them."""
+    cfg = _cfg(tmp_path, [PY, "-c", SLOW_FOR_TASK2], size=4)
+    pool = WarmPool(cfg, ProcessRuntime(), "", "h2")
+    await pool.start()
+    try:
+        results = await asyncio.gather(*(_run_one(pool, cfg, n, 10) for n in range(4)))
+        assert all(r.ok for r in results)
+        assert _warm_threads() == ["ewms-warm-hub"]
+    finally:
+        await pool.close(2)
+    for _ in range(100):
+        if not _warm_threads():
+            break
+        await asyncio.sleep(0.05)
+    assert _warm_threads() == []
 
 
 NESTED_NOISE = """

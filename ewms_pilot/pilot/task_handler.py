@@ -467,7 +467,7 @@ class TaskHandler:
     async def _execute_warm(self, layout: TaskDir, data: Any, facts: RunFacts, made: list[TaskDir]) -> Any:
         """The event through a warm worker: same files, same failures, same outfile handling as one-shot.
 
-        The worker's driver thread stages the infile, exchanges the request and collects the
+        The warm hub's thread stages the infile, exchanges the request and collects the
         outfile in one trip; a staging or collecting error fails the event as it would one-shot.
         """
         assert self.warm_pool is not None

@@ -1,17 +1,16 @@
-"""The thread that owns one warm worker's stdin and stdout: an event's stage, exchange and collect in one trip.
+"""One warm worker's exchange: an event's stage, request, answer and collect, driven by the warm hub.
 
 Warm events cost the task nothing, so the pilot's own hops between its event
 loop and helper threads were most of an event's cost (benchmarks/README.md,
-issue 15). Here one thread per worker writes the infile, sends the request
-line, waits for the answer, and reads the outfile, then hands the event loop
-one result: one hop per event instead of a file trip before the request, the
-pipe traffic on the loop, and a file trip after it. Between events it keeps
-reading stdout, so a worker's chatter is logged whenever it comes.
+issue 15). The hub's thread (`hub.py`, one for every worker) writes the
+infile, sends the request line, reads the answer and the outfile, then hands
+the event loop one result: one hop per event. Between events it keeps reading
+stdout, so a worker's chatter is logged whenever it comes.
 
-The event loop talks to it through `submit` (a job) and `exited` (the process
-is gone: answer what is pending once its last output has been read);
-nothing here touches asyncio except `call_soon_threadsafe` to resolve a
-job's future.
+The event loop talks to a driver through `submit` (a job) and `exited` (the
+process is gone: answer what is pending once its last output has been read);
+nothing here touches asyncio except `call_soon_threadsafe` to resolve a job's
+future. Everything below "the hub's side" runs on the hub's thread.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import enum
 import fcntl
 import logging
 import os
-import queue
-import select
 import struct
 import termios
 import threading
@@ -32,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .hub import Hub
 from .lines import MAX_LINE, hand_on, split_lines
 from .protocol import Answer, parse_answer
 
@@ -87,8 +85,12 @@ class _Cmd(enum.Enum):
     CLOSE_STDIN = "close stdin"
 
 
+#: every warm worker of this process is driven by one thread
+HUB = Hub()
+
+
 class Driver:
-    """One thread per worker; `stdin_fd`/`stdout_fd` are its own from now on (it closes them)."""
+    """One worker's pipes and its job in flight; `stdin_fd`/`stdout_fd` are its own from now on (it closes them)."""
 
     def __init__(self, name: str, stdin_fd: int, stdout_fd: int, on_noise: Callable[[bytes], None]) -> None:
         self.name = name
@@ -96,115 +98,87 @@ class Driver:
         self._stdin: int | None = stdin_fd
         self._stdout: int | None = stdout_fd
         self._on_noise = on_noise
-        self._inbox: queue.SimpleQueue[_Job | _Cmd] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # posting and the thread's end take turns: a post after the end must not write to the wake
-        # pipe's old fd number, which another file may have by then
-        self._post_lock = threading.Lock()
-        self._gone = False
-        self._job: _Job | None = None  # the thread's: the event in flight
-        self._exit_posted = False
-        self._thread = threading.Thread(target=self._run, name=f"{name}-driver", daemon=True)
-        self.finished = threading.Event()  # the thread has ended (its fds are closed)
+        self._pending = b""  # the hub's: stdout read after the last complete line
+        self._drain_until: float | None = None  # the hub's: set once the exit was seen
+        self._job: _Job | None = None  # the hub's: the event in flight
+        self._exit_posted = False  # the loop's
+        self.finished = threading.Event()  # it has ended (its fds are closed)
 
     def start(self) -> None:
-        self._thread.start()
+        HUB.join(self)
 
     # -- the event loop's side ----------------------------------------------------
 
     def submit(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> asyncio.Future[Done]:
         loop = asyncio.get_running_loop()
         job = _Job(task_id, line, work, timeout, loop, loop.create_future())
-        if self._exit_posted or not self._post(job):  # nobody would take it
+        if self._exit_posted or not HUB.post(self, job):  # nobody would take it
             job.future.set_result(Done(ended=Ended.NOT_TAKEN))
         return job.future
 
     def exited(self) -> None:
-        """The process is gone: read what is left, answer what is pending, end the thread."""
+        """The process is gone: read what is left, answer what is pending, end."""
         if not self._exit_posted:
             self._exit_posted = True  # set on the loop, like `submit`: no job can slip in behind it
-            self._post(_Cmd.EXITED)
+            HUB.post(self, _Cmd.EXITED)
 
     def close_stdin(self) -> None:
-        """The protocol's "no more events" (the thread closes it: it may be writing to it)."""
-        self._post(_Cmd.CLOSE_STDIN)
+        """The protocol's "no more events" (the hub closes it: it may be writing to it)."""
+        HUB.post(self, _Cmd.CLOSE_STDIN)
 
-    def _post(self, item: _Job | _Cmd) -> bool:
-        """Hand `item` to the thread; False once it has ended."""
-        with self._post_lock:
-            if self._gone:
-                return False
-            self._inbox.put(item)
-            with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
-                os.write(self._wake_w, b"x")
-            return True
+    # -- the hub's side -------------------------------------------------------------
 
-    # -- the thread ---------------------------------------------------------------
+    @property
+    def stdout_fd(self) -> int | None:
+        return self._stdout
 
-    def _run(self) -> None:
-        try:
-            self._drive()
-        except BaseException as e:  # a bug here must not leave an event waiting forever
-            LOGGER.exception(f"{self.name}: its driver thread failed")
-            if self._job is not None:
-                self._finish(self._job, Done(ended=Ended.BROKEN, error=f"{type(e).__name__}: {e}"))
-                self._job = None
-        finally:
-            with self._post_lock:
-                self._gone = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-            for item in self._take_inbox():  # posted before the end: answered, never stranded
-                if isinstance(item, _Job):
-                    self._finish(item, Done(ended=Ended.NOT_TAKEN))
-            self._close("_stdin")
-            self._close("_stdout")
-            self.finished.set()
-
-    def _drive(self) -> None:
-        """Until the exit was seen and stdout is read to its end (or `DRAIN_WAIT` has passed)."""
-        pending = b""
-        drain_until: float | None = None  # set once the exit was seen
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+    def read_stdout(self) -> bool:
         assert self._stdout is not None
-        poller.register(self._stdout, select.POLLIN)
-        while True:
-            job = self._job
-            if drain_until is not None and (self._stdout is None or time.monotonic() >= drain_until):
-                if job is not None:  # its exit was seen and no answer came
-                    self._end_job(Done(ended=Ended.NOT_TAKEN if self._untouched(job) else Ended.EXITED))
-                return
-            ends = [t for t in (job.deadline if job else None, drain_until) if t is not None]
-            wait = None if not ends else max(min(ends) - time.monotonic(), 0.0)
-            events = dict(poller.poll(None if wait is None else wait * 1000))
-            if self._stdout is not None and self._stdout in events:
-                chunk = os.read(self._stdout, _CHUNK)
-                pending = self._lines(pending + chunk, final=not chunk)
-                if not chunk:  # EOF; a job still waits for the exit or its deadline, whichever comes first
-                    poller.unregister(self._stdout)
-                    self._close("_stdout")
-            job = self._job
-            if job is not None and job.deadline is not None and time.monotonic() >= job.deadline:
-                self._end_job(Done(ended=Ended.TIMED_OUT))
-            if self._wake_r in events:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-                for item in self._take_inbox():
-                    if item is _Cmd.EXITED:
-                        drain_until = time.monotonic() + DRAIN_WAIT
-                    elif item is _Cmd.CLOSE_STDIN:
-                        self._close("_stdin")
-                    elif isinstance(item, _Job):
-                        self._begin(item)
+        chunk = os.read(self._stdout, _CHUNK)
+        self._pending = self._lines(self._pending + chunk, final=not chunk)
+        return not chunk  # EOF; a job still waits for the exit or its deadline, whichever comes first
 
-    def _take_inbox(self) -> list[_Job | _Cmd]:
-        items: list[_Job | _Cmd] = []
-        while True:
-            try:
-                items.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return items
+    def close_stdout(self) -> None:
+        self._close("_stdout")
+
+    def wake_at(self) -> float | None:
+        if self._drain_until is not None and self._stdout is None:
+            return 0.0  # nothing left to read: end now
+        ends = [t for t in (self._job.deadline if self._job else None, self._drain_until) if t is not None]
+        return min(ends) if ends else None
+
+    def tick(self, now: float) -> bool:
+        """A job past its deadline times out; once the exit was seen and stdout is read to its end
+        (or `DRAIN_WAIT` has passed), the job still in flight ends with the exit, and so does the driver."""
+        job = self._job
+        if job is not None and job.deadline is not None and now >= job.deadline:
+            self._end_job(Done(ended=Ended.TIMED_OUT))
+        if self._drain_until is not None and (self._stdout is None or now >= self._drain_until):
+            if self._job is not None:  # its exit was seen and no answer came
+                self._end_job(Done(ended=Ended.NOT_TAKEN if self._untouched(self._job) else Ended.EXITED))
+            return True
+        return False
+
+    def handle(self, item: object) -> None:
+        if item is _Cmd.EXITED:
+            self._drain_until = time.monotonic() + DRAIN_WAIT
+        elif item is _Cmd.CLOSE_STDIN:
+            self._close("_stdin")
+        elif isinstance(item, _Job):
+            self._begin(item)
+
+    def refuse(self, item: object) -> None:
+        if isinstance(item, _Job):
+            self._finish(item, Done(ended=Ended.NOT_TAKEN))
+
+    def fail(self, error: BaseException) -> None:
+        if self._job is not None:
+            self._end_job(Done(ended=Ended.BROKEN, error=f"{type(error).__name__}: {error}"))
+
+    def end(self) -> None:
+        self._close("_stdin")
+        self._close("_stdout")
+        self.finished.set()
 
     def _begin(self, job: _Job) -> None:
         """Stage, then send; the job stays in flight until its answer, the exit or its deadline."""

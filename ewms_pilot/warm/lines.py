@@ -1,4 +1,4 @@
-"""A warm worker's output as lines: one rule for its stdout (the driver thread) and its stderr (the loop)."""
+"""A warm worker's output as lines: one rule for its stdout (the hub's thread) and its stderr (the loop)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The worker is started like a one-shot task (`runtime.run_argv`, new session,
 so its whole process group can be stopped) but with stdin kept open. Its
-stdin and stdout belong to a `Driver` thread, which runs each event's
+stdin and stdout belong to its `Driver` (on the warm hub's thread), which runs each event's
 stage → exchange → collect in one trip; stdout noise and stderr go to the
 worker's log file. A watcher task notices the exit and lets the driver answer
 the request in flight, if any, with it.
@@ -100,7 +100,7 @@ class WarmWorker:
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
         # the worker sees this dir (the whole data dir is bound): never follow its links
         log = os.fdopen(await asyncio.to_thread(open_private, self.log_path), "ab")
-        # stdin/stdout as plain pipes, not asyncio transports: the driver thread owns them
+        # stdin/stdout as plain pipes, not asyncio transports: the hub's thread owns them
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -137,7 +137,7 @@ class WarmWorker:
     # -- output -----------------------------------------------------------------
 
     def _write_log(self, data: bytes) -> None:
-        """From the loop (stderr) and the driver thread (stdout noise): the file object locks itself."""
+        """From the loop (stderr) and the hub's thread (stdout noise): the file object locks itself."""
         if self._log is not None and not self._log.closed:
             try:
                 self._log.write(data)
@@ -180,7 +180,7 @@ class WarmWorker:
     # -- requests ---------------------------------------------------------------
 
     async def request(self, task_id: str, line: bytes, work: FileWork, timeout: float | None) -> Reply | None:
-        """Stage, send one request line, wait for its answer, collect: one trip to the driver thread.
+        """Stage, send one request line, wait for its answer, collect: one trip to the hub's thread.
 
         The answer (with the collected value), the worker's exit, or None on timeout; a `Done`
         with `Ended.NOT_TAKEN` when it exited without reading the request (the event never started).

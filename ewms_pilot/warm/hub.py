@@ -1,0 +1,188 @@
+"""The one thread that drives every warm worker's pipes in this process.
+
+A warm event costs the task next to nothing, so what it costs the pilot is
+mostly hand-overs between threads: on two cores, each thread that wakes for an
+event takes the GIL in turn, and each hand-over is a few `futex` calls and
+often a context switch (benchmarks/README.md, issue 15, sixth and seventh
+rounds). One thread per worker meant four such threads at c=4; one thread for
+all of them wakes once for every event that is ready at that moment, and
+answers that come together are read in one `poll`.
+
+The price is that one event's file work (staging a large infile, reading a
+large outfile) holds up the exchanges of the others for that long; warm events
+are meant to be small, and the task's own time dwarfs a page-cache write.
+
+The thread runs while it has members and ends with the last one (a later
+worker starts it again). Members post to it through `post`, which refuses once
+the member has ended, so nothing is written to a wake-up pipe that was closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+LOGGER = logging.getLogger("ewms_pilot.warm")
+
+
+class Member(Protocol):
+    """What the hub needs of one worker's driver; every call is made on the hub's thread."""
+
+    name: str
+
+    @property
+    def stdout_fd(self) -> int | None: ...
+
+    def read_stdout(self) -> bool:
+        """Read what is there; True at EOF (the hub then stops polling it and calls `close_stdout`)."""
+
+    def close_stdout(self) -> None: ...
+
+    def handle(self, item: object) -> None:
+        """An item the loop posted."""
+
+    def tick(self, now: float) -> bool:
+        """Deadlines; True once the member is done (the hub then calls `end`)."""
+
+    def wake_at(self) -> float | None:
+        """The next monotonic time `tick` must run, if any."""
+
+    def refuse(self, item: object) -> None:
+        """An item posted before the member ended, taken after: answer it, never strand it."""
+
+    def fail(self, error: BaseException) -> None:
+        """A bug in one of its calls: answer what is pending; `end` follows."""
+
+    def end(self) -> None:
+        """Close what is left; it gets no further call."""
+
+
+_JOINED = object()
+
+
+class Hub:
+    """Drives its members from one thread; the thread starts with the first member and ends with the last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[tuple[Member, object]] = queue.SimpleQueue()
+        self._members: set[Member] = set()  # joined and not yet ended (lock)
+        self._wake_w: int | None = None  # the running thread's wake-up pipe (lock)
+        self._failed: set[Member] = set()  # the thread's: members whose call raised this round
+
+    def join(self, member: Member) -> None:
+        """Drive `member` from now on; the hub owns its fds' polling until it has ended."""
+        with self._lock:
+            if self._wake_w is None:
+                wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                threading.Thread(target=self._run, args=(wake_r,), name="ewms-warm-hub", daemon=True).start()
+            self._members.add(member)
+            self._put(member, _JOINED)
+
+    def post(self, member: Member, item: object) -> bool:
+        """Hand `item` to `member` on the hub's thread; False once the member has ended."""
+        with self._lock:
+            if member not in self._members:
+                return False
+            self._put(member, item)
+            return True
+
+    def _put(self, member: Member, item: object) -> None:
+        assert self._wake_w is not None  # a member exists, so the thread runs
+        self._inbox.put((member, item))
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+            os.write(self._wake_w, b"x")
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self, wake_r: int) -> None:
+        try:
+            self._serve(wake_r)
+        except BaseException as e:  # a bug in the hub itself: no event may be left waiting
+            LOGGER.exception("the warm workers' driver thread failed")
+            with self._lock:
+                stranded, self._members = self._members, set()
+                self._stop(wake_r)
+            items = self._take()
+            for member in stranded:
+                self._guarded(member, member.fail, e)
+                self._guarded(member, member.end)
+            for member, item in items:
+                if item is not _JOINED:
+                    self._guarded(member, member.refuse, item)
+
+    def _serve(self, wake_r: int) -> None:
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        active: dict[Member, int | None] = {}  # member -> its stdout fd while polled
+        by_fd: dict[int, Member] = {}
+        while True:
+            ends = [t for t in (m.wake_at() for m in active) if t is not None]
+            wait = None if not ends else max(min(ends) - time.monotonic(), 0.0) * 1000
+            for fd, _ in poller.poll(wait):
+                if fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                elif (member := by_fd.get(fd)) is not None and self._guarded(member, member.read_stdout):
+                    poller.unregister(fd)  # before the close: the number may be reused at once
+                    del by_fd[fd]
+                    active[member] = None
+                    self._guarded(member, member.close_stdout)
+            now = time.monotonic()
+            done = {m for m in active if self._guarded(m, m.tick, now)}
+            for member, item in self._take():
+                if item is _JOINED:
+                    active[member] = joined = member.stdout_fd
+                    if joined is not None:
+                        poller.register(joined, select.POLLIN)
+                        by_fd[joined] = member
+                elif member in active and member not in done and member not in self._failed:
+                    self._guarded(member, member.handle, item)
+                else:
+                    self._guarded(member, member.refuse, item)
+            for member in done | self._failed:
+                if (polled := active.pop(member, None)) is not None:
+                    poller.unregister(polled)
+                    del by_fd[polled]
+                with self._lock:
+                    self._members.discard(member)  # no post reaches it from now on
+                self._guarded(member, member.end)
+            self._failed.clear()
+            with self._lock:
+                if not self._members and self._inbox.empty():
+                    self._stop(wake_r)
+                    return
+
+    def _guarded(self, member: Member, call: Callable[..., object], *args: object) -> bool:
+        """`call(*args)`; a bug there fails only `member` (which then ends), never the others."""
+        try:
+            return bool(call(*args))
+        except BaseException as e:
+            LOGGER.exception(f"{member.name}: its driver failed")
+            self._failed.add(member)
+            if call != member.fail:
+                with contextlib.suppress(BaseException):
+                    member.fail(e)
+            return False
+
+    def _take(self) -> list[tuple[Member, object]]:
+        items: list[tuple[Member, object]] = []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _stop(self, wake_r: int) -> None:
+        """The thread ends (lock held): the next `join` starts another with a new pipe."""
+        assert self._wake_w is not None
+        os.close(self._wake_w)
+        os.close(wake_r)
+        self._wake_w = None
