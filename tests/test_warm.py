@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from ewms_pilot.runtimes import ProcessRuntime
 from ewms_pilot.tasks.taskdir import TaskDir
 from ewms_pilot.warm import WarmPool, WarmResult
 from ewms_pilot.warm import driver as driver_module
+from ewms_pilot.warm import hub as hub_module
 from ewms_pilot.warm import pool as pool_module
 from ewms_pilot.warm import worker_proc as worker_proc_module
 from ewms_pilot.warm.driver import FileWork
@@ -303,6 +305,69 @@ async def test_one_thread_drives_every_warm_worker_and_ends_with_the_last(tmp_pa
             break
         await asyncio.sleep(0.05)
     assert _warm_threads() == []
+
+
+async def test_a_timeout_longer_than_poll_can_wait_is_kept_and_costs_no_other_event(tmp_path: Path) -> None:
+    """Review: a deadline beyond poll()'s longest wait (about 24.8 days; the config allows up to a
+    year) raised OverflowError in the driver: with one thread for all workers, every event failed."""
+    cfg = _cfg(tmp_path, [PY, "-c", SLOW_FOR_TASK2], size=2)
+    pool = WarmPool(cfg, ProcessRuntime(), "", "h3")
+    await pool.start()
+    try:
+        month = 30 * 24 * 3600.0
+        results = await asyncio.gather(_run_one(pool, cfg, 1, month), _run_one(pool, cfg, 2, 5))
+        again = await _run_one(pool, cfg, 3, month)
+    finally:
+        await pool.close(2)
+    assert [r.ok for r in results] == [True, True] and again.ok
+
+
+ECHO = """
+import json, sys
+for line in sys.stdin:
+    print(json.dumps({'id': json.loads(line)['id'], 'ok': True}), flush=True)
+"""
+
+
+def _live_with_arg(arg: str) -> list[int]:
+    """Pids of live processes with `arg` in their argv."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if arg.encode() in (proc / "cmdline").read_bytes().split(b"\0") and alive(int(proc.name)):
+                    found.append(int(proc.name))
+    return found
+
+
+async def test_a_driver_thread_that_cannot_start_fails_that_start_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: when the thread could not be started (a slot's process limit), the hub believed it
+    was running, so every later warm event waited forever; and the worker ran on, undriven."""
+    marker = f"marker-{tmp_path.name}"
+    refusals = []
+
+    class Refusing(threading.Thread):
+        def start(self) -> None:
+            if not refusals:
+                refusals.append(self.name)
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(hub_module, "threading", types.SimpleNamespace(Thread=Refusing, Lock=threading.Lock))
+    cfg = _cfg(tmp_path, [PY, "-c", ECHO, marker])
+    first = WarmPool(cfg, ProcessRuntime(), "", "h4")
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        await first.start()
+    assert refusals == ["ewms-warm-hub"]
+    assert _live_with_arg(marker) == []  # the worker it had started is gone
+    second = WarmPool(cfg, ProcessRuntime(), "", "h5")
+    await second.start()
+    try:
+        assert (await _run_one(second, cfg, 1, 5)).ok
+    finally:
+        await second.close(2)
 
 
 NESTED_NOISE = """

@@ -46,12 +46,12 @@ class Ended(enum.Enum):
     TIMED_OUT = "timed out"
     EXITED = "exited"  # the worker is gone (its exit was seen); the caller asks how it ended
     NOT_TAKEN = "not taken"  # it ended without reading the request: the event never reached it
-    BROKEN = "broken"  # the driver thread itself failed (a bug): `Done.error` says how
+    BROKEN = "broken"  # driving it failed (a bug): `Done.error` says how
 
 
 @dc.dataclass(frozen=True)
 class FileWork:
-    """What the driver thread does around one exchange; both may raise (the event fails, the worker is fine)."""
+    """What the hub's thread does around one exchange; both may raise (the event fails, the worker is fine)."""
 
     stage: Callable[[], None]  # write the infile
     collect: Callable[[], Any]  # read the outfile, once the worker answered ok

@@ -8,9 +8,10 @@ rounds). One thread per worker meant four such threads at c=4; one thread for
 all of them wakes once for every event that is ready at that moment, and
 answers that come together are read in one `poll`.
 
-The price is that one event's file work (staging a large infile, reading a
-large outfile) holds up the exchanges of the others for that long; warm events
-are meant to be small, and the task's own time dwarfs a page-cache write.
+The price is that one worker's turn holds up the others for as long as it
+takes: staging a large infile, reading a large outfile, writing a chatty
+worker's noise to its log. Warm events are meant to be small, and a task's own
+time dwarfs a page-cache write.
 
 The thread runs while it has members and ends with the last one (a later
 worker starts it again). Members post to it through `post`, which refuses once
@@ -65,6 +66,8 @@ class Member(Protocol):
 
 
 _JOINED = object()
+#: poll()'s longest wait (ms, a C int); a later deadline is simply waited for in steps
+_MAX_WAIT_MS = 2**31 - 1
 
 
 class Hub:
@@ -75,14 +78,19 @@ class Hub:
         self._inbox: queue.SimpleQueue[tuple[Member, object]] = queue.SimpleQueue()
         self._members: set[Member] = set()  # joined and not yet ended (lock)
         self._wake_w: int | None = None  # the running thread's wake-up pipe (lock)
-        self._failed: set[Member] = set()  # the thread's: members whose call raised this round
 
     def join(self, member: Member) -> None:
-        """Drive `member` from now on; the hub owns its fds' polling until it has ended."""
+        """Drive `member` from now on; raises (and drives nothing) when no thread can be started."""
         with self._lock:
             if self._wake_w is None:
-                wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                threading.Thread(target=self._run, args=(wake_r,), name="ewms-warm-hub", daemon=True).start()
+                wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                try:  # a slot's process limit: this worker fails to start, a later one may not
+                    threading.Thread(target=self._run, args=(wake_r,), name="ewms-warm-hub", daemon=True).start()
+                except BaseException:
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    raise
+                self._wake_w = wake_w
             self._members.add(member)
             self._put(member, _JOINED)
 
@@ -107,70 +115,61 @@ class Hub:
             self._serve(wake_r)
         except BaseException as e:  # a bug in the hub itself: no event may be left waiting
             LOGGER.exception("the warm workers' driver thread failed")
-            with self._lock:
+            with self._lock:  # one step: a member joining from now on gets a new thread, and its items
                 stranded, self._members = self._members, set()
+                items = self._take()
                 self._stop(wake_r)
-            items = self._take()
+            failed: set[Member] = set()
             for member in stranded:
-                self._guarded(member, member.fail, e)
-                self._guarded(member, member.end)
+                _call(failed, member, member.fail, e)
+                _call(failed, member, member.end)
             for member, item in items:
                 if item is not _JOINED:
-                    self._guarded(member, member.refuse, item)
+                    _call(failed, member, member.refuse, item)
 
     def _serve(self, wake_r: int) -> None:
         poller = select.poll()
         poller.register(wake_r, select.POLLIN)
         active: dict[Member, int | None] = {}  # member -> its stdout fd while polled
         by_fd: dict[int, Member] = {}
+        failed: set[Member] = set()  # members whose call raised this round
         while True:
-            ends = [t for t in (m.wake_at() for m in active) if t is not None]
-            wait = None if not ends else max(min(ends) - time.monotonic(), 0.0) * 1000
+            ends = [t for m in active if isinstance(t := _call(failed, m, m.wake_at), float)]
+            wait = None if not ends else min(max(min(ends) - time.monotonic(), 0.0) * 1000, _MAX_WAIT_MS)
             for fd, _ in poller.poll(wait):
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
-                elif (member := by_fd.get(fd)) is not None and self._guarded(member, member.read_stdout):
+                elif (member := by_fd.get(fd)) is not None and _call(failed, member, member.read_stdout):
                     poller.unregister(fd)  # before the close: the number may be reused at once
                     del by_fd[fd]
                     active[member] = None
-                    self._guarded(member, member.close_stdout)
+                    _call(failed, member, member.close_stdout)
             now = time.monotonic()
-            done = {m for m in active if self._guarded(m, m.tick, now)}
+            done = {m for m in active if m not in failed and _call(failed, m, m.tick, now)}
             for member, item in self._take():
                 if item is _JOINED:
-                    active[member] = joined = member.stdout_fd
-                    if joined is not None:
+                    joined = _call(failed, member, lambda m=member: m.stdout_fd)
+                    active[member] = joined if isinstance(joined, int) else None
+                    if isinstance(joined, int):
                         poller.register(joined, select.POLLIN)
                         by_fd[joined] = member
-                elif member in active and member not in done and member not in self._failed:
-                    self._guarded(member, member.handle, item)
+                elif member in active and member not in done and member not in failed:
+                    _call(failed, member, member.handle, item)
                 else:
-                    self._guarded(member, member.refuse, item)
-            for member in done | self._failed:
+                    _call(failed, member, member.refuse, item)
+            for member in done | failed:
                 if (polled := active.pop(member, None)) is not None:
                     poller.unregister(polled)
                     del by_fd[polled]
                 with self._lock:
                     self._members.discard(member)  # no post reaches it from now on
-                self._guarded(member, member.end)
-            self._failed.clear()
+                _call(failed, member, member.end)
+            failed.clear()
             with self._lock:
                 if not self._members and self._inbox.empty():
                     self._stop(wake_r)
                     return
-
-    def _guarded(self, member: Member, call: Callable[..., object], *args: object) -> bool:
-        """`call(*args)`; a bug there fails only `member` (which then ends), never the others."""
-        try:
-            return bool(call(*args))
-        except BaseException as e:
-            LOGGER.exception(f"{member.name}: its driver failed")
-            self._failed.add(member)
-            if call != member.fail:
-                with contextlib.suppress(BaseException):
-                    member.fail(e)
-            return False
 
     def _take(self) -> list[tuple[Member, object]]:
         items: list[tuple[Member, object]] = []
@@ -186,3 +185,16 @@ class Hub:
         os.close(self._wake_w)
         os.close(wake_r)
         self._wake_w = None
+
+
+def _call(failed: set[Member], member: Member, call: Callable[..., object], *args: object) -> object:
+    """`call(*args)`; a bug there fails only `member` (added to `failed`: it then ends), never the others."""
+    try:
+        return call(*args)
+    except BaseException as e:
+        LOGGER.exception(f"{member.name}: its driver failed")
+        if member not in failed:
+            failed.add(member)
+            with contextlib.suppress(BaseException):
+                member.fail(e)
+        return None

@@ -125,10 +125,19 @@ class WarmWorker:
         finally:
             os.close(in_r)
             os.close(out_w)
-        self._proc, self._log = proc, log
+        driver = Driver(self.name, in_w, out_r, self._on_stdout_noise)
+        try:
+            driver.start()
+        except BaseException:  # no thread to drive it (a process limit): it must not run undriven
+            driver.end()  # closes its pipe ends
+            signal_group(proc.pid, signal.SIGKILL)
+            await uncancellable(proc.wait())
+            proc.close_pipes()
+            log.close()
+            remove_env_file(self.spec.env_file)
+            raise
+        self._proc, self._log, self._driver = proc, log, driver
         self._ended = asyncio.get_running_loop().create_future()
-        self._driver = Driver(self.name, in_w, out_r, self._on_stdout_noise)
-        self._driver.start()
         assert proc.stderr is not None
         stderr = asyncio.create_task(_read_lines(proc.stderr, self._on_stderr))
         self._tasks = [stderr, asyncio.create_task(self._watch(proc, stderr))]
