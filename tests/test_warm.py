@@ -358,8 +358,11 @@ async def test_a_driver_thread_that_cannot_start_fails_that_start_only(
     monkeypatch.setattr(hub_module, "threading", types.SimpleNamespace(Thread=Refusing, Lock=threading.Lock))
     cfg = _cfg(tmp_path, [PY, "-c", ECHO, marker])
     first = WarmPool(cfg, ProcessRuntime(), "", "h4")
-    with pytest.raises(RuntimeError, match="can't start new thread"):
-        await first.start()
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await first.start()
+    finally:
+        await first.close(2)  # as the pilot does after a failed start
     assert refusals == ["ewms-warm-hub"]
     assert _live_with_arg(marker) == []  # the worker it had started is gone
     second = WarmPool(cfg, ProcessRuntime(), "", "h5")

@@ -1,7 +1,10 @@
 """Run one short helper command (image check, pull, stop, remove) with a time bound.
 
 The task itself is run by `tasks.process`; this is for the runtime's own
-bookkeeping commands, whose output is small and read whole.
+bookkeeping commands, whose output is small and read whole. A command is done
+when it exits: a child it left holding its output pipes (a daemon it started)
+is given `PIPE_DRAIN` seconds to let go, then its pipes are closed on our side;
+it is not waited for, nor taken for the command overrunning its time bound.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..tasks.spawn import start_process
+
 #: longest one-line reason taken from a command's output
 MAX_REASON = 300
+#: seconds to read what is left in a command's pipes once it has exited
+PIPE_DRAIN = 2.0
 
 
 @dc.dataclass(frozen=True)
@@ -59,7 +66,7 @@ async def run_command(
 
     Raises OSError when `argv[0]` cannot be started.
     """
-    proc = await asyncio.create_subprocess_exec(
+    proc = await start_process(
         *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -68,18 +75,29 @@ async def run_command(
         cwd=cwd,
         start_new_session=True,  # so a timeout can kill whatever it spawned too
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    readers = [asyncio.ensure_future(_read_into(proc.stdout, out)), asyncio.ensure_future(_read_into(proc.stderr, err))]
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
-        return CommandResult(tuple(argv), None, "", f"{argv[0]} did not finish within {timeout:g}s")
-    except BaseException:  # cancelled: never leave the helper running
-        _kill_group(proc.pid)
-        raise
-    return CommandResult(
-        tuple(argv),
-        proc.returncode,
-        out.decode("utf-8", "replace"),
-        err.decode("utf-8", "replace"),
-    )
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            _kill_group(proc.pid)
+            await proc.wait()
+            return CommandResult(tuple(argv), None, "", f"{argv[0]} did not finish within {timeout:g}s")
+        except BaseException:  # cancelled: never leave the helper running
+            _kill_group(proc.pid)
+            raise
+        await asyncio.wait(readers, timeout=PIPE_DRAIN)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        proc.close_pipes()
+    return CommandResult(tuple(argv), code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+async def _read_into(stream: asyncio.StreamReader, into: bytearray) -> None:
+    """Append what `stream` gives to `into` until EOF (what was read stays there if cancelled)."""
+    while chunk := await stream.read(65536):
+        into += chunk
