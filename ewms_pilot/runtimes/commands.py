@@ -92,8 +92,8 @@ async def run_command(
     finally:
         for reader in readers:
             reader.cancel()
+        proc.close_pipes()  # before the await: a second cancel there must not leave them open
         await asyncio.gather(*readers, return_exceptions=True)
-        proc.close_pipes()
     return CommandResult(tuple(argv), code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
