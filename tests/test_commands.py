@@ -7,10 +7,16 @@ code and its output, and whether it waited for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from ewms_pilot.cli.main import _fast_child_watcher
 from ewms_pilot.runtimes.commands import run_command
 
 
@@ -55,3 +61,83 @@ async def test_a_helper_over_its_time_bound_is_killed_with_what_it_started(tmp_p
             break
         await asyncio.sleep(0.05)
     assert not _alive(child)
+
+
+def _pipes_of(pid: int | str) -> set[str]:
+    """The pipes process `pid` holds open (`pipe:[inode]`)."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if (target := os.readlink(f"/proc/{pid}/fd/{fd}")).startswith("pipe:"):
+                held.add(target)
+    return held
+
+
+async def _cancelled_helper(tmp_path: Path, *, storm: bool) -> int:
+    """A helper (with a detached child on its pipes) cancelled once, or at every turn of the loop
+    until it is done (so some cancel lands in its clean-up); the child's pid."""
+    pid_file = tmp_path / "child"
+    script = f"setsid sleep 60 & echo $! > {pid_file}; sleep 60"
+    task = asyncio.ensure_future(run_command(["sh", "-c", script], timeout=60))
+    for _ in range(400):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    child = int(pid_file.read_text())
+    task.cancel()
+    while storm and not task.done():
+        await asyncio.sleep(0)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return child
+
+
+@pytest.mark.parametrize("storm", [False, True], ids=["cancelled once", "cancelled again in its clean-up"])
+async def test_a_cancelled_helper_is_killed_and_its_pipes_let_go(tmp_path: Path, storm: bool) -> None:
+    """The helper goes with its group; its detached child (out of the group's reach) lives on,
+    but the pilot no longer holds the pipes it shares with it, however often it was cancelled."""
+    child = await _cancelled_helper(tmp_path, storm=storm)
+    try:
+        shared = _pipes_of(child)
+        assert shared  # its stdout and stderr are the helper's pipes
+        for _ in range(200):
+            if not shared & _pipes_of("self"):
+                break
+            await asyncio.sleep(0.05)
+        assert not shared & _pipes_of("self")
+        assert _alive(child)
+    finally:
+        os.kill(child, 9)
+
+
+@pytest.fixture
+def pilots_child_watcher() -> Iterator[None]:
+    """The child watcher the pilot's command line sets on Python 3.11 (`cli.main`); 3.12+ picks it itself."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    before = asyncio.get_child_watcher()
+    _fast_child_watcher()
+    try:
+        yield
+    finally:
+        asyncio.get_child_watcher().close()
+        asyncio.set_child_watcher(before)
+
+
+@pytest.mark.usefixtures("pilots_child_watcher")
+async def test_a_cancelled_helper_is_reaped_by_the_child_watcher_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: its pipes were closed before it was seen to exit, which made asyncio poll (and so
+    reap) it behind the child watcher's back; the watcher then warned that its exit status was
+    already read (or of an unknown child) and reported 255."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    for _ in range(5):
+        child = await _cancelled_helper(tmp_path, storm=False)
+        os.kill(child, 9)
+        (tmp_path / "child").unlink()
+    await asyncio.sleep(0.5)  # the watcher's last reports
+    reaped_twice = ("exit status already read", "Unknown child process")
+    assert [r.getMessage() for r in caplog.records if any(m in r.getMessage() for m in reaped_twice)] == []

@@ -292,6 +292,21 @@ def test_a_link_planted_at_the_root_of_a_kept_shared_dir_is_refused(tmp_path: Pa
     assert not (moved / "task-io" / "infile-b.txt").exists()
 
 
+def test_a_shared_dir_is_never_made_through_a_link_planted_at_its_root(tmp_path: Path) -> None:
+    """Before: `make` found warm-<id> existing and made task-io wherever the link pointed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    td = TaskDir.in_shared(warm_root(tmp_path / "data", "p1"), "a", ".txt", ".txt")
+    td.root.parent.mkdir()
+    td.root.symlink_to(elsewhere)
+    with pytest.raises(OSError, match="task directory task-io was not made: directory 'warm-p1' on its path is a symlink"):
+        td.make()
+    assert list(elsewhere.iterdir()) == []
+    td.root.unlink()
+    td.make()  # the worker's link gone: made as usual
+    assert td.task_io.is_dir() and not td.task_io.is_symlink()
+
+
 def test_a_kept_shared_dir_replaced_by_a_file_says_so_as_before(tmp_path: Path) -> None:
     td = _kept_shared(tmp_path)
     shutil.rmtree(td.root)

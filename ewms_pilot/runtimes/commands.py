@@ -92,7 +92,7 @@ async def run_command(
     finally:
         for reader in readers:
             reader.cancel()
-        proc.close_pipes()  # before the await: a second cancel there must not leave them open
+        proc.close_pipes()  # before the await (a second cancel there must not leave them open), or at the exit
         await asyncio.gather(*readers, return_exceptions=True)
     return CommandResult(tuple(argv), code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 

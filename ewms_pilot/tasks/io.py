@@ -284,6 +284,16 @@ def shared_dir_fd(file: Path) -> Iterator[int]:
         yield fd
 
 
+def open_task_root(root: Path) -> int:
+    """An fd of a task's root dir (`<data_dir>/<task id>`, `warm-<pilot id>`), whose parent is the pilot's.
+
+    A warm worker can replace a shared root with a link; `OSError` then, as for a
+    file write under it, so the dirs made in it are never made where the link points.
+    """
+    role = _Role(root / "task-io", "task directory", "made", OSError)
+    return _open_task_dir(role, (root,))
+
+
 def _open_task_dir(role: _Role, levels: tuple[Path, ...]) -> int:
     """An fd of the file's directory, whose task-writable `levels` (`_writable_levels`) are real directories.
 

@@ -58,12 +58,17 @@ class Process(asyncio.subprocess.Process):
         return await asyncio.shield(self._exited)
 
     def close_pipes(self) -> None:
-        """Once it has exited and its readers are done: close our ends of its pipes.
+        """Once its readers are done: close our ends of its pipes, now if it has exited, else at its exit.
 
         Otherwise a detached process still holding them (its own session, out of
         the group's reach) keeps them, and their transport, open as long as it lives.
+        Not before the exit: asyncio would poll a process not yet seen to exit, and
+        so reap it behind the child watcher's back (which then reports 255 and warns).
         """
-        self._pipes_transport.close()
+        if self._exited.done():
+            self._pipes_transport.close()
+        else:  # a cancelled caller that killed it and cannot wait
+            self._exited.add_done_callback(lambda _: self._pipes_transport.close())
 
 
 async def start_process(program: str, *args: str, **kwds: Any) -> Process:

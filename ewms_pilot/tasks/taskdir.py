@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .io import shared_dir_fd
+from .io import open_task_root, shared_dir_fd
 
 DATA_DIR_VAR = "EWMS_PILOT_DATA_DIR_PARENT_PATH_ON_HOST"
 
@@ -166,7 +166,7 @@ class TaskDir:
 
         The data dir normally exists (`prepare_data_dir`, at start): then a task's root is one mkdir.
         """
-        dirs = (self.root, self.task_io) if self.shared else (self.root, self.task_io, self.outputs)
+        subdirs = (self.task_io,) if self.shared else (self.task_io, self.outputs)
         try:
             os.mkdir(self.root, PRIVATE_DIR_MODE)
         except FileNotFoundError:  # the data dir itself is not there (yet, or any more)
@@ -175,12 +175,16 @@ class TaskDir:
         except FileExistsError:
             if not self.shared:
                 raise
-        for d in dirs[1:]:
-            try:
-                os.mkdir(d, PRIVATE_DIR_MODE)
-            except FileExistsError:
-                if not self.shared:
-                    raise
+        root_fd = open_task_root(self.root)  # a link a worker planted at a shared root is refused, not followed
+        try:
+            for d in subdirs:
+                try:
+                    os.mkdir(d.name, PRIVATE_DIR_MODE, dir_fd=root_fd)
+                except FileExistsError:
+                    if not self.shared:
+                        raise
+        finally:
+            os.close(root_fd)
 
     def remove(self) -> None:
         """Delete the task's files (and its own tree); parts already gone are fine, other errors raise.
