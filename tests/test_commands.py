@@ -141,3 +141,18 @@ async def test_a_cancelled_helper_is_reaped_by_the_child_watcher_alone(
     await asyncio.sleep(0.5)  # the watcher's last reports
     reaped_twice = ("exit status already read", "Unknown child process")
     assert [r.getMessage() for r in caplog.records if any(m in r.getMessage() for m in reaped_twice)] == []
+
+
+async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper is a container CLI (pull, inspect, stop, remove): it gets the pilot's environment
+    without the pilot's settings, as the task's client does. Before, it got all of it, broker
+    tokens included (a CLI can pass its environment on, to a credential helper or an OCI hook)."""
+    monkeypatch.setenv("EWMS_PILOT_BROKER_AUTH_TOKEN", "s3cret-token")
+    monkeypatch.setenv("_EWMS_PILOT_INTERNAL", "x")
+    monkeypatch.setenv("CONTAINERS_CONF", "/etc/site/containers.conf")
+    result = await run_command(["env"], timeout=20)
+    assert result.ok
+    names = {line.split("=", 1)[0] for line in result.stdout.splitlines()}
+    assert "CONTAINERS_CONF=/etc/site/containers.conf" in result.stdout.splitlines()
+    assert not {n for n in names if "EWMS_PILOT" in n}
+    assert "s3cret-token" not in result.stdout

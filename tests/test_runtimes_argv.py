@@ -333,6 +333,10 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     assert sandbox_name("docker://a/b:1") != sandbox_name("docker://a_b:1")
     assert rt.build_env({"PATH": "/bin"})["APPTAINER_TMPDIR"] == str(tmp_path / "work")
     assert rt.build_env({"APPTAINER_TMPDIR": "/site"})["APPTAINER_TMPDIR"] == "/site"
+    # the image build gets no pilot setting (broker tokens), as every container CLI the pilot runs
+    assert rt.build_env({"PATH": "/bin", "EWMS_PILOT_BROKER_AUTH_TOKEN": "t"}) == {
+        "PATH": "/bin", "APPTAINER_TMPDIR": str(tmp_path / "work"),
+    }  # fmt: skip
 
 
 async def test_apptainer_sandbox_dir_is_used_as_is(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .base import RunSpec, Runtime, RuntimeUnavailableError, env_file_of
 from .commands import run_command
+from .envfile import client_env
 from .mounts import require_plain_paths
 
 LOGGER = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ class ApptainerRuntime(Runtime):
         return [*self._base(), "build", "--fix-perms", "--sandbox", str(sandbox_dir), source]
 
     def build_env(self, inherited: Mapping[str, str]) -> dict[str, str]:
-        """Build temp files go to the build workdir (where the space is) unless the site chose."""
-        env = dict(inherited)
+        """Build temp files go to the build workdir (where the space is) unless the site chose; no pilot settings."""
+        env = client_env(inherited)
         if "APPTAINER_TMPDIR" not in env:
             env["APPTAINER_TMPDIR"] = str(self.build_workdir)
         return env

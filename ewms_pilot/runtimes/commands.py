@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..tasks.spawn import start_process
+from .envfile import client_env
 
 #: longest one-line reason taken from a command's output
 MAX_REASON = 300
@@ -64,14 +65,15 @@ async def run_command(
 ) -> CommandResult:
     """Run `argv` (no shell) and capture its output; kill its process group after `timeout` s.
 
-    Raises OSError when `argv[0]` cannot be started.
+    `env` is the pilot's own without its settings (`client_env`: broker tokens
+    among them) unless given. Raises OSError when `argv[0]` cannot be started.
     """
     proc = await start_process(
         *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=None if env is None else dict(env),
+        env=client_env(os.environ) if env is None else dict(env),
         cwd=cwd,
         start_new_session=True,  # so a timeout can kill whatever it spawned too
     )
