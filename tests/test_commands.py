@@ -11,12 +11,14 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ewms_pilot.cli.main import _fast_child_watcher
+from ewms_pilot.runtimes import commands
 from ewms_pilot.runtimes.commands import run_command
 
 
@@ -126,21 +128,40 @@ def pilots_child_watcher() -> Iterator[None]:
         asyncio.set_child_watcher(before)
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
 @pytest.mark.usefixtures("pilots_child_watcher")
 async def test_a_cancelled_helper_is_reaped_by_the_child_watcher_alone(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before: its pipes were closed before it was seen to exit, which made asyncio poll (and so
     reap) it behind the child watcher's back; the watcher then warned that its exit status was
-    already read (or of an unknown child) and reported 255."""
+    already read (or of an unknown child) and reported 255. The kill here returns only once the
+    helper is dead and not yet reaped, the moment that race needs (on a quiet machine it is rare)."""
+    kill = commands._kill_group
+
+    def kill_and_see_it_dead(pid: int) -> None:
+        kill(pid)
+        for _ in range(1000):
+            if _state(pid) in ("Z", "gone"):
+                return
+            time.sleep(0.01)
+
+    monkeypatch.setattr(commands, "_kill_group", kill_and_see_it_dead)
     caplog.set_level(logging.WARNING, logger="asyncio")
-    for _ in range(5):
+    for _ in range(3):
         child = await _cancelled_helper(tmp_path, storm=False)
         os.kill(child, 9)
         (tmp_path / "child").unlink()
     await asyncio.sleep(0.5)  # the watcher's last reports
     reaped_twice = ("exit status already read", "Unknown child process")
     assert [r.getMessage() for r in caplog.records if any(m in r.getMessage() for m in reaped_twice)] == []
+
 
 
 async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,3 +177,29 @@ async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.M
     assert "CONTAINERS_CONF=/etc/site/containers.conf" in result.stdout.splitlines()
     assert not {n for n in names if "EWMS_PILOT" in n}
     assert "s3cret-token" not in result.stdout
+
+
+async def test_a_cancelled_helper_that_does_not_die_holds_no_pipe_of_the_pilot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper the kill does not reach (stuck on hung storage; a kill refused): the pilot lets go of
+    its pipes at once, whenever (if ever) its exit comes. Before, they stayed open until then."""
+    monkeypatch.setattr(commands, "_kill_group", lambda pid: None)
+    pid_file = tmp_path / "helper"
+    task = asyncio.ensure_future(run_command(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], timeout=60))
+    for _ in range(400):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    helper = int(pid_file.read_text())
+    try:
+        held = _pipes_of(helper)
+        assert held  # its stdout and stderr
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)  # the pipes' transports close on the loop's next turn
+        assert _alive(helper)
+        assert not held & _pipes_of("self")
+    finally:
+        os.kill(helper, 9)

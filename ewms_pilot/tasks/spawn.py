@@ -58,17 +58,22 @@ class Process(asyncio.subprocess.Process):
         return await asyncio.shield(self._exited)
 
     def close_pipes(self) -> None:
-        """Once its readers are done: close our ends of its pipes, now if it has exited, else at its exit.
+        """Close our ends of its pipes (its readers are done or cancelled), and its transport once it has exited.
 
         Otherwise a detached process still holding them (its own session, out of
         the group's reach) keeps them, and their transport, open as long as it lives.
-        Not before the exit: asyncio would poll a process not yet seen to exit, and
-        so reap it behind the child watcher's back (which then reports 255 and warns).
+        The transport itself waits for the exit: closed before, it has asyncio poll
+        the process, and so reap it behind the child watcher's back (which then
+        reports 255 and warns). Its pipes do not wait: a process that never exits
+        (stuck on hung storage) or a loop closed first must not keep them open.
         """
         if self._exited.done():
             self._pipes_transport.close()
-        else:  # a cancelled caller that killed it and cannot wait
-            self._exited.add_done_callback(lambda _: self._pipes_transport.close())
+            return
+        for fd in (0, 1, 2):  # a cancelled caller that killed it and cannot wait
+            if (pipe := self._pipes_transport.get_pipe_transport(fd)) is not None:
+                pipe.close()
+        self._exited.add_done_callback(lambda _: self._pipes_transport.close())
 
 
 async def start_process(program: str, *args: str, **kwds: Any) -> Process:

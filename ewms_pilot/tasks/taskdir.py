@@ -183,6 +183,9 @@ class TaskDir:
                 except FileExistsError:
                     if not self.shared:
                         raise
+                except OSError as e:
+                    e.filename = str(d)  # the whole path in the event's failure, not the name in its root
+                    raise
         finally:
             os.close(root_fd)
 
