@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--idle", action="store_true", help="sample idle threads too (wall time, not CPU)")
     p.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (Python CPU time)")
+    p.add_argument("--wrap", default="", metavar="COMMAND",
+                   help="without -o: run the pilot under this command line, e.g. 'perf stat -e context-switches "
+                        "-o FILE' or 'strace -f -ff -o PREFIX' (its figures cover the pilot and its workers; the pilot's "
+                        "own CPU and RSS are then not measured)")
     p.add_argument("--format", default="flamegraph", choices=("flamegraph", "raw", "speedscope"),
                    help="py-spy's output format (raw: collapsed stacks, one per line, for a text summary)")
     return p
@@ -76,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if args.output is not None and not Path(py_spy).exists():
         print("benchmarks.profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return 2
+    if args.wrap and args.output is not None:
+        print("benchmarks.profile: --wrap is for a run without py-spy (-o)", file=sys.stderr)
         return 2
     broker = "rabbitmq" if args.rabbitmq else "local"
     sc = S.Scenario("profile", S.OURS, "profile", args.concurrency, platform="process", broker=broker,
@@ -94,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.pop("CONTAINERS_CONF", None)
         if args.source:
             env["PYTHONPATH"] = str(args.source.resolve())
-        pilot = [sys.executable, "-m", "ewms_pilot"]
+        pilot = [*shlex.split(args.wrap), sys.executable, "-m", "ewms_pilot"]
         ready: int | None
         if args.output is None:
             env["EWMS_PILOT_TASK_ARGS"] = shlex.join(
