@@ -75,11 +75,23 @@ def _pipes_of(pid: int | str) -> set[str]:
     return held
 
 
-async def _cancelled_helper(tmp_path: Path, *, storm: bool) -> int:
+async def _reaped(pid: int) -> None:
+    """Until the pidfd watcher (`pilots_child_watcher`) has reaped `pid`, then the loop's turns that
+    close its transport: no test leaves a process or a transport to a loop that is closed."""
+    for _ in range(1000):
+        if _state(pid) == "gone":
+            break
+        await asyncio.sleep(0.01)
+    assert _state(pid) == "gone"
+    for _ in range(3):  # the exit, then the done-callback that closes the transport
+        await asyncio.sleep(0)
+
+
+async def _cancelled_helper(tmp_path: Path, *, storm: bool) -> tuple[int, int]:
     """A helper (with a detached child on its pipes) cancelled once, or at every turn of the loop
-    until it is done (so some cancel lands in its clean-up); the child's pid."""
-    pid_file = tmp_path / "child"
-    script = f"setsid sleep 60 & echo $! > {pid_file}; sleep 60"
+    until it is done (so some cancel lands in its clean-up); (the helper's pid, the child's)."""
+    pid_file, helper_file = tmp_path / "child", tmp_path / "helper"
+    script = f"echo $$ > {helper_file}; setsid sleep 60 & echo $! > {pid_file}; sleep 60"
     task = asyncio.ensure_future(run_command(["sh", "-c", script], timeout=60))
     for _ in range(400):
         if pid_file.exists() and pid_file.read_text().strip():
@@ -92,14 +104,15 @@ async def _cancelled_helper(tmp_path: Path, *, storm: bool) -> int:
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    return child
+    return int(helper_file.read_text()), child
 
 
+@pytest.mark.usefixtures("pilots_child_watcher")
 @pytest.mark.parametrize("storm", [False, True], ids=["cancelled once", "cancelled again in its clean-up"])
 async def test_a_cancelled_helper_is_killed_and_its_pipes_let_go(tmp_path: Path, storm: bool) -> None:
     """The helper goes with its group; its detached child (out of the group's reach) lives on,
     but the pilot no longer holds the pipes it shares with it, however often it was cancelled."""
-    child = await _cancelled_helper(tmp_path, storm=storm)
+    helper, child = await _cancelled_helper(tmp_path, storm=storm)
     try:
         shared = _pipes_of(child)
         assert shared  # its stdout and stderr are the helper's pipes
@@ -109,6 +122,7 @@ async def test_a_cancelled_helper_is_killed_and_its_pipes_let_go(tmp_path: Path,
             await asyncio.sleep(0.05)
         assert not shared & _pipes_of("self")
         assert _alive(child)
+        await _reaped(helper)
     finally:
         os.kill(child, 9)
 
@@ -155,13 +169,12 @@ async def test_a_cancelled_helper_is_reaped_by_the_child_watcher_alone(
     monkeypatch.setattr(commands, "_kill_group", kill_and_see_it_dead)
     caplog.set_level(logging.WARNING, logger="asyncio")
     for _ in range(3):
-        child = await _cancelled_helper(tmp_path, storm=False)
+        helper, child = await _cancelled_helper(tmp_path, storm=False)
         os.kill(child, 9)
+        await _reaped(helper)
         (tmp_path / "child").unlink()
-    await asyncio.sleep(0.5)  # the watcher's last reports
     reaped_twice = ("exit status already read", "Unknown child process")
     assert [r.getMessage() for r in caplog.records if any(m in r.getMessage() for m in reaped_twice)] == []
-
 
 
 async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,6 +192,7 @@ async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.M
     assert "s3cret-token" not in result.stdout
 
 
+@pytest.mark.usefixtures("pilots_child_watcher")
 async def test_a_cancelled_helper_that_does_not_die_holds_no_pipe_of_the_pilot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,3 +217,4 @@ async def test_a_cancelled_helper_that_does_not_die_holds_no_pipe_of_the_pilot(
         assert not held & _pipes_of("self")
     finally:
         os.kill(helper, 9)
+    await _reaped(helper)

@@ -180,10 +180,9 @@ class TaskDir:
             for d in subdirs:
                 try:
                     os.mkdir(d.name, PRIVATE_DIR_MODE, dir_fd=root_fd)
-                except FileExistsError:
-                    if not self.shared:
-                        raise
                 except OSError as e:
+                    if self.shared and isinstance(e, FileExistsError):
+                        continue
                     e.filename = str(d)  # the whole path in the event's failure, not the name in its root
                     raise
         finally:
