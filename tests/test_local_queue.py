@@ -8,6 +8,7 @@ consumers, and no event lost when a consumer freezes, closes or is SIGKILLed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses as dc
 import json
 import logging
@@ -44,7 +45,9 @@ from ewms_pilot.queues.local import (
     _Worker,
     local_counts,
 )
+from ewms_pilot.queues.local_store import LocalStore
 from ewms_pilot.queues.memory import MemoryPublisher
+from ewms_pilot.tasks.errors import ContainerRunError, InvalidDataForInfileException
 
 
 def _cfg(db: Path, queue: str = "in") -> BrokerConfig:
@@ -1050,3 +1053,147 @@ def _wait_file(path: Path, seconds: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+# --------------------------------------------------------------------------- a dead-letter copy parked with its ack
+
+
+def _on_the_wire(db: Path, queue: str) -> list[tuple[Any, dict[str, Any]]]:
+    """(data, headers) of every event in `queue`, as stored (the pilot's own `ewms_pilot_*` headers kept)."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT id, payload FROM events WHERE queue = ? ORDER BY id", (queue,)).fetchall()
+    finally:
+        conn.close()
+    return [(m.data, dict(m.headers or {})) for m in (Message(str(i), bytes(p)) for i, p in rows)]
+
+
+def test_a_pilot_whose_claim_ran_out_while_dead_lettering_parks_one_copy_not_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the copy was published to the dead-letter queue, then the ack failed (the claim was lost),
+    the event came back and was dead-lettered again: two copies of one event in the dead-letter queue."""
+    db = tmp_path / "q.db"
+    go = tmp_path / "go"
+    started = tmp_path / "started"
+    task = (
+        f"import os,sys,time\nopen({str(started)!r},'w').close()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "sys.exit('refusing '+open(sys.argv[1]).read())"
+    )
+    cfg = _local_pilot_config(
+        tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1", EWMS_PILOT_MAX_DELIVERIES="1",
+        EWMS_PILOT_QUEUE_DEADLETTER="dlq", EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false",
+    )  # fmt: skip
+
+    async def _sub(c: BrokerConfig, prefetch: int) -> LocalSubscription:  # a lease nobody renews
+        return await LocalSubscription.open(c, prefetch, lease=1.0, renew_every=3600)
+
+    monkeypatch.setattr(scheduler, "open_subscription", _sub)
+
+    async def main() -> None:
+        await _put(cfg.incoming, ["e1"], {"origin": "test"})
+        run = asyncio.ensure_future(Pilot(cfg).run())
+        # the task fails once `go` exists; meanwhile its lease runs out and another consumer sweeps it
+        while not started.exists() or await local_counts(cfg.incoming) != {"ready": 1, "in_flight": 0}:
+            assert not run.done()
+            await asyncio.sleep(0.05)
+        go.touch()
+        await asyncio.wait_for(run, 60)
+
+    asyncio.run(main())
+    first, second = journal(tmp_path)
+    assert (first["result"], first["settlement"], first["dead_lettered"]) == ("failed", "left-for-redelivery", False)
+    assert (second["settlement"], second["dead_lettered"], second["delivery_count"]) == ("dead-lettered", True, 2)
+    [(data, headers)] = _on_the_wire(db, "dlq")  # one copy, not two
+    assert (data, headers["origin"], headers["ewms_pilot_deliveries"]) == ("e1", "test", 2)
+    assert asyncio.run(local_counts(cfg.incoming)) == {"ready": 0, "in_flight": 0}
+    warned = [r.getMessage() for r in caplog.records if "not dead-lettered, its claim was lost" in r.getMessage()]
+    assert len(warned) == 1 and "nothing parked" in warned[0]
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+async def test_a_failed_dead_lettering_commit_parks_nothing_and_is_retried_or_gives_the_event_back(
+    db: Path, tmp_path: Path, retries: int
+) -> None:
+    """The copy and the ack are one transaction: a failed try parks nothing, the next parks one copy;
+    once the retries are spent the event is given back unchanged (released), as on every broker."""
+    cfg = _local_pilot_config(
+        tmp_path, ECHO, db, db, EWMS_PILOT_MAX_DELIVERIES="1", EWMS_PILOT_QUEUE_DEADLETTER="dlq",
+        EWMS_PILOT_PUBLISH_RETRIES=str(retries),
+    )  # fmt: skip
+    sub, pub, d = await _held_one(db, lease=3600, renew_every=3600)
+    dlq = await LocalPublisher.open(_cfg(db, "dlq"))
+    # a try fails after 1 s; the release that follows the last one waits for the lock to go
+    await sub._worker.call(sub._store._conn.execute, "PRAGMA busy_timeout = 1000")
+    health = BrokerHealth()
+    settler = Settler(cfg, "pilot", sub, pub, dlq, health)
+    log = logging.getLogger("test")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert sub.settles_with(dlq)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the first try fails
+        step = asyncio.ensure_future(settler.failed(d, ContainerRunError("exited with code 1: boom"), log))
+        async with asyncio.timeout(10):  # (before: the copy waited for the lock on its own connection)
+            while not health.down:
+                await asyncio.sleep(0.01)
+        assert _on_the_wire(db, "dlq") == []  # the failed try parked nothing
+        blocker.execute("ROLLBACK")
+        assert await step == (Settlement.DEAD_LETTERED if retries else Settlement.RELEASED)
+    finally:
+        blocker.close()
+        for closing in (dlq, pub, sub):
+            await closing.close()
+    assert len(_on_the_wire(db, "dlq")) == int(retries > 0)
+    assert await local_counts(_cfg(db, "in")) == {"ready": int(retries == 0), "in_flight": 0}
+    if not retries:
+        assert await _next_delivery(_cfg(db, "in")) == ("e", 2)  # back unchanged: not run, not lost
+
+
+@pytest.mark.parametrize("undecodable", [False, True], ids=["event", "undecodable payload"])
+async def test_a_dead_letter_copy_parked_with_its_ack_carries_the_headers_of_one_published_then_acked(
+    tmp_path: Path, undecodable: bool
+) -> None:
+    """Dead-letter queue in the incoming queue's file (one commit) or in another (published, then acked):
+    the same copy, with the same dead-letter headers (an undecodable payload kept whole in both)."""
+    cfg = _local_pilot_config(tmp_path, ECHO, tmp_path / "x.db", tmp_path / "x.db", EWMS_PILOT_MAX_DELIVERIES="2",
+                              EWMS_PILOT_QUEUE_DEADLETTER="dlq")  # fmt: skip
+    copies = {}
+    for layout in ("same file", "another file"):
+        (tmp_path / layout).mkdir()
+        db = tmp_path / layout / "q.db"
+        dlq_db = db if layout == "same file" else tmp_path / layout / "dlq.db"
+        if undecodable:
+            store = LocalStore(db, "in", durable=True)
+            store.publish(b"not an oms-mqclient message")
+            store.close()
+        else:
+            await _put(_cfg(db, "in"), ["e"], {"origin": "test", "ewms_pilot_attempts": 1})
+        sub = await LocalSubscription.open(_cfg(db, "in"), 1, lease=3600, renew_every=3600)
+        pub, dlq = await LocalPublisher.open(_cfg(db, "out")), await LocalPublisher.open(_cfg(dlq_db, "dlq"))
+        settler = Settler(cfg, "pilot-1", sub, pub, dlq, BrokerHealth())
+        try:
+            assert sub.settles_with(dlq) == (layout == "same file")
+            d = await sub.get(1)
+            assert d is not None
+            before = _wal_commits(db)
+            failure = InvalidDataForInfileException("cannot write it")
+            assert await settler.failed(d, failure, logging.getLogger("test")) == Settlement.DEAD_LETTERED
+            if layout == "same file":
+                assert _wal_commits(db) - before == 1  # the copy and the ack: one transaction
+        finally:
+            for closing in (dlq, pub, sub):
+                await closing.close()
+        assert await local_counts(_cfg(db, "in")) == {"ready": 0, "in_flight": 0}
+        copies[layout] = _on_the_wire(dlq_db, "dlq")
+    assert copies["same file"] == copies["another file"]
+    [(data, headers)] = copies["same file"]
+    assert (headers["ewms_pilot_id"], headers["ewms_pilot_deliveries"]) == ("pilot-1", 1)
+    assert (headers["ewms_pilot_error"], headers["ewms_pilot_error_type"]) == (
+        "cannot write it", "InvalidDataForInfileException"
+    )  # fmt: skip
+    if undecodable:
+        assert data is None and "ewms_pilot_decode_error" in headers
+        assert base64.b64decode(headers["ewms_pilot_raw_payload_b64"]) == b"not an oms-mqclient message"
+    else:
+        assert (data, headers["origin"], headers["ewms_pilot_attempts"]) == ("e", "test", 2)

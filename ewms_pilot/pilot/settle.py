@@ -8,9 +8,10 @@ The attempt policy lives here and nowhere else (docs/reliability.md):
   or whose payload cannot be decoded, is dead-lettered without running;
 - a stopped task (eviction, shutdown) or a result the outgoing broker could
   not take for now is released: never counted as an attempt;
-- a result is published, then its event acked; where the subscription can do
-  both in one step (`Subscription.settles_with`: a local queue file holding both
-  queues) they are one transaction, so a lost claim publishes nothing.
+- a result (or a dead-letter copy) is published, then its event acked; where
+  the subscription can do both in one step (`Subscription.settles_with`: a local
+  queue file holding both queues) they are one transaction, so a lost claim
+  publishes nothing and a crash leaves no duplicate copy.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Settler:
         self.pub = publisher
         self.deadletter = deadletter
         self.fused = subscription.settles_with(publisher)  # results published in their acks
+        # dead-letter copies parked in their acks
+        self.dead_letter_fused = deadletter is not None and subscription.settles_with(deadletter)
 
     def over_redeliveries(self, delivery: Delivery) -> bool:
         count = delivery.delivery_count
@@ -71,16 +74,25 @@ class Settler:
         ACKED (both done) or LEFT (neither: the claim was lost); raises as `publish` does, with
         nothing acked. A failed try changed nothing, so trying again is safe.
         """
+        return await self._with_ack(delivery, self.pub, result, None, log, which="outgoing")
+
+    async def _with_ack(
+        self, delivery: Delivery, publisher: Publisher, data: Any, headers: dict[str, Any] | None, log: Log,
+        *, which: str,
+    ) -> Settlement:  # fmt: skip
+        """A copy (result or dead-letter) and the ack in one step (`Subscription.ack_publishing`), retried."""
         # each try runs to its answer (a local transaction ends within the store's busy timeout):
         # one cut short at the deadline could still commit after the pilot gave the event up
         return await self._publishing(
-            lambda: self.sub.ack_publishing(delivery, self.pub, result), log, bounded=False
+            lambda: self.sub.ack_publishing(delivery, publisher, data, headers), log, bounded=False, which=which
         )
 
-    async def _publishing(self, step: Callable[[], Awaitable[T]], log: Log, *, bounded: bool = True) -> T:
+    async def _publishing(
+        self, step: Callable[[], Awaitable[T]], log: Log, *, bounded: bool = True, which: str = "outgoing"
+    ) -> T:
         return await retry_publishing(
             step, retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log, health=self.health,
-            bounded=bounded,
+            which=which, bounded=bounded,
         )  # fmt: skip
 
     async def ack(self, delivery: Delivery, log: Log) -> Settlement:
@@ -102,7 +114,7 @@ class Settler:
         return await self._dead_letter(delivery, failure, log, attempts=delivery.attempts + int(ran))
 
     async def _dead_letter(self, delivery: Delivery, failure: TaskFailure, log: Log, *, attempts: int) -> Settlement:
-        """Park the event with its last error (a confirmed copy), then ack it; drop it without a DLQ."""
+        """Park the event with its last error (a confirmed copy) and ack it; drop it without a DLQ."""
         why = (
             f"event {delivery.msg_id} ({attempts} failed attempt(s), delivery #{delivery.delivery_count or '?'}; "
             f"EWMS_PILOT_MAX_DELIVERIES={self.cfg.max_deliveries}, "
@@ -119,21 +131,34 @@ class Settler:
             pilot_id=self.pilot_id,
         )
         try:
-            await publish_with_retry(
-                self.deadletter, delivery.data, headers=headers,
-                retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log,
-                health=self.health, which="incoming",  # the dead-letter queue is on the incoming broker
-            )
+            settlement = await self._park(delivery, self.deadletter, headers, log)
         except BrokerError as e:  # ResultRejectedError included: the copy could not be parked
             log.error(f"{why}: dead-lettering failed ({e}); giving the event back unchanged")
             return await self.release(delivery, log)
-        settlement = await self.ack(delivery, log)
         if settlement != Settlement.ACKED:
-            log.warning(f"{why}: copied to dead-letter queue '{self.cfg.queue_deadletter}' but not acked: "
-                        "it comes back and is dead-lettered again (a duplicate there, never a loss)")
+            if self.dead_letter_fused:
+                log.warning(f"{why}: not dead-lettered, its claim was lost first: nothing parked, it comes back")
+            else:
+                log.warning(f"{why}: copied to dead-letter queue '{self.cfg.queue_deadletter}' but not acked: "
+                            "it comes back and is dead-lettered again (a duplicate there, never a loss)")
             return settlement
         log.error(f"{why}: moved to dead-letter queue '{self.cfg.queue_deadletter}' ({failure.reason})")
         return Settlement.DEAD_LETTERED
+
+    async def _park(self, delivery: Delivery, dlq: Publisher, headers: dict[str, Any], log: Log) -> Settlement:
+        """The dead-letter copy and the ack: one step where the subscription settles with `dlq` (a crash
+        or a failed ack cannot leave a second copy there), else published, then acked.
+
+        ACKED or LEFT; raises `BrokerError` when the copy could not be parked (nothing acked).
+        """
+        if self.dead_letter_fused:
+            return await self._with_ack(delivery, dlq, delivery.data, headers, log, which="incoming")
+        await publish_with_retry(
+            dlq, delivery.data, headers=headers,
+            retries=self.cfg.publish_retries, deadline=self.cfg.publish_deadline, log=log,
+            health=self.health, which="incoming",  # the dead-letter queue is on the incoming broker
+        )  # fmt: skip
+        return await self.ack(delivery, log)
 
     async def _settle(self, verb: str, call: Any, log: Log) -> Settlement:
         """Await a settle call; one that raises counts as not settled (the broker redelivers)."""

@@ -20,7 +20,7 @@ class Settlement(str, enum.Enum):
     ACKED = "acked"  # broker forgot it
     REQUEUED = "requeued"  # failed attempt: back in the queue with attempts+1
     RELEASED = "released"  # given back unchanged (eviction, shutdown): attempts unchanged
-    DEAD_LETTERED = "dead-lettered"  # copied to the DLQ (confirmed), then acked
+    DEAD_LETTERED = "dead-lettered"  # copied to the DLQ (confirmed) and acked (one step where `settles_with`)
     DROPPED = "dropped"  # over the limit, no DLQ: acked and logged as lost on purpose
     LEFT = "left-for-redelivery"  # could not settle: the broker will redeliver it
 
@@ -84,11 +84,14 @@ class Subscription(abc.ABC):
         """
         return False
 
-    async def ack_publishing(self, delivery: Delivery, publisher: Publisher, data: Any) -> Settlement:
-        """Publish `data` to `publisher`'s queue and ack `delivery`, all or nothing (`settles_with` only).
+    async def ack_publishing(
+        self, delivery: Delivery, publisher: Publisher, data: Any, headers: dict[str, Any] | None = None
+    ) -> Settlement:
+        """Publish `data` (with `headers`) to `publisher`'s queue and ack `delivery`, all or nothing
+        (`settles_with` only): a result, or a dead-letter copy.
 
-        ACKED: both done (the result as durable as `send` makes it). LEFT: neither, and the claim is
-        gone (the event is redelivered and run again; no duplicate result). Raises `BrokerError`
+        ACKED: both done (the copy as durable as `send` makes it). LEFT: neither, and the claim is
+        gone (the event is redelivered; no duplicate copy). Raises `BrokerError`
         when the step failed and changed nothing: the event is still held, to try again or release.
         A call cancelled while under way may have done both or neither (only its end tells).
         """

@@ -22,9 +22,9 @@ Design (details in docs/local-queue.md):
 - Prefetch = most unacked deliveries one subscription holds at once. An ack's
   transaction also claims the events it makes room for (read ahead), so the
   next `get` needs no trip; unhanded ones go back uncounted at close.
-- A result for a queue in the same file is published in its event's ack
-  transaction (`settles_with` / `ack_publishing`): exactly when the event is
-  acked, never when the claim was lost.
+- A result (or a dead-letter copy) for a queue in the same file is published
+  in its event's ack transaction (`settles_with` / `ack_publishing`): exactly
+  when the event is acked, never when the claim was lost.
 - Payloads are `mqclient` `Message.serialize(data, headers)` bytes, like on
   every other broker, decoded by the one shared path (`codec.py`).
 - SQLite runs on one worker thread per subscription/publisher (one connection
@@ -160,8 +160,8 @@ def _encode(cfg: BrokerConfig, data: Any, headers: dict[str, Any] | None) -> byt
         return BrokerError(f"publishing to {_where(cfg)} failed: {e}")
 
 
-#: one ack for the batcher: the claim, and the result published with it (its queue, its data), if any
-_AckItem = tuple[Claimed, tuple[BrokerConfig, Any] | None]
+#: one ack for the batcher: the claim, and the copy published with it (its queue, data, headers), if any
+_AckItem = tuple[Claimed, tuple[BrokerConfig, Any, dict[str, Any] | None] | None]
 
 
 def _decode(claim: Claimed) -> Delivery:
@@ -356,9 +356,9 @@ class LocalSubscription(Subscription):
         """Worker thread: the acks, each with its result, in one transaction, which also claims the
         events they make room for.
 
-        A result is encoded here (a large one must not stall the caller's loop); one that cannot be
-        fails alone, its event not acked. When the transaction fails nothing changed: an ack with a
-        result is still held (its caller may try again), a plain one is given up (LEFT).
+        A copy (result or dead-letter) is encoded here (a large one must not stall the caller's loop);
+        one that cannot be fails alone, its event not acked. When the transaction fails nothing changed:
+        an ack with a copy is still held (its caller may try again), a plain one is given up (LEFT).
         Read ahead stays within prefetch (counted here, on the one thread that claims); the
         events wait in `_ahead` for the next `get`, and go back uncounted if never handed out.
         """
@@ -368,8 +368,8 @@ class LocalSubscription(Subscription):
             if result is None:
                 acks.append(Ack(claim))
                 continue
-            out, data = result
-            payload = _encode(out, data, None)
+            out, data, headers = result
+            payload = _encode(out, data, headers)
             if isinstance(payload, BrokerError):
                 unsendable[i] = payload
             else:
@@ -403,20 +403,23 @@ class LocalSubscription(Subscription):
         """True for a `LocalPublisher` on this subscription's database file (any queue in it)."""
         return isinstance(publisher, LocalPublisher) and publisher.file_id == self._store.file_id
 
-    async def ack_publishing(self, delivery: Delivery, publisher: Publisher, data: Any) -> Settlement:
-        """The result and the ack in one transaction, group-committed with other acks like `ack`.
+    async def ack_publishing(
+        self, delivery: Delivery, publisher: Publisher, data: Any, headers: dict[str, Any] | None = None
+    ) -> Settlement:
+        """The copy (a result, a dead-letter copy) and the ack in one transaction, group-committed
+        with other acks like `ack`.
 
-        The commit is synced as a `send`'s (`synchronous=FULL`): the result is as durable as if
-        published alone. A lost claim publishes nothing (LEFT: the event is redelivered and run again).
+        The commit is synced as a `send`'s (`synchronous=FULL`): the copy is as durable as if
+        published alone. A lost claim publishes nothing (LEFT: the event is redelivered).
         """
         if not isinstance(publisher, LocalPublisher) or not self.settles_with(publisher):
             raise ValueError(f"{publisher!r} is not a local queue in {self._cfg.address}")
         if publisher.closed:
             raise BrokerError(f"{_where(publisher.cfg)}: publisher is closed")
-        result = (publisher.cfg, data)
+        copy = (publisher.cfg, data, headers)
         return await self._settle_with(
-            delivery, "publish the result and ack", Settlement.ACKED,
-            lambda claim: self._acks((claim, result)), may_retry=True,
+            delivery, f"publish to '{publisher.cfg.queue}' and ack", Settlement.ACKED,
+            lambda claim: self._acks((claim, copy)), may_retry=True,
         )  # fmt: skip
 
     async def release(self, delivery: Delivery) -> Settlement:

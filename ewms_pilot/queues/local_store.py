@@ -71,7 +71,8 @@ class Claimed:
 
 @dc.dataclass(frozen=True)
 class Ack:
-    """One ack for `ack_and_take`; `result` (queue, payload) is published with it, in its transaction."""
+    """One ack for `ack_and_take`; `result` (queue, payload: a result or a dead-letter copy) is
+    published with it, in its transaction."""
 
     claim: Claimed
     result: tuple[str, bytes] | None = None
