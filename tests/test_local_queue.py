@@ -917,30 +917,31 @@ def _local_pilot_config(tmp: Path, code: str, incoming: Path, outgoing: Path, **
     )
 
 
-def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Before: the result was published, the ack failed, the event ran again: two results for one event."""
-    db = tmp_path / "q.db"
-    go = tmp_path / "go"
-    started = tmp_path / "started"
-    task = (
+def _gated_task(tmp: Path, end: str) -> tuple[str, Path, Path]:
+    """A task that says it started, then waits for `go` before `end` (its last line); (code, started, go)."""
+    started, go = tmp / "started", tmp / "go"
+    code = (
         f"import os,sys,time\nopen({str(started)!r},'w').close()\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
-        "open(sys.argv[2],'w').write('out:'+open(sys.argv[1]).read())"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n{end}"
     )
-    cfg = _local_pilot_config(tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1")  # no 2nd claim
+    return code, started, go
 
-    async def _sub(c: BrokerConfig, prefetch: int) -> LocalSubscription:  # a lease nobody renews
+
+def _run_losing_its_claim(
+    monkeypatch: pytest.MonkeyPatch, cfg: PilotConfig, started: Path, go: Path, headers: dict[str, Any] | None = None
+) -> None:
+    """A pilot on one event whose lease nobody renews: the task runs until `go`, meanwhile the lease runs
+    out and a sweep gives the event back (its start is seen by a file, not by the counts: a stalled loop
+    could miss the claim); then the pilot runs to its end, taking the event again."""
+
+    async def _sub(c: BrokerConfig, prefetch: int) -> LocalSubscription:
         return await LocalSubscription.open(c, prefetch, lease=1.0, renew_every=3600)
 
     monkeypatch.setattr(scheduler, "open_subscription", _sub)
 
     async def main() -> None:
-        await _put(cfg.incoming, ["e1"])
+        await _put(cfg.incoming, ["e1"], headers)
         run = asyncio.ensure_future(Pilot(cfg).run())
-        # the task runs until `go`; meanwhile its lease runs out and another consumer sweeps it
-        # (its start is seen by a file, not by the counts: a stalled loop could miss the claim)
         while not started.exists() or await local_counts(cfg.incoming) != {"ready": 1, "in_flight": 0}:
             assert not run.done()
             await asyncio.sleep(0.05)
@@ -948,6 +949,16 @@ def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_agai
         await asyncio.wait_for(run, 60)
 
     asyncio.run(main())
+
+
+def test_a_pilot_whose_claim_ran_out_publishes_no_result_and_runs_the_event_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the result was published, the ack failed, the event ran again: two results for one event."""
+    db = tmp_path / "q.db"
+    task, started, go = _gated_task(tmp_path, "open(sys.argv[2],'w').write('out:'+open(sys.argv[1]).read())")
+    cfg = _local_pilot_config(tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1")  # no 2nd claim
+    _run_losing_its_claim(monkeypatch, cfg, started, go)
     first, second = journal(tmp_path)
     assert (first["result"], first["settlement"], first["published"]) == ("succeeded", "left-for-redelivery", False)
     assert (second["settlement"], second["published"], second["delivery_count"]) == ("acked", True, 2)
@@ -1077,34 +1088,12 @@ def test_a_pilot_whose_claim_ran_out_while_dead_lettering_parks_one_copy_not_two
     """Before: the copy was published to the dead-letter queue, then the ack failed (the claim was lost),
     the event came back and was dead-lettered again: two copies of one event in the dead-letter queue."""
     db = tmp_path / "q.db"
-    go = tmp_path / "go"
-    started = tmp_path / "started"
-    task = (
-        f"import os,sys,time\nopen({str(started)!r},'w').close()\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
-        "sys.exit('refusing '+open(sys.argv[1]).read())"
-    )
+    task, started, go = _gated_task(tmp_path, "sys.exit('refusing '+open(sys.argv[1]).read())")
     cfg = _local_pilot_config(
         tmp_path, task, db, db, EWMS_PILOT_MAX_CONCURRENT_TASKS="1", EWMS_PILOT_MAX_DELIVERIES="1",
         EWMS_PILOT_QUEUE_DEADLETTER="dlq", EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false",
     )  # fmt: skip
-
-    async def _sub(c: BrokerConfig, prefetch: int) -> LocalSubscription:  # a lease nobody renews
-        return await LocalSubscription.open(c, prefetch, lease=1.0, renew_every=3600)
-
-    monkeypatch.setattr(scheduler, "open_subscription", _sub)
-
-    async def main() -> None:
-        await _put(cfg.incoming, ["e1"], {"origin": "test"})
-        run = asyncio.ensure_future(Pilot(cfg).run())
-        # the task fails once `go` exists; meanwhile its lease runs out and another consumer sweeps it
-        while not started.exists() or await local_counts(cfg.incoming) != {"ready": 1, "in_flight": 0}:
-            assert not run.done()
-            await asyncio.sleep(0.05)
-        go.touch()
-        await asyncio.wait_for(run, 60)
-
-    asyncio.run(main())
+    _run_losing_its_claim(monkeypatch, cfg, started, go, {"origin": "test"})
     first, second = journal(tmp_path)
     assert (first["result"], first["settlement"], first["dead_lettered"]) == ("failed", "left-for-redelivery", False)
     assert (second["settlement"], second["dead_lettered"], second["delivery_count"]) == ("dead-lettered", True, 2)
