@@ -137,7 +137,8 @@ class Settler:
             return await self.release(delivery, log)
         if settlement != Settlement.ACKED:
             if self.dead_letter_fused:
-                log.warning(f"{why}: not dead-lettered, its claim was lost first: nothing parked, it comes back")
+                log.warning(f"{why}: not dead-lettered: its claim was lost (or the subscription closed) "
+                            "first, nothing parked, it comes back")
             else:
                 log.warning(f"{why}: copied to dead-letter queue '{self.cfg.queue_deadletter}' but not acked: "
                             "it comes back and is dead-lettered again (a duplicate there, never a loss)")
