@@ -218,3 +218,27 @@ async def test_a_cancelled_helper_that_does_not_die_holds_no_pipe_of_the_pilot(
     finally:
         os.kill(helper, 9)
     await _reaped(helper)
+
+
+@pytest.mark.usefixtures("pilots_child_watcher")
+async def test_a_helper_over_its_bound_that_the_kill_cannot_reach_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: after the kill the pilot waited for its exit without a bound, so a helper stuck on hung
+    storage (or a kill refused) held the pilot's stop or image check forever."""
+    monkeypatch.setattr(commands, "_kill_group", lambda pid: None)
+    monkeypatch.setattr(commands, "KILL_WAIT", 0.5, raising=False)  # (the name is new with the bound)
+    pid_file = tmp_path / "helper"
+    task = asyncio.ensure_future(run_command(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], timeout=1))
+    try:
+        async with asyncio.timeout(30):  # before: only the helper's own end (60 s) let it return
+            result = await task
+        assert result.returncode is None and result.reason() == "sh did not finish within 1s"
+        helper = int(pid_file.read_text())
+        assert _alive(helper)
+        assert not _pipes_of(helper) & _pipes_of("self")
+    finally:
+        task.cancel()
+        if pid_file.exists() and pid_file.read_text().strip():
+            os.kill(int(pid_file.read_text()), 9)
+            await _reaped(int(pid_file.read_text()))

@@ -25,6 +25,8 @@ from .envfile import client_env
 MAX_REASON = 300
 #: seconds to read what is left in a command's pipes once it has exited
 PIPE_DRAIN = 2.0
+#: seconds a command killed for overrunning its time bound is given to be seen to exit
+KILL_WAIT = 5.0
 
 
 @dc.dataclass(frozen=True)
@@ -85,7 +87,8 @@ async def run_command(
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             _kill_group(proc.pid)
-            await proc.wait()
+            with contextlib.suppress(TimeoutError):  # one the kill cannot reach (hung storage) is not waited for
+                await asyncio.wait_for(proc.wait(), KILL_WAIT)
             return CommandResult(tuple(argv), None, "", f"{argv[0]} did not finish within {timeout:g}s")
         except BaseException:  # cancelled: never leave the helper running
             _kill_group(proc.pid)
