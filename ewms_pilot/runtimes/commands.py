@@ -18,15 +18,13 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..tasks.spawn import start_process
+from ..tasks.spawn import KILL_WAIT, start_process
 from .envfile import client_env
 
 #: longest one-line reason taken from a command's output
 MAX_REASON = 300
 #: seconds to read what is left in a command's pipes once it has exited
 PIPE_DRAIN = 2.0
-#: seconds a command killed for overrunning its time bound is given to be seen to exit
-KILL_WAIT = 5.0
 
 
 @dc.dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.commands import run_command
 from ..runtimes.envfile import open_private, remove_env_file
 from .logcap import CappedLog
-from .spawn import start_process
+from .spawn import KILL_WAIT, start_process
 from .stall import wait_for_stall
 
 LOGGER = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ CLIENT_EXIT_WAIT = 5.0
 REMOVE_TIMEOUT = 30.0
 #: seconds to wait for the output readers after the process ended
 DRAIN_WAIT = 5.0
-#: seconds to wait for SIGKILLed processes to be gone (they die asynchronously)
-KILL_WAIT = 5.0
 #: how often to look whether the process group is gone
 POLL_INTERVAL = 0.05
 #: longest line handed to `on_line`; longer ones are split

@@ -20,6 +20,8 @@ from typing import Any
 
 #: asyncio's own default (`asyncio.streams._DEFAULT_LIMIT`)
 STREAM_LIMIT = 2**16
+#: seconds a SIGKILLed process (or group) is given to be seen gone: it dies asynchronously
+KILL_WAIT = 5.0
 
 
 class _ExitProtocol(SubprocessStreamProtocol):
