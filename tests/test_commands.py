@@ -19,14 +19,43 @@ import pytest
 
 from ewms_pilot.cli.main import _fast_child_watcher
 from ewms_pilot.runtimes import commands
-from ewms_pilot.runtimes.commands import run_command
+from ewms_pilot.runtimes.commands import CommandResult, run_command
+
+
+def _state(pid: int) -> str:
+    """Its state letter in /proc (`Z`: dead, not yet reaped), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 def _alive(pid: int) -> bool:
+    return _state(pid) not in ("Z", "gone")
+
+
+async def _pid_in(file: Path) -> int:
+    """The pid a helper's script wrote to `file`, once it has."""
+    for _ in range(400):
+        if file.exists() and file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    return int(file.read_text())
+
+
+@pytest.fixture
+def pilots_child_watcher() -> Iterator[None]:
+    """The child watcher the pilot's command line sets on Python 3.11 (`cli.main`); 3.12+ picks it itself."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    before = asyncio.get_child_watcher()
+    _fast_child_watcher()
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        yield
+    finally:
+        asyncio.get_child_watcher().close()
+        asyncio.set_child_watcher(before)
 
 
 async def test_a_helper_that_leaves_a_child_on_its_pipes_is_done_at_its_exit(tmp_path: Path) -> None:
@@ -93,11 +122,7 @@ async def _cancelled_helper(tmp_path: Path, *, storm: bool) -> tuple[int, int]:
     pid_file, helper_file = tmp_path / "child", tmp_path / "helper"
     script = f"echo $$ > {helper_file}; setsid sleep 60 & echo $! > {pid_file}; sleep 60"
     task = asyncio.ensure_future(run_command(["sh", "-c", script], timeout=60))
-    for _ in range(400):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
-    child = int(pid_file.read_text())
+    child = await _pid_in(pid_file)
     task.cancel()
     while storm and not task.done():
         await asyncio.sleep(0)
@@ -125,28 +150,6 @@ async def test_a_cancelled_helper_is_killed_and_its_pipes_let_go(tmp_path: Path,
         await _reaped(helper)
     finally:
         os.kill(child, 9)
-
-
-@pytest.fixture
-def pilots_child_watcher() -> Iterator[None]:
-    """The child watcher the pilot's command line sets on Python 3.11 (`cli.main`); 3.12+ picks it itself."""
-    if sys.version_info >= (3, 12):
-        yield
-        return
-    before = asyncio.get_child_watcher()
-    _fast_child_watcher()
-    try:
-        yield
-    finally:
-        asyncio.get_child_watcher().close()
-        asyncio.set_child_watcher(before)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
 
 
 @pytest.mark.usefixtures("pilots_child_watcher")
@@ -192,20 +195,24 @@ async def test_a_helper_never_gets_the_pilots_own_settings(monkeypatch: pytest.M
     assert "s3cret-token" not in result.stdout
 
 
+async def _unkillable_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timeout: float
+) -> tuple[asyncio.Future[CommandResult], int]:
+    """A helper the kill does not reach (stuck on hung storage; a kill refused), running: (its run, its pid)."""
+    monkeypatch.setattr(commands, "_kill_group", lambda pid: None)
+    pid_file = tmp_path / "helper"
+    script = f"echo $$ > {pid_file}; exec sleep 60"
+    task = asyncio.ensure_future(run_command(["sh", "-c", script], timeout=timeout))
+    return task, await _pid_in(pid_file)
+
+
 @pytest.mark.usefixtures("pilots_child_watcher")
 async def test_a_cancelled_helper_that_does_not_die_holds_no_pipe_of_the_pilot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A helper the kill does not reach (stuck on hung storage; a kill refused): the pilot lets go of
     its pipes at once, whenever (if ever) its exit comes. Before, they stayed open until then."""
-    monkeypatch.setattr(commands, "_kill_group", lambda pid: None)
-    pid_file = tmp_path / "helper"
-    task = asyncio.ensure_future(run_command(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], timeout=60))
-    for _ in range(400):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
-    helper = int(pid_file.read_text())
+    task, helper = await _unkillable_helper(tmp_path, monkeypatch, timeout=60)
     try:
         held = _pipes_of(helper)
         assert held  # its stdout and stderr
@@ -226,19 +233,15 @@ async def test_a_helper_over_its_bound_that_the_kill_cannot_reach_is_not_waited_
 ) -> None:
     """Before: after the kill the pilot waited for its exit without a bound, so a helper stuck on hung
     storage (or a kill refused) held the pilot's stop or image check forever."""
-    monkeypatch.setattr(commands, "_kill_group", lambda pid: None)
-    monkeypatch.setattr(commands, "KILL_WAIT", 0.5, raising=False)  # (the name is new with the bound)
-    pid_file = tmp_path / "helper"
-    task = asyncio.ensure_future(run_command(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], timeout=1))
+    monkeypatch.setattr(commands, "KILL_WAIT", 0.5)
+    task, helper = await _unkillable_helper(tmp_path, monkeypatch, timeout=1)
     try:
         async with asyncio.timeout(30):  # before: only the helper's own end (60 s) let it return
             result = await task
         assert result.returncode is None and result.reason() == "sh did not finish within 1s"
-        helper = int(pid_file.read_text())
         assert _alive(helper)
         assert not _pipes_of(helper) & _pipes_of("self")
     finally:
         task.cancel()
-        if pid_file.exists() and pid_file.read_text().strip():
-            os.kill(int(pid_file.read_text()), 9)
-            await _reaped(int(pid_file.read_text()))
+        os.kill(helper, 9)
+    await _reaped(helper)
