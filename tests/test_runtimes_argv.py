@@ -320,10 +320,11 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     rt = apptainer(tmp_path / "work", image_directory_must_be_present=False)
     sif = tmp_path / "img.sif"
     sif.write_bytes(b"x")
-    assert build_source("docker://ghcr.io/org/img:1") == "docker://ghcr.io/org/img:1"
-    assert build_source("ghcr.io/org/img:1") == "docker://ghcr.io/org/img:1"
-    assert build_source("python:3.12") == "docker://python:3.12"
-    assert build_source(str(sif)) == str(sif)
+    assert build_source("docker://ghcr.io/org/img:1", tmp_path) == "docker://ghcr.io/org/img:1"
+    assert build_source("ghcr.io/org/img:1", tmp_path) == "docker://ghcr.io/org/img:1"
+    assert build_source("python:3.12", tmp_path) == "docker://python:3.12"
+    assert build_source(str(sif), None) == str(sif)
+    assert build_source("img.sif", tmp_path) == str(sif)  # a file relative to the start dir
     target = rt.sandbox_path("ghcr.io/org/img:1")
     assert target.parent == tmp_path / "work"
     assert target.name.startswith("docker_ghcr.io_org_img_1-")
@@ -337,6 +338,25 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     assert rt.build_env({"PATH": "/bin", "EWMS_PILOT_BROKER_AUTH_TOKEN": "t"}) == {
         "PATH": "/bin", "APPTAINER_TMPDIR": str(tmp_path / "work"),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("docker-archive:img.tar", "docker-archive:{start}/img.tar"),
+        ("docker-archive://img.tar", "docker-archive:{start}/img.tar"),
+        ("oci-archive:sub/img.tar", "oci-archive:{start}/sub/img.tar"),
+        ("oci:layout", "oci:{start}/layout"),
+        ("docker-archive:/abs/img.tar", "docker-archive:/abs/img.tar"),
+        ("docker-archive:///abs/img.tar", "docker-archive:/abs/img.tar"),
+        ("oras://ghcr.io/org/img:1", "oras://ghcr.io/org/img:1"),
+        ("library://org/img", "library://org/img"),
+    ],
+)
+def test_apptainer_reads_an_image_on_disk_where_the_pilot_started(tmp_path: Path, given: str, used: str) -> None:
+    """The build runs in its build workdir: an archive named relative to the pilot's cwd (as
+    `apptainer build` itself would read it there) is handed over with its absolute path."""
+    assert build_source(given, tmp_path) == used.format(start=tmp_path)
 
 
 async def test_apptainer_sandbox_dir_is_used_as_is(tmp_path: Path) -> None:
@@ -368,17 +388,25 @@ async def test_apptainer_requires_a_sandbox_dir_when_configured(tmp_path: Path) 
     )
 
 
-async def test_apptainer_conversion_runs_build_and_reuses_result(tmp_path: Path) -> None:
-    """A stand-in `apptainer` records its argv and creates the sandbox dir like the real one."""
-    bindir, work = tmp_path / "bin", tmp_path / "work"
+async def test_apptainer_conversion_runs_build_and_reuses_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in `apptainer` records its argv, cwd and env and creates the sandbox dir like the
+    real one. The build runs in its workdir: a cache dir the site named relative to the pilot's
+    cwd is given to it with its absolute path, so it is the same dir the site meant."""
+    bindir, work, start = tmp_path / "bin", tmp_path / "work", tmp_path / "job"
     bindir.mkdir()
     work.mkdir()
+    start.mkdir()
+    monkeypatch.chdir(start)  # the pilot's cwd when it starts (an HTCondor job's scratch dir)
+    monkeypatch.setenv("APPTAINER_CACHEDIR", "cache")
     log = tmp_path / "calls.log"
     fake = bindir / "apptainer"
     fake.write_text(
         "#!/usr/bin/env python3\n"
         "import os, sys\n"
-        f"open({str(log)!r}, 'a').write(repr([sys.argv[1:], os.getcwd(), os.environ.get('APPTAINER_TMPDIR')]) + '\\n')\n"
+        f"open({str(log)!r}, 'a').write(repr([sys.argv[1:], os.getcwd(), os.environ.get('APPTAINER_TMPDIR'), "
+        "os.environ.get('APPTAINER_CACHEDIR')]) + '\\n')\n"
         "os.makedirs(os.path.join(sys.argv[-2], '.singularity.d'))\n"
         "open(os.path.join(sys.argv[-2], '.singularity.d', 'runscript'), 'w').close()\n"
     )
@@ -394,6 +422,7 @@ async def test_apptainer_conversion_runs_build_and_reuses_result(tmp_path: Path)
             ["build", "--fix-perms", "--sandbox", partial, "docker://ghcr.io/org/img:1"],
             str(work),
             str(work),
+            str(start / "cache"),
         ]
     ]
     assert await rt.prepare_image("ghcr.io/org/img:1") == str(target)

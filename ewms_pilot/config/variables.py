@@ -402,7 +402,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         type=BUILD_DIR,
         default="/var/tmp",
         section="runtime",
-        help="Where apptainer builds SIF images",
+        help="Where apptainer converts an image that is not a sandbox dir (registry, `docker-archive:`/`oci-archive:` file, `.sif`) into one, reused by later pilots; relative paths are the pilot's start dir's",
         field="apptainer_build_workdir",
     ),
     EnvVar(

@@ -28,6 +28,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .base import RunSpec, Runtime, RuntimeUnavailableError, env_file_of
+from .clientpaths import (
+    APPTAINER_PATH_TRANSPORTS,
+    absolute_apptainer_source,
+    absolute_env,
+    start_dir,
+)
 from .commands import run_command
 from .envfile import client_env
 from .mounts import require_plain_paths
@@ -52,16 +58,23 @@ def memory_limit_enforceable() -> bool:
     return os.geteuid() == 0 or Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
-def build_source(image: str) -> str:
-    """What `apptainer build` should read for `image`.
+def build_source(image: str, base: Path | None) -> str:
+    """What `apptainer build` should read for `image`, a relative path made absolute against `base`.
 
-    URIs (`docker://`, `oras://`, ...) and local files (`.sif`) as given; a
-    bare reference (`ghcr.io/org/img:tag`, `python:3.12`) is a registry image.
+    URIs (`docker://`, `oras://`, ...) as given; an archive or layout on disk
+    (`docker-archive:x.tar`, `oci-archive:`, `oci:`, with one colon or `://`) and a
+    local file (`.sif`) with an absolute path, since the build runs in its build
+    workdir; a bare reference (`ghcr.io/org/img:tag`, `python:3.12`) is a
+    registry image.
     """
+    transport, colon, _ = image.partition(":")
+    if colon and transport in APPTAINER_PATH_TRANSPORTS:
+        return absolute_apptainer_source(image, base)
     if "://" in image:
         return image
-    if os.path.isfile(image):
-        return str(Path(image).resolve())
+    path = image if base is None else os.path.join(base, image)
+    if os.path.isfile(path):
+        return str(Path(path).resolve())
     return f"docker://{image}"
 
 
@@ -113,6 +126,8 @@ class ApptainerRuntime(Runtime):
         self.debug = debug
         self.binary = binary
         self.build_timeout = build_timeout
+        #: what the build's relative paths mean: the pilot's cwd when it starts (the runtime is made then)
+        self.start_dir = start_dir()
 
     def _base(self) -> list[str]:
         return [self.binary, *(["--debug"] if self.debug else [])]
@@ -142,15 +157,16 @@ class ApptainerRuntime(Runtime):
         return [*self._base(), "build", "--fix-perms", "--sandbox", str(sandbox_dir), source]
 
     def build_env(self, inherited: Mapping[str, str]) -> dict[str, str]:
-        """Build temp files go to the build workdir (where the space is) unless the site chose; no pilot settings."""
-        env = client_env(inherited)
+        """Build temp files go to the build workdir (where the space is) unless the site chose; no pilot
+        settings; path-valued variables absolute (`clientpaths`: the build runs in its workdir)."""
+        env = absolute_env(client_env(inherited), self.start_dir)
         if "APPTAINER_TMPDIR" not in env:
             env["APPTAINER_TMPDIR"] = str(self.build_workdir)
         return env
 
     def sandbox_path(self, image: str) -> Path:
         """Where the converted `image` lives (reused by later pilots on the same host)."""
-        return self.build_workdir / sandbox_name(build_source(image))
+        return self.build_workdir / sandbox_name(build_source(image, self.start_dir))
 
     # -- image --
 
@@ -181,7 +197,7 @@ class ApptainerRuntime(Runtime):
         # build next to the target, then rename: a crash never leaves a half-built
         # sandbox that a later pilot would take for a finished one
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        source = build_source(image)
+        source = build_source(image, self.start_dir)
         LOGGER.info(f"converting {source} to the apptainer sandbox {target}")
         try:
             result = await run_command(

@@ -1,11 +1,12 @@
-"""A podman/docker client's relative paths made absolute against the pilot's start dir.
+"""A container client's relative paths made absolute against the pilot's start dir.
 
-The client does not run in the pilot's cwd (see `OCIRuntime.process_cwd` for
-why), so what it would read relative to its cwd is made absolute first, once:
-the start dir is taken when the runtime is made, an image reference when it is
-prepared at start (`prepare_image`), and the client's environment is the
-pilot's own with these variables rewritten. Everything else the pilot hands
-a client (binds, env file, data dir) is absolute already.
+podman/docker do not run in the pilot's cwd (see `OCIRuntime.process_cwd` for
+why), nor does apptainer's image build (it runs in its build workdir), so what
+they would read relative to their cwd is made absolute first, once: the start
+dir is taken when the runtime is made, an image reference when it is prepared
+at start (`prepare_image`), and the client's environment is the pilot's own
+with these variables rewritten. Everything else the pilot hands a client
+(binds, env file, data dir) is absolute already.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-#: variables podman, docker and their libraries read as one file or directory path
+#: variables podman, docker, apptainer and their libraries read as one file or directory path
 PATH_VARIABLES = (
+    "APPTAINER_CACHEDIR",
+    "APPTAINER_CONFIGDIR",
+    "APPTAINER_TMPDIR",
+    "SINGULARITY_CACHEDIR",
+    "SINGULARITY_CONFIGDIR",
+    "SINGULARITY_TMPDIR",
     "CONTAINERS_CONF",
     "CONTAINERS_CONF_OVERRIDE",
     "CONTAINERS_STORAGE_CONF",
@@ -36,6 +43,8 @@ PATH_VARIABLES = (
 PATH_LIST_VARIABLES = ("PATH",)
 #: image transports whose reference starts with a host path (containers-transports(5))
 PATH_TRANSPORTS = frozenset({"dir", "docker-archive", "oci", "oci-archive", "sif"})
+#: apptainer's build sources whose reference is a host path (`transport:path` or `transport://path`)
+APPTAINER_PATH_TRANSPORTS = frozenset({"docker-archive", "oci", "oci-archive"})
 
 
 def start_dir() -> Path | None:
@@ -69,3 +78,12 @@ def absolute_image(image: str, base: Path | None) -> str:
     if not sep or transport not in PATH_TRANSPORTS or not rest:
         return image
     return f"{transport}:{_absolute(rest, base)}"
+
+
+def absolute_apptainer_source(source: str, base: Path | None) -> str:
+    """`docker-archive:x.tar` or `docker-archive://x.tar` -> `docker-archive:<base>/x.tar`; others as given."""
+    transport, sep, rest = source.partition(":")
+    if not sep or transport not in APPTAINER_PATH_TRANSPORTS:
+        return source
+    rest = rest.removeprefix("//")
+    return f"{transport}:{_absolute(rest, base)}" if rest else source

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from mq_helpers import drain, publish
 from poolkit import REPO, Pool, PoolPilot, pool_processes, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+
+TEST_IMAGE = os.environ.get("EWMS_TEST_IMAGE", "localhost/ewms-pilot-test:bookworm")
 
 #: the task: reports what it sees (mounts, env) into its outfile, as a Python
 #: literal (the test image has python3-minimal: no json module)
@@ -262,3 +266,40 @@ async def test_warm_mode_one_apptainer_container_serves_every_event(
     assert sorted(o.split("|")[0] for o in out) == sorted(e + e for e in events)
     assert len({o.split("|")[1] for o in out}) == 1  # one worker process did them all
     assert pool_processes(f"{code}/w.py") == []  # and it is gone
+
+
+async def test_an_image_archive_named_relative_to_the_job_dir_is_converted_and_run(
+    pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
+) -> None:
+    """`docker-archive:task.tar` (what `podman save` writes), named relative to the pilot's cwd as
+    a job would ship it: real apptainer converts it once into the build workdir and runs the
+    events in it. The build runs in that workdir, so the pilot must hand over the archive's
+    absolute path (before: it was taken for a registry image, `docker://docker-archive:...`)."""
+    archive, build = pool_dir / "task.tar", pool_dir / "build"
+    build.mkdir()
+    build.chmod(0o777)
+    saved = subprocess.run(
+        ["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(archive), TEST_IMAGE],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    archive.chmod(0o644)
+    events = ["a1", "a2"]
+    await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", events)
+    env = _env(
+        pool,
+        rabbitmq_address,
+        queue_name,
+        pool_dir,
+        EWMS_PILOT_TASK_IMAGE="docker-archive:task.tar",
+        EWMS_PILOT_TASK_ARGS="python3 -c \"import sys; d=open(sys.argv[1]).read(); open(sys.argv[2], 'w').write(d+d)\""
+        " <<INFILE>> <<OUTFILE>>",
+        _EWMS_PILOT_APPTAINER_IMAGE_DIRECTORY_MUST_BE_PRESENT="false",
+        _EWMS_PILOT_APPTAINER_BUILD_WORKDIR=str(build),
+    )
+    rc, _, err = PoolPilot(env, pool_dir).wait()
+    assert rc == 0, err[-3000:]
+    assert sorted(await drain("rabbitmq", rabbitmq_address, f"{queue_name}-out", 3, len(events))) == ["a1a1", "a2a2"]
+    assert f"converting docker-archive:{archive} to the apptainer sandbox {build}/" in err, err[-3000:]
+    made = [p for p in build.iterdir() if (p / ".singularity.d" / "runscript").is_file()]
+    assert len(made) == 1 and made[0].name.startswith("docker-archive_"), list(build.iterdir())
