@@ -6,6 +6,7 @@ tested; podman and the process runtime also run for real in other test files.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -325,7 +326,7 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     assert build_source("python:3.12", tmp_path) == "docker://python:3.12"
     assert build_source(str(sif), None) == str(sif)
     assert build_source("img.sif", tmp_path) == str(sif)  # a file relative to the start dir
-    target = rt.sandbox_path("ghcr.io/org/img:1")
+    target = asyncio.run(rt.sandbox_path("ghcr.io/org/img:1"))
     assert target.parent == tmp_path / "work"
     assert target.name.startswith("docker_ghcr.io_org_img_1-")
     assert rt.build_argv("docker://ghcr.io/org/img:1", target) == [
@@ -334,6 +335,7 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     assert sandbox_name("docker://a/b:1") != sandbox_name("docker://a_b:1")
     assert rt.build_env({"PATH": "/bin"})["APPTAINER_TMPDIR"] == str(tmp_path / "work")
     assert rt.build_env({"APPTAINER_TMPDIR": "/site"})["APPTAINER_TMPDIR"] == "/site"
+    assert "APPTAINER_TMPDIR" not in rt.build_env({"SINGULARITY_TMPDIR": "/site"})  # the older name, as chosen
     # the image build gets no pilot setting (broker tokens), as every container CLI the pilot runs
     assert rt.build_env({"PATH": "/bin", "EWMS_PILOT_BROKER_AUTH_TOKEN": "t"}) == {
         "PATH": "/bin", "APPTAINER_TMPDIR": str(tmp_path / "work"),
@@ -413,7 +415,7 @@ async def test_apptainer_conversion_runs_build_and_reuses_result(
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     rt = apptainer(work, image_directory_must_be_present=False, binary=str(fake))
     first = await rt.prepare_image("ghcr.io/org/img:1")
-    target = rt.sandbox_path("ghcr.io/org/img:1")
+    target = await rt.sandbox_path("ghcr.io/org/img:1")
     assert first == str(target) and target.is_dir()
     calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 - our own repr
     partial = f"{target}.partial-{os.getpid()}"
@@ -428,6 +430,46 @@ async def test_apptainer_conversion_runs_build_and_reuses_result(
     assert await rt.prepare_image("ghcr.io/org/img:1") == str(target)
     assert len(log.read_text().splitlines()) == 1  # converted once
     assert not Path(partial).exists()
+
+
+#: a stand-in `apptainer build --sandbox DIR docker-archive:FILE` that reads FILE from its cwd, as
+#: the real one does, and puts its bytes in DIR; it logs each build to $BUILDS
+ARCHIVE_BUILDER = (
+    "#!/usr/bin/env python3\n"
+    "import os, sys\n"
+    "target, source = sys.argv[-2], sys.argv[-1].split(':', 1)[1]\n"
+    "data = open(source).read()\n"
+    "os.makedirs(os.path.join(target, '.singularity.d'))\n"
+    "open(os.path.join(target, '.singularity.d', 'runscript'), 'w').write(data)\n"
+    "open(os.environ['BUILDS'], 'a').write(sys.argv[-1] + '\\n')\n"
+)
+
+
+async def test_an_archive_is_converted_once_per_content_wherever_the_job_dir_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each HTCondor job brings its archive into a new scratch dir (whose name a later job may
+    reuse): the conversion is found again by what the archive holds, not by where it lies."""
+    fake, work, builds = tmp_path / "apptainer", tmp_path / "work", tmp_path / "builds.log"
+    fake.write_text(ARCHIVE_BUILDER)
+    fake.chmod(0o755)
+    work.mkdir()
+    monkeypatch.setenv("BUILDS", str(builds))
+
+    async def job(dir_name: str, archive_holds: str) -> str:
+        job_dir = tmp_path / dir_name
+        job_dir.mkdir(exist_ok=True)
+        (job_dir / "task.tar").write_text(archive_holds)
+        monkeypatch.chdir(job_dir)
+        rt = apptainer(work, image_directory_must_be_present=False, binary=str(fake))
+        sandbox = await rt.prepare_image("docker-archive:task.tar")
+        return (Path(sandbox) / ".singularity.d" / "runscript").read_text()
+
+    assert await job("dir_1", "image v1") == "image v1"  # read where the job started, not in work/
+    assert await job("dir_2", "image v1") == "image v1"  # the same image from another dir: reused
+    assert builds.read_text().splitlines() == [f"docker-archive:{tmp_path}/dir_1/task.tar"]
+    assert await job("dir_1", "image v2") == "image v2"  # a reused dir name with another image
+    assert len(builds.read_text().splitlines()) == 2
 
 
 async def test_apptainer_failed_conversion_is_one_line(tmp_path: Path) -> None:

@@ -98,11 +98,48 @@ def require_runscript(sandbox: Path) -> str:
     return str(sandbox)
 
 
-def sandbox_name(source: str) -> str:
-    """A recognizable, file-system-safe directory name for the converted `source`."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._-")[:100]
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+def sandbox_name(source: str, content: str | None = None) -> str:
+    """A recognizable, file-system-safe directory name for the converted `source`.
+
+    `content` (`disk_content`): what an image on disk holds, so its name follows its
+    contents, not where it lies. An HTCondor job brings its archive into a new scratch
+    dir each time, whose name a later job may reuse for another archive: by path, every
+    job would convert it again, and a later one could run an earlier one's image.
+    """
+    transport, colon, rest = source.partition(":")
+    if content is None:
+        label = source
+    elif colon and transport in APPTAINER_PATH_TRANSPORTS:
+        label = f"{transport}_{os.path.basename(rest.rstrip('/'))}"
+    else:
+        label = os.path.basename(source)
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:100]
+    digest = hashlib.sha256((source if content is None else content).encode()).hexdigest()[:12]
     return f"{readable}-{digest}"
+
+
+def disk_content(source: str) -> str | None:
+    """For an image on disk (an absolute `build_source`), a digest of what it holds; None otherwise.
+
+    A file (archive, `.sif`): its bytes. An OCI layout dir (`oci:DIR[:TAG]`): its `index.json`
+    and the tag. Blocking: reads the whole file (run it off the loop).
+    """
+    transport, colon, rest = source.partition(":")
+    tag = ""
+    if not colon or transport not in APPTAINER_PATH_TRANSPORTS:
+        transport, rest = "file", source
+    elif transport == "oci" and not os.path.exists(rest) and ":" in rest:
+        rest, tag = rest.rsplit(":", 1)
+    path = Path(rest)
+    if path.is_dir():
+        path = path / "index.json"
+    if not os.path.isabs(rest) or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"{transport}:{digest.hexdigest()}:{tag}"
 
 
 class ApptainerRuntime(Runtime):
@@ -160,13 +197,15 @@ class ApptainerRuntime(Runtime):
         """Build temp files go to the build workdir (where the space is) unless the site chose; no pilot
         settings; path-valued variables absolute (`clientpaths`: the build runs in its workdir)."""
         env = absolute_env(client_env(inherited), self.start_dir)
-        if "APPTAINER_TMPDIR" not in env:
+        if "APPTAINER_TMPDIR" not in env and "SINGULARITY_TMPDIR" not in env:
             env["APPTAINER_TMPDIR"] = str(self.build_workdir)
         return env
 
-    def sandbox_path(self, image: str) -> Path:
+    async def sandbox_path(self, image: str) -> Path:
         """Where the converted `image` lives (reused by later pilots on the same host)."""
-        return self.build_workdir / sandbox_name(build_source(image, self.start_dir))
+        source = build_source(image, self.start_dir)
+        content = await asyncio.to_thread(disk_content, source)
+        return self.build_workdir / sandbox_name(source, content)
 
     # -- image --
 
@@ -187,7 +226,7 @@ class ApptainerRuntime(Runtime):
             raise RuntimeUnavailableError(
                 f"apptainer build workdir {self.build_workdir} is not an existing directory"
             )
-        target = self.sandbox_path(image)
+        target = await self.sandbox_path(image)
         if target.is_dir():
             LOGGER.info(f"using {target}, converted earlier from {image}")
             return require_runscript(target)

@@ -8,8 +8,8 @@ broker tokens. So:
   only the pilot's user can read (never `--env NAME=VALUE`: argv is visible to
   every local user in `ps`); the image provides the rest (PATH, HOME, ...);
 - a container CLI (podman, docker, apptainer) gets the pilot's environment
-  without any `EWMS_PILOT_*` setting (podman and docker: with its path
-  variables made absolute, `clientpaths`).
+  without any `EWMS_PILOT_*` setting (podman and docker, and apptainer's image
+  build: with its path variables made absolute, `clientpaths`).
 """
 
 from __future__ import annotations

@@ -268,11 +268,11 @@ async def test_warm_mode_one_apptainer_container_serves_every_event(
     assert pool_processes(f"{code}/w.py") == []  # and it is gone
 
 
-async def test_an_image_archive_named_relative_to_the_job_dir_is_converted_and_run(
+async def test_an_image_archive_named_relative_to_the_pilots_start_dir_is_converted_and_run(
     pool: Pool, pool_dir: Path, rabbitmq_address: str, queue_name: str
 ) -> None:
-    """`docker-archive:task.tar` (what `podman save` writes), named relative to the pilot's cwd as
-    a job would ship it: real apptainer converts it once into the build workdir and runs the
+    """`docker-archive:task.tar` (what `podman save` writes), named relative to the pilot's cwd (the
+    pilot runs in a plain dir here, as a job's scratch dir would hold a shipped file): real apptainer converts it once into the build workdir and runs the
     events in it. The build runs in that workdir, so the pilot must hand over the archive's
     absolute path (before: it was taken for a registry image, `docker://docker-archive:...`)."""
     archive, build = pool_dir / "task.tar", pool_dir / "build"
