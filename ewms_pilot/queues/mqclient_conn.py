@@ -82,10 +82,13 @@ class Connection:
 
         A timeout scope, not `wait_for`: no task of its own per broker call (issue 15).
         """
+        scope = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with scope:
                 return await self.thread.call(coro)
         except TimeoutError:
+            if not scope.expired():  # the client's own timeout (nats-py's is a TimeoutError): not a hang
+                raise
             self.abandon()
             raise BrokerError(f"{what} on {where(self.cfg)} hung for {timeout:.0f}s") from None
 
@@ -250,6 +253,10 @@ class MQClientSubscription(Subscription):
     publisher: ClassVar[type[MQClientPublisher]] = MQClientPublisher  # for requeued copies
     serialize: ClassVar[bool] = True
     open_raw: ClassVar[Opener | None] = None  # connect other than oms-mqclient's factory
+    #: a delivery stays this subscription's to settle on a later connection (JetStream: its ack
+    #: subject works on any); RabbitMQ's delivery tags die with their channel, and the broker
+    #: redelivers what that channel held
+    settles_across_connections: ClassVar[bool] = False
 
     def __init__(self, conn: Connection, prefetch: int) -> None:
         self._conn = conn
@@ -300,8 +307,12 @@ class MQClientSubscription(Subscription):
         return int(msg.uuid)
 
     def held(self) -> list[Delivery]:
-        """Deliveries handed out on the open connection and not yet settled."""
-        return [d for d in self._held.values() if self._conn.holds(d)]
+        """Deliveries handed out and not yet settled that are still this subscription's."""
+        return [d for d in self._held.values() if self._ours(d)]
+
+    def _ours(self, delivery: Delivery) -> bool:
+        """Can it still be settled here (the broker has not taken it back with its connection)?"""
+        return self.settles_across_connections or self._conn.holds(delivery)
 
     async def _wait_for_slot(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -364,15 +375,16 @@ class MQClientSubscription(Subscription):
         if not self._forget(delivery):
             LOGGER.warning(f"cannot {verb} event {delivery.msg_id}: it was already settled")
             return False
-        if not self._conn.holds(delivery):
+        if not self._ours(delivery):
             LOGGER.warning(
                 f"cannot {verb} event {delivery.msg_id}: its connection was lost, so the broker redelivers it"
             )
             return False
         _, msg = delivery.raw
         try:
-            self.check_alive(self._conn.raw)  # a client that knows it is offline would only hang
-            await self.settle_raw(self._conn.raw, msg, ack)
+            raw = await self._conn.ensure_open() if self.settles_across_connections else self._conn.raw
+            self.check_alive(raw)  # a client that knows it is offline would only hang
+            await self.settle_raw(raw, msg, ack)
         except Exception as e:  # the connection is dropped: the broker redelivers what it held
             if not isinstance(e, BrokerError):
                 await self._conn.drop()
@@ -393,7 +405,10 @@ class MQClientSubscription(Subscription):
         """A confirmed copy with attempts+1 to the incoming queue, then the original acked."""
         if delivery.decode_error is not None:  # cannot carry a count: given back unchanged
             return await self.release(delivery)
-        if not self._conn.holds(delivery):  # redelivered anyway: a copy would be a duplicate
+        if self._key(delivery) not in self._held:  # settled, or the subscription closed: no copy
+            LOGGER.warning(f"cannot requeue event {delivery.msg_id}: it was already settled")
+            return Settlement.LEFT
+        if not self._ours(delivery):  # redelivered anyway: a copy would be a duplicate
             self._forget(delivery)
             LOGGER.warning(
                 f"cannot requeue event {delivery.msg_id}: its connection was lost, so the broker redelivers it"

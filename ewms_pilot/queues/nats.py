@@ -11,6 +11,10 @@ renews every delivery it holds with an in-progress ack ("+WPI") every
 
 Settling waits for the server's reply (a request, not a bare publish), so an
 ack that did not arrive is reported as left for redelivery, never as acked.
+A reply that is late (`CONFIRM_TIMEOUT`) says nothing about the connection: it
+is kept. And an ack subject works on any connection, so what the subscription
+holds stays its own across a reconnect (renewed and settled on the new one),
+unlike RabbitMQ's delivery tags, which die with their channel.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class NatsSubscription(MQClientSubscription):
 
     publisher: ClassVar[type[MQClientPublisher]] = NatsPublisher
     serialize: ClassVar[bool] = False
+    settles_across_connections: ClassVar[bool] = True  # an ack subject is not tied to a connection
 
     ack_wait: float = DEFAULT_ACK_WAIT
     _renewer: asyncio.Task[None] | None = None
@@ -122,13 +127,20 @@ class NatsSubscription(MQClientSubscription):
         which fails for an event not in its format; the reply subject is all
         JetStream needs.
         """
+        import nats.errors
+
         client = raw._nats_client
 
         async def _send() -> None:
-            if confirm:
-                await client.request(str(msg.msg_id), body, timeout=CONFIRM_TIMEOUT)
-            else:
+            if not confirm:
                 await client.publish(str(msg.msg_id), body)
+                return
+            try:
+                await client.request(str(msg.msg_id), body, timeout=CONFIRM_TIMEOUT)
+            except nats.errors.TimeoutError:  # a slow server, not a broken connection: keep it
+                raise BrokerError(
+                    f"{where(self._conn.cfg)} did not confirm within {CONFIRM_TIMEOUT:g}s (it may still take it)"
+                ) from None
 
         await self._conn.call(_send(), SETTLE_TIMEOUT, "settling")
 
@@ -139,8 +151,14 @@ class NatsSubscription(MQClientSubscription):
         every = self.ack_wait / 3
         while True:
             await asyncio.sleep(every)
-            raw = self._conn.raw
-            if raw is None or not raw._nats_client.is_connected:
+            if not self.held():
+                continue
+            try:  # after a dropped connection too: what it holds is still this subscription's
+                raw = await self._conn.ensure_open()
+            except BrokerError as e:
+                LOGGER.warning(f"{where(self._conn.cfg)}: cannot renew the events in hand: {e}")
+                continue
+            if not raw._nats_client.is_connected:
                 continue  # nats-py is reconnecting: renew on the next round (ack_wait leaves two more)
             for delivery in self.held():
                 _, msg = delivery.raw

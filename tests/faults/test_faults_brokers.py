@@ -7,7 +7,9 @@ shared brokers would break the tests other people run at the same time.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import logging
 import re
 import signal
 import subprocess
@@ -441,3 +443,51 @@ def test_rabbitmq_message_over_max_size_is_refused_for_good(private_rabbit: Rabb
     assert "max size" in said and str(limit) in said, said
     assert "retrying" not in logged, logged
     assert take_data("rabbitmq", private_rabbit.address, qout, idle=1) == ["small"]
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_nats_ack_reply_leaves_the_other_events_in_hand(new_queue: Any, tmp_path: Path, caplog: Any) -> None:
+    """JetStream stalls (SIGSTOP, 6 s) while one event's ack waits for its confirmation (5 s): that
+    ack is reported as not done, but the connection is not given up for a hung one, and the
+    other event a task is still running stays this subscription's: renewed, acked when its task
+    ends, and handed to nobody else. Before, the slow reply abandoned the connection, which
+    dropped every held event: their acks said left-for-redelivery and JetStream ran them again."""
+    from ewms_pilot.config.model import BrokerConfig
+    from ewms_pilot.queues import open_subscription
+    from ewms_pilot.queues.base import Settlement
+
+    server = NatsServer(tmp_path)
+    server.start()
+    queue = new_queue("stall")
+    put("nats", server.address, queue, ["A", "B"])
+
+    async def scenario() -> tuple[Settlement, list[str], Settlement, list[str]]:
+        sub = await open_subscription(BrokerConfig(queue=queue, broker_type="nats", address=server.address), 2)
+        try:
+            a, b = await sub.get(10), await sub.get(10)
+            assert a is not None and b is not None
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                acking_a = asyncio.ensure_future(sub.ack(a))
+                await asyncio.sleep(6)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            a_settled = await acking_a
+            still_held = [d.data for d in sub.held()]
+            b_settled = await sub.ack(b)
+            again = [d.data for d in [await sub.get(3)] if d is not None]
+            return a_settled, still_held, b_settled, again
+        finally:
+            await sub.close()
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            a_settled, still_held, b_settled, again = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert a_settled == Settlement.LEFT  # unconfirmed: never reported as acked
+    assert still_held == ["B"]
+    assert b_settled == Settlement.ACKED
+    assert again == []  # A's ack did reach JetStream; B's too: neither comes back
+    assert not any("abandoning" in r.getMessage() or "hung" in r.getMessage() for r in caplog.records)
