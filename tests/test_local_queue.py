@@ -1186,5 +1186,23 @@ async def test_a_dead_letter_copy_parked_with_its_ack_carries_the_headers_of_one
     if undecodable:
         assert data is None and "ewms_pilot_decode_error" in headers
         assert base64.b64decode(headers["ewms_pilot_raw_payload_b64"]) == b"not an oms-mqclient message"
+        assert headers["ewms_pilot_raw_payload_bytes"] == len(b"not an oms-mqclient message")
     else:
         assert (data, headers["origin"], headers["ewms_pilot_attempts"]) == ("e", "test", 2)
+
+
+def test_a_dead_letter_copy_says_when_an_undecodable_payload_was_cut(caplog: pytest.LogCaptureFixture) -> None:
+    """The copy keeps the first MiB of a payload nobody can read; its whole size says it was cut."""
+    from ewms_pilot.queues import codec
+    from ewms_pilot.queues.base import Delivery
+
+    raw = bytes(range(256)) * (codec.RAW_PAYLOAD_KEEP // 256 + 10)
+    d = Delivery(msg_id="m1", data=None, decode_error="JSONDecodeError: x", raw_payload=raw)
+    with caplog.at_level(logging.WARNING):
+        headers = codec.dead_letter_headers(d, attempts=0, error="e", error_type="E", pilot_id="p")
+    assert base64.b64decode(headers["ewms_pilot_raw_payload_b64"]) == raw[: codec.RAW_PAYLOAD_KEEP]
+    assert headers["ewms_pilot_raw_payload_bytes"] == len(raw) > codec.RAW_PAYLOAD_KEEP
+    assert [r.getMessage() for r in caplog.records] == [
+        f"event m1: its undecodable payload has {len(raw)} bytes; the dead-letter copy keeps the first "
+        f"{codec.RAW_PAYLOAD_KEEP} (ewms_pilot_raw_payload_bytes says how many there were)"
+    ]

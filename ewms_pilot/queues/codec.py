@@ -29,7 +29,8 @@ ERROR_TYPE = f"{PREFIX}error_type"  # the last failure's type name
 PILOT_ID = f"{PREFIX}id"  # the pilot that dead-lettered it
 DELIVERIES = f"{PREFIX}deliveries"  # raw broker deliveries (dead-letter copies)
 DECODE_ERROR = f"{PREFIX}decode_error"  # dead-letter copy of an undecodable payload: why
-RAW_PAYLOAD_B64 = f"{PREFIX}raw_payload_b64"  # ... and the payload itself (base64)
+RAW_PAYLOAD_B64 = f"{PREFIX}raw_payload_b64"  # ... and the payload itself (base64), its first KEEP bytes
+RAW_PAYLOAD_BYTES = f"{PREFIX}raw_payload_bytes"  # ... and its whole size: more than the copy holds = cut
 RAW_PAYLOAD_KEEP = 1024 * 1024  # bytes of an undecodable payload a dead-letter copy keeps
 
 
@@ -103,6 +104,13 @@ def dead_letter_headers(
     }
     if delivery.decode_error is not None:
         headers.update(_own({DECODE_ERROR: delivery.decode_error}))
-        # the event's own bytes, as they came (not the pilot's text: kept unchanged)
-        headers[RAW_PAYLOAD_B64] = base64.b64encode((delivery.raw_payload or b"")[:RAW_PAYLOAD_KEEP]).decode()
+        # the event's own bytes, as they came (not the pilot's text: kept unchanged), and how many there were
+        raw = delivery.raw_payload or b""
+        headers[RAW_PAYLOAD_B64] = base64.b64encode(raw[:RAW_PAYLOAD_KEEP]).decode()
+        headers[RAW_PAYLOAD_BYTES] = len(raw)
+        if len(raw) > RAW_PAYLOAD_KEEP:
+            LOGGER.warning(
+                f"event {delivery.msg_id}: its undecodable payload has {len(raw)} bytes; the dead-letter copy "
+                f"keeps the first {RAW_PAYLOAD_KEEP} ({RAW_PAYLOAD_BYTES} says how many there were)"
+            )
     return headers
