@@ -666,7 +666,9 @@ def test_a_worker_that_removes_its_task_dir_costs_no_later_event(
 
 
 HANGING_WORKER = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
+if sys.argv[2:] == ["ignore-sigterm"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 for line in sys.stdin:
     with open(sys.argv[1], "a") as f:
         f.write(f"{os.getpid()}\n")
@@ -674,14 +676,19 @@ for line in sys.stdin:
 """
 
 
-def test_sigterm_stops_busy_workers_and_gives_their_events_back(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker", ["plain", "ignore-sigterm"])
+def test_sigterm_stops_busy_workers_and_gives_their_events_back(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, worker: str
+) -> None:
+    """A busy worker that ignores SIGTERM is killed too: the event's own stop of it is cut short
+    at the end of the shutdown, and the pool's close finishes it (before, it outlived the pilot)."""
     qin, qout = queue_name + "i", queue_name + "o"
     asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "b"]))
     script, pidlog = tmp_path / "hang.py", tmp_path / "pids"
     script.write_text(HANGING_WORKER)
     env = base_env(
         broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
-        task_args=shlex.join([PY, str(script), str(pidlog)]),
+        task_args=shlex.join([PY, str(script), str(pidlog), *([worker] if worker != "plain" else [])]),
         extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "2", "EWMS_PILOT_SHUTDOWN_GRACE": "1"},
     )
     t0 = time.monotonic()
@@ -693,7 +700,10 @@ def test_sigterm_stops_busy_workers_and_gives_their_events_back(rabbitmq_address
     run = wait_pilot(proc, timeout=60, started=t0)
     assert run.returncode == 6, run.stderr[-3000:]
     pids = [int(p) for p in pidlog.read_text().split()]
-    assert not [p for p in pids if alive(p)]
+    outlived = [p for p in pids if alive(p)]
+    for pid in outlived:  # no stray process left to later tests
+        os.kill(pid, signal.SIGKILL)
+    assert not outlived
     assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2))) == ["a", "b"]
 
 

@@ -259,13 +259,16 @@ class WarmPool:
         live = [s.worker for s in self._slots if s.worker is not None]
         for slot in self._slots:
             slot.worker = None
+        # and those a cancelled event was stopping: the handler's stop may be cut short at the end
+        # of the shutdown, and a worker that ignores SIGTERM would then outlive the pilot
+        live += [w for w in self._retired if w.alive and w not in live]
         ends = await asyncio.gather(
             *(w.close(eof_grace, stop_grace) for w in live), return_exceptions=True
         )
         for worker, end in zip(live, ends, strict=True):
             if isinstance(end, BaseException):
                 LOGGER.error(f"closing warm worker {worker.name} failed: {end!r}")
-        self._retired += live
+        self._retired += [w for w in live if w not in self._retired]
         await asyncio.to_thread(self._tidy_logs, live, ends)
         if self._client_dir is not None:  # with what a client left there (conmon's `oom`)
             await asyncio.to_thread(shutil.rmtree, self._client_dir, ignore_errors=True)
