@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -392,6 +393,32 @@ async def test_a_noise_line_the_json_parser_chokes_on_is_only_noise(tmp_path: Pa
     finally:
         await pool.close(2)
     assert result.ok and result.value == "value"
+
+
+LONG_ANSWER = """
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    print(json.dumps({'id': req['id'], 'ok': False, 'error': 'X' * (2 * 1024 * 1024)}), flush=True)
+"""
+
+
+async def test_an_answer_too_long_to_be_one_is_reported_with_its_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line of 1 MiB or more is cut and never read as an answer (rule 4 in docs/warm-workers.md):
+    the event ends at its timeout, and the log says why, naming the event (before: a timeout only)."""
+    cfg = _cfg(tmp_path, [PY, "-c", LONG_ANSWER])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r5")
+    await pool.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
+            result = await _run_one(pool, cfg, 1, 2)
+    finally:
+        await pool.close(2)
+    assert not result.ok and result.timed_out
+    warned = [r.getMessage() for r in caplog.records if "stdout line of 1048576 bytes or more" in r.getMessage()]
+    assert len(warned) == 1 and "while event task1 waits" in warned[0] and "never read as its answer" in warned[0], warned
 
 
 async def test_a_worker_dying_while_idle_writes_nothing_into_files_opened_since(tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ class _Job:
     future: asyncio.Future[Done]
     deadline: float | None = None
     sent: bool = False  # some of the request line went into the pipe
+    warned_long: bool = False  # an over-long stdout line was reported for it
 
 
 class _Cmd(enum.Enum):
@@ -224,6 +225,12 @@ class Driver:
         for raw in lines:
             answer = parse_answer(raw.decode("utf-8", "replace")) if len(raw) < MAX_LINE else None
             job = self._job
+            if len(raw) >= MAX_LINE and job is not None and not job.warned_long:
+                job.warned_long = True  # once per event: the line's later pieces say nothing new
+                LOGGER.warning(
+                    f"{self.name}: a stdout line of {MAX_LINE} bytes or more while event {job.task_id} waits: "
+                    "logged as noise, never read as its answer (an answer must be shorter)"
+                )
             if answer is not None and job is not None and answer.id == job.task_id:
                 self.completed += 1
                 self._answered(answer)
