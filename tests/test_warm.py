@@ -216,7 +216,7 @@ async def test_workers_that_keep_dying_fail_events_with_a_reason_instead_of_loop
 HANG_GUARD = 30  # s; not a speed bound: it only turns a hang into a failure
 
 
-async def _run_one(pool: WarmPool, cfg: PilotConfig, n: int, timeout: float) -> WarmResult:
+async def _run_one(pool: WarmPool, cfg: PilotConfig, n: int, timeout: float | None) -> WarmResult:
     tdir = _event(cfg, n)
     work = FileWork(stage=lambda: None, collect=lambda: "value")  # the infile is written
     return await asyncio.wait_for(pool.run(f"task{n}", tdir.infile, tdir.outfile, timeout, work), HANG_GUARD)
@@ -231,10 +231,9 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("then", ["os.close(1)", "os.close(0)"], ids=["closes-stdout", "closes-stdin"])
-async def test_the_timeout_still_applies_once_a_live_worker_closed_a_pipe(tmp_path: Path, then: str) -> None:
-    """Review of the driver thread: EOF on stdout / EPIPE on stdin from a live worker left the event waiting forever."""
-    cfg = _cfg(tmp_path, [PY, "-c", ANSWER_ONE_THEN % then])
+async def test_the_timeout_still_applies_once_a_live_worker_closed_its_stdin(tmp_path: Path) -> None:
+    """Review of the driver thread: EPIPE on stdin from a live worker left the event waiting forever."""
+    cfg = _cfg(tmp_path, [PY, "-c", ANSWER_ONE_THEN % "os.close(0)"])
     pool = WarmPool(cfg, ProcessRuntime(), "", "r1")
     await pool.start()
     try:
@@ -244,6 +243,35 @@ async def test_the_timeout_still_applies_once_a_live_worker_closed_a_pipe(tmp_pa
     finally:
         await pool.close(2)
     assert second.timed_out
+
+
+async def test_a_live_worker_that_closed_its_stdout_fails_the_event_without_its_timeout(tmp_path: Path) -> None:
+    """No answer can come once stdout is closed: the event fails saying so (after MUTE_WAIT for an exit
+    that would say more), the worker is replaced, and the next event succeeds. Before: the event
+    waited for its timeout, or for ever without one."""
+    script = """
+import json, os, sys, time
+marker = sys.argv[1]
+for line in sys.stdin:
+    req = json.loads(line)
+    if not os.path.exists(marker):
+        open(marker, 'w').close()
+        os.close(1)  # a library that closed stdout, say; the worker lives on
+        time.sleep(120)
+    print(json.dumps({'id': req['id'], 'ok': True}), flush=True)
+"""
+    cfg = _cfg(tmp_path, [PY, "-c", script, str(tmp_path / "closed-once")])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r6")
+    await pool.start()
+    try:
+        first = await _run_one(pool, cfg, 1, None)
+        second = await _run_one(pool, cfg, 2, None)
+    finally:
+        await pool.close(2)
+    assert (first.ok, first.timed_out, first.error) == (
+        False, False, "the warm worker closed its stdout, so no answer could come"
+    )  # fmt: skip
+    assert second.ok
 
 
 SLOW_FOR_TASK2 = """

@@ -37,6 +37,9 @@ LOGGER = logging.getLogger("ewms_pilot.warm")
 
 #: seconds to read what a worker wrote before its exit was seen (an answer may still be in the pipe)
 DRAIN_WAIT = 5.0
+#: seconds a job waits for the worker's exit once its stdout is closed (no answer can come): a
+#: crash closes stdout just before the exit is seen, and the exit says more than the closed pipe
+MUTE_WAIT = 5.0
 _CHUNK = 65536
 
 
@@ -46,6 +49,7 @@ class Ended(enum.Enum):
     TIMED_OUT = "timed out"
     EXITED = "exited"  # the worker is gone (its exit was seen); the caller asks how it ended
     NOT_TAKEN = "not taken"  # it ended without reading the request: the event never reached it
+    MUTE = "stdout closed"  # the worker lives on but closed its stdout: no answer can come
     BROKEN = "broken"  # driving it failed (a bug): `Done.error` says how
 
 
@@ -101,6 +105,7 @@ class Driver:
         self._on_noise = on_noise
         self._pending = b""  # the hub's: stdout read after the last complete line
         self._drain_until: float | None = None  # the hub's: set once the exit was seen
+        self._mute_since: float | None = None  # the hub's: when its stdout reached EOF
         self._job: _Job | None = None  # the hub's: the event in flight
         self._exit_posted = False  # the loop's
         self.finished = threading.Event()  # it has ended (its fds are closed)
@@ -141,11 +146,19 @@ class Driver:
 
     def close_stdout(self) -> None:
         self._close("_stdout")
+        self._mute_since = time.monotonic()
+
+    def _mute_end(self) -> float | None:
+        """When a job in flight gives up on an answer from a worker whose stdout is closed."""
+        if self._job is None or self._mute_since is None or self._drain_until is not None:
+            return None
+        return self._mute_since + MUTE_WAIT
 
     def wake_at(self) -> float | None:
         if self._drain_until is not None and self._stdout is None:
             return 0.0  # nothing left to read: end now
-        ends = [t for t in (self._job.deadline if self._job else None, self._drain_until) if t is not None]
+        ends = [t for t in (self._job.deadline if self._job else None, self._drain_until, self._mute_end())
+                if t is not None]  # fmt: skip
         return min(ends) if ends else None
 
     def tick(self, now: float) -> bool:
@@ -154,6 +167,8 @@ class Driver:
         job = self._job
         if job is not None and job.deadline is not None and now >= job.deadline:
             self._end_job(Done(ended=Ended.TIMED_OUT))
+        elif job is not None and (mute_end := self._mute_end()) is not None and now >= mute_end:
+            self._end_job(Done(ended=Ended.MUTE))
         if self._drain_until is not None and (self._stdout is None or now >= self._drain_until):
             if self._job is not None:  # its exit was seen and no answer came
                 self._end_job(Done(ended=Ended.NOT_TAKEN if self._untouched(self._job) else Ended.EXITED))

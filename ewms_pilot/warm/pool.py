@@ -178,6 +178,10 @@ class WarmPool:
             LOGGER.warning(f"warm worker {worker.name}: event {task_id} timed out: replacing the worker")
             exited = await self._retire(slot, stop=True)
             return WarmResult(False, exited.stderr_line or stderr_line or None, None, True)
+        if isinstance(reply, Done) and reply.ended is Ended.MUTE:
+            LOGGER.warning(f"warm worker {worker.name} closed its stdout during event {task_id}: replacing the worker")
+            await self._retire(slot, stop=True)
+            return WarmResult(False, "the warm worker closed its stdout, so no answer could come", None, False)
         if isinstance(reply, Done) and reply.ended is Ended.NOT_TAKEN:
             # it exited between events, before this one reached it: not the event's failure
             exited = await self._retire(slot, stop=False)

@@ -209,6 +209,8 @@ class WarmWorker:
             except TimeoutError:  # a closed stdin, but still running: stopped like a hung worker
                 return None
             return done
+        if done.ended is Ended.MUTE:  # alive, but it can no longer answer: the pool stops the worker
+            return done
         if done.ended is Ended.BROKEN:  # a bug: the event fails as unexpected, the pool stops the worker
             raise RuntimeError(f"warm worker {self.name}: {done.error}")
         return done
