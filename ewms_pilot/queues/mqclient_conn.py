@@ -7,7 +7,8 @@ client's internals. Every connection runs on its own `BrokerThread`, so the
 pilot's loop never waits on broker I/O. A lost connection is reopened on the
 next call; events held on the lost one are redelivered by the broker, so
 settling them returns `Settlement.LEFT` (at-least-once, never lost, never
-recorded as acked).
+recorded as acked). JetStream's are not tied to a connection: they stay the
+subscription's until their lease lapses (`settles_across_connections`).
 """
 
 from __future__ import annotations
@@ -246,8 +247,8 @@ class MQClientPublisher(Publisher):
 class MQClientSubscription(Subscription):
     """Incoming queue on an oms-mqclient broker; adapters override the broker-specific hooks.
 
-    Holds every delivery handed out and not yet settled (on the current
-    connection): that is what prefetch bounds and what lease renewal renews.
+    Holds every delivery handed out and not yet settled (and still its own: see
+    `_ours`): that is what prefetch bounds and what lease renewal renews.
     """
 
     publisher: ClassVar[type[MQClientPublisher]] = MQClientPublisher  # for requeued copies
@@ -314,6 +315,13 @@ class MQClientSubscription(Subscription):
         """Can it still be settled here (the broker has not taken it back with its connection)?"""
         return self.settles_across_connections or self._conn.holds(delivery)
 
+    def lease_lapsed(self, delivery: Delivery) -> bool:
+        """Has the broker given `delivery` to another consumer by now (its lease not renewed in time)?
+
+        A settle then would settle that consumer's run (JetStream acks by stream sequence).
+        """
+        return False
+
     async def _wait_for_slot(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -372,20 +380,26 @@ class MQClientSubscription(Subscription):
     async def _settle(self, delivery: Delivery, ack: bool) -> bool:
         """True once the broker took it; False (logged) when it is left for redelivery."""
         verb = "ack" if ack else "release"
+        lapsed = self.lease_lapsed(delivery)
         if not self._forget(delivery):
             LOGGER.warning(f"cannot {verb} event {delivery.msg_id}: it was already settled")
             return False
-        if not self._ours(delivery):
+        if not self._ours(delivery) or self._conn.raw is None:
             LOGGER.warning(
                 f"cannot {verb} event {delivery.msg_id}: its connection was lost, so the broker redelivers it"
             )
             return False
+        if lapsed:
+            LOGGER.warning(
+                f"cannot {verb} event {delivery.msg_id}: its lease was not renewed in time, so the broker "
+                "has handed it out again"
+            )
+            return False
         _, msg = delivery.raw
         try:
-            raw = await self._conn.ensure_open() if self.settles_across_connections else self._conn.raw
-            self.check_alive(raw)  # a client that knows it is offline would only hang
-            await self.settle_raw(raw, msg, ack)
-        except Exception as e:  # the connection is dropped: the broker redelivers what it held
+            self.check_alive(self._conn.raw)  # a client that knows it is offline would only hang
+            await self.settle_raw(self._conn.raw, msg, ack)
+        except Exception as e:  # a broken connection is dropped: the broker redelivers what it held
             if not isinstance(e, BrokerError):
                 await self._conn.drop()
             LOGGER.warning(
@@ -408,7 +422,7 @@ class MQClientSubscription(Subscription):
         if self._key(delivery) not in self._held:  # settled, or the subscription closed: no copy
             LOGGER.warning(f"cannot requeue event {delivery.msg_id}: it was already settled")
             return Settlement.LEFT
-        if not self._ours(delivery):  # redelivered anyway: a copy would be a duplicate
+        if not self._ours(delivery) or self.lease_lapsed(delivery):  # redelivered anyway: a copy would be a duplicate
             self._forget(delivery)
             LOGGER.warning(
                 f"cannot requeue event {delivery.msg_id}: its connection was lost, so the broker redelivers it"

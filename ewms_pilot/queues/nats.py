@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from mqclient.broker_client_interface import Message
 
 from ..errors import BrokerError
+from .base import Delivery
 from .mqclient_conn import (
     OPEN_TIMEOUT,
     SETTLE_TIMEOUT,
@@ -94,8 +95,26 @@ class NatsSubscription(MQClientSubscription):
 
     ack_wait: float = DEFAULT_ACK_WAIT
     _renewer: asyncio.Task[None] | None = None
+    _renewed: dict[int, float]  # by `_key`: when the delivery (or its last renewal) was sent, loop time
+
+    async def get(self, timeout: float) -> Delivery | None:
+        asked = asyncio.get_running_loop().time()  # JetStream's clock starts before ours can: take the earlier
+        delivery = await super().get(timeout)
+        if delivery is not None:
+            self._renewed[self._key(delivery)] = asked
+        return delivery
+
+    def _forget(self, delivery: Delivery) -> bool:
+        self._renewed.pop(self._key(delivery), None)
+        return super()._forget(delivery)
+
+    def lease_lapsed(self, delivery: Delivery) -> bool:
+        """Not renewed within `ack_wait` (an outage, a reconnect): JetStream has redelivered it."""
+        last = self._renewed.get(self._key(delivery))
+        return last is not None and asyncio.get_running_loop().time() - last > self.ack_wait
 
     async def started(self) -> None:
+        self._renewed = {}
         self.ack_wait = await self._read_ack_wait()
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"nats-lease-{self._conn.cfg.queue}")
 
@@ -161,9 +180,13 @@ class NatsSubscription(MQClientSubscription):
             if not raw._nats_client.is_connected:
                 continue  # nats-py is reconnecting: renew on the next round (ack_wait leaves two more)
             for delivery in self.held():
+                if self.lease_lapsed(delivery):  # another consumer's run by now: its lease, not ours
+                    continue
                 _, msg = delivery.raw
+                sent = asyncio.get_running_loop().time()
                 try:
                     await self._reply(raw, msg, IN_PROGRESS, confirm=False)
+                    self._renewed[self._key(delivery)] = sent
                 except Exception as e:  # the next round tries again; a lost connection redelivers anyway
                     LOGGER.warning(f"{where(self._conn.cfg)}: renewing event {delivery.msg_id} failed: {e!r}")
 

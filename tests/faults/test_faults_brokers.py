@@ -31,6 +31,7 @@ from faults_kit import (
     task_args,
     wait_until,
 )
+from mq_helpers import nats_consumer_with_ack_wait
 
 from benchmarks.rabbitnode import (
     RabbitNode,  # the one private-node implementation (also --private-rabbitmq)
@@ -468,26 +469,87 @@ def test_a_slow_nats_ack_reply_leaves_the_other_events_in_hand(new_queue: Any, t
             assert a is not None and b is not None
             assert server.proc is not None
             server.proc.send_signal(signal.SIGSTOP)
-            try:
-                acking_a = asyncio.ensure_future(sub.ack(a))
-                await asyncio.sleep(6)
+            try:  # stopped until A's ack has given up waiting for its confirmation (5 s)
+                a_settled = await asyncio.wait_for(sub.ack(a), 20)
             finally:
                 server.proc.send_signal(signal.SIGCONT)
-            a_settled = await acking_a
             still_held = [d.data for d in sub.held()]
             b_settled = await sub.ack(b)
-            again = [d.data for d in [await sub.get(3)] if d is not None]
-            return a_settled, still_held, b_settled, again
+            return a_settled, still_held, b_settled, await _unfinished(server.address, queue)
         finally:
             await sub.close()
 
     try:
         with caplog.at_level(logging.WARNING):
-            a_settled, still_held, b_settled, again = asyncio.run(scenario())
+            a_settled, still_held, b_settled, unfinished = asyncio.run(scenario())
     finally:
         server.stop()
     assert a_settled == Settlement.LEFT  # unconfirmed: never reported as acked
     assert still_held == ["B"]
     assert b_settled == Settlement.ACKED
-    assert again == []  # A's ack did reach JetStream; B's too: neither comes back
+    assert unfinished == (0, 0)  # A's late ack reached JetStream, B's too: nothing pending, nothing unacked
     assert not any("abandoning" in r.getMessage() or "hung" in r.getMessage() for r in caplog.records)
+
+
+async def _unfinished(address: str, queue: str) -> tuple[int, int]:
+    """(events waiting, events handed out and not acked) of oms-mqclient's consumer, from JetStream."""
+    import nats
+
+    nc = await nats.connect(address, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        info = await nc.jetstream(timeout=10).consumer_info(f"{queue}-stream", "psub")
+        return info.num_pending, info.num_ack_pending
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_nats_event_whose_lease_lapsed_in_an_outage_is_not_settled_for_its_new_holder(
+    new_queue: Any, tmp_path: Path
+) -> None:
+    """The server is gone longer than ack_wait while a task runs: JetStream hands the event out again,
+    and acks by stream sequence, so this holder's late ack would ack the new holder's run (and a
+    late nack would redeliver it under that run). The settle is reported as left, and does nothing."""
+    from ewms_pilot.config.model import BrokerConfig
+    from ewms_pilot.queues import open_subscription
+    from ewms_pilot.queues.base import Settlement
+
+    server = NatsServer(tmp_path)
+    server.start()
+    queue = new_queue("lapse")
+    asyncio.run(nats_consumer_with_ack_wait(server.address, queue, 2))
+    put("nats", server.address, queue, ["A"])
+
+    async def scenario() -> tuple[Settlement, int | None]:
+        sub = await open_subscription(BrokerConfig(queue=queue, broker_type="nats", address=server.address), 1)
+        other = None
+        try:
+            first = await sub.get(10)
+            assert first is not None and first.data == "A"
+            server.stop()
+            await asyncio.sleep(4)  # two ack_waits with no renewal reaching anyone
+            server.start()
+            other = await open_subscription(BrokerConfig(queue=queue, broker_type="nats", address=server.address), 1)
+            again = await other.get(20)  # the new holder's run
+            assert again is not None and again.data == "A", again
+            for _ in range(100):  # until the old subscription's client is back on the server
+                if sub._conn.raw is not None and sub._conn.raw._nats_client.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            settled = await sub.ack(first)
+            await other.release(again)  # the new holder gives it back: it must still be there
+            back = await other.get(10)
+            assert back is not None, f"the old holder's late ack (reported {settled}) ended the new holder's run"
+            await other.ack(back)
+            return settled, back.delivery_count
+        finally:
+            for closing in (sub, other):
+                if closing is not None:
+                    await closing.close()
+
+    try:
+        settled, count = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert settled == Settlement.LEFT
+    assert count == 3  # handed out three times: the old holder's ack did not end it
