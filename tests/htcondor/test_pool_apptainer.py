@@ -287,10 +287,7 @@ async def test_an_image_archive_named_relative_to_the_pilots_start_dir_is_conver
     events = ["a1", "a2"]
     await publish("rabbitmq", rabbitmq_address, f"{queue_name}-in", events)
     env = _env(
-        pool,
-        rabbitmq_address,
-        queue_name,
-        pool_dir,
+        pool, rabbitmq_address, queue_name, pool_dir,
         EWMS_PILOT_TASK_IMAGE="docker-archive:task.tar",
         EWMS_PILOT_TASK_ARGS="python3 -c \"import sys; d=open(sys.argv[1]).read(); open(sys.argv[2], 'w').write(d+d)\""
         " <<INFILE>> <<OUTFILE>>",
