@@ -357,6 +357,7 @@ class MQClientSubscription(Subscription):
             msg, count = got
             return codec.decode(str(msg.msg_id), msg.payload, count, raw=(generation, msg))
 
+        asked = asyncio.get_running_loop().time()  # the broker's clock for it starts after this
         try:
             delivery = await self._conn.call(_get(), math.ceil(timeout) + CALL_SLACK, "receiving")
         except BrokerError:
@@ -369,7 +370,11 @@ class MQClientSubscription(Subscription):
             self.check_alive(raw)
             return None
         self._held[self._key(delivery)] = delivery
+        self._received(delivery, asked)
         return delivery
+
+    def _received(self, delivery: Delivery, asked: float) -> None:
+        """A delivery is now held; `asked`: loop time just before it was asked for (a lease starts later)."""
 
     def _forget(self, delivery: Delivery) -> bool:
         """Stop holding `delivery`; False when it was not held (already settled)."""
@@ -425,7 +430,8 @@ class MQClientSubscription(Subscription):
         if not self._ours(delivery) or self.lease_lapsed(delivery):  # redelivered anyway: a copy would be a duplicate
             self._forget(delivery)
             LOGGER.warning(
-                f"cannot requeue event {delivery.msg_id}: its connection was lost, so the broker redelivers it"
+                f"cannot requeue event {delivery.msg_id}: its connection was lost or its lease ran out, "
+                "so the broker redelivers it"
             )
             return Settlement.LEFT
         if self._requeue_pub is None:

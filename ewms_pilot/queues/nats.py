@@ -95,14 +95,10 @@ class NatsSubscription(MQClientSubscription):
 
     ack_wait: float = DEFAULT_ACK_WAIT
     _renewer: asyncio.Task[None] | None = None
-    _renewed: dict[int, float]  # by `_key`: when the delivery (or its last renewal) was sent, loop time
+    _renewed: dict[int, float]  # by `_key`: loop time its lease surely started (asked for, or renewal sent)
 
-    async def get(self, timeout: float) -> Delivery | None:
-        asked = asyncio.get_running_loop().time()  # JetStream's clock starts before ours can: take the earlier
-        delivery = await super().get(timeout)
-        if delivery is not None:
-            self._renewed[self._key(delivery)] = asked
-        return delivery
+    def _received(self, delivery: Delivery, asked: float) -> None:
+        self._renewed[self._key(delivery)] = asked
 
     def _forget(self, delivery: Delivery) -> bool:
         self._renewed.pop(self._key(delivery), None)
@@ -179,16 +175,31 @@ class NatsSubscription(MQClientSubscription):
                 continue
             if not raw._nats_client.is_connected:
                 continue  # nats-py is reconnecting: renew on the next round (ack_wait leaves two more)
+            sent: list[tuple[int, float]] = []
             for delivery in self.held():
                 if self.lease_lapsed(delivery):  # another consumer's run by now: its lease, not ours
                     continue
                 _, msg = delivery.raw
-                sent = asyncio.get_running_loop().time()
+                at = asyncio.get_running_loop().time()
                 try:
                     await self._reply(raw, msg, IN_PROGRESS, confirm=False)
-                    self._renewed[self._key(delivery)] = sent
+                    sent.append((self._key(delivery), at))
                 except Exception as e:  # the next round tries again; a lost connection redelivers anyway
                     LOGGER.warning(f"{where(self._conn.cfg)}: renewing event {delivery.msg_id} failed: {e!r}")
+            if sent:
+                await self._confirm_renewals(raw, sent)
+
+    async def _confirm_renewals(self, raw: Any, sent: list[tuple[int, float]]) -> None:
+        """A renewal only counts once the server has read it (a flush's PONG comes after it): a stalled
+        server's leases lapse here as they do there, and a late settle is then not sent."""
+        try:
+            await self._conn.call(raw._nats_client.flush(timeout=CONFIRM_TIMEOUT), SETTLE_TIMEOUT, "renewing")
+        except Exception as e:
+            LOGGER.warning(f"{where(self._conn.cfg)}: the server did not confirm the renewals: {e!r}")
+            return
+        for key, at in sent:
+            if key in self._renewed:
+                self._renewed[key] = at
 
     async def close(self) -> None:
         """Give back what is still held at once (JetStream would wait ack_wait), then disconnect."""
