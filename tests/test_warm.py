@@ -44,7 +44,8 @@ from ewms_pilot.warm import driver as driver_module
 from ewms_pilot.warm import hub as hub_module
 from ewms_pilot.warm import pool as pool_module
 from ewms_pilot.warm import worker_proc as worker_proc_module
-from ewms_pilot.warm.driver import FileWork
+from ewms_pilot.warm.driver import MUTE_WAIT, FileWork
+from ewms_pilot.warm.pool import MAX_BARREN_DEATHS
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -447,6 +448,51 @@ async def test_an_answer_too_long_to_be_one_is_reported_with_its_event(
     assert not result.ok and result.timed_out
     warned = [r.getMessage() for r in caplog.records if "stdout line of 1048576 bytes or more" in r.getMessage()]
     assert len(warned) == 1 and "while event task1 waits" in warned[0] and "never read as its answer" in warned[0], warned
+
+
+async def test_workers_that_close_stdout_at_start_make_the_pool_give_up_like_dying_ones(tmp_path: Path) -> None:
+    """A worker that can never answer counts as one that died without finishing an event: after
+    MAX_BARREN_DEATHS in a row no more are started (before: a new worker per event, for ever)."""
+    cfg = _cfg(tmp_path, [PY, "-c", "import os, time; os.close(1); time.sleep(120)"])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r7")
+    await pool.start()
+    results = []
+    try:
+        for n in range(MAX_BARREN_DEATHS + 1):
+            results.append(await _run_one(pool, cfg, n, None))
+    finally:
+        await pool.close(2)
+    assert not any(r.ok for r in results)
+    assert (results[-1].error or "").startswith(
+        f"warm workers keep exiting before finishing an event ({MAX_BARREN_DEATHS} in a row"
+    ), [r.error for r in results]
+
+
+CRASH_ON_EVENT = """
+import sys, time
+sys.stdin.readline()
+time.sleep(1)  # crashes once the loop is busy
+print('boom: the worker crashed', file=sys.stderr, flush=True)
+sys.exit(3)
+"""
+
+
+async def test_a_crash_seen_late_by_a_busy_loop_is_still_reported_as_the_crash(tmp_path: Path) -> None:
+    """The hub sees the crashed worker's stdout close at once; the loop, busy for longer than
+    MUTE_WAIT, sees its exit only later. The event is still reported with the exit code and stderr
+    line (before: 'closed its stdout', and no barren death counted)."""
+    cfg = _cfg(tmp_path, [PY, "-c", CRASH_ON_EVENT])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r8")
+    await pool.start()
+    try:
+        running = asyncio.ensure_future(_run_one(pool, cfg, 1, None))
+        await asyncio.sleep(0.3)  # the request went out; the worker crashes on it a second later
+        time.sleep(MUTE_WAIT + 4)  # the loop is busy (a big file, a slow disk): no exit is seen meanwhile
+        result = await running
+    finally:
+        await pool.close(2)
+    assert (result.ok, result.exit_code) == (False, 3)
+    assert result.error == "warm worker exited (code 3): boom: the worker crashed"
 
 
 async def test_a_worker_dying_while_idle_writes_nothing_into_files_opened_since(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ class Ended(enum.Enum):
     EXITED = "exited"  # the worker is gone (its exit was seen); the caller asks how it ended
     NOT_TAKEN = "not taken"  # it ended without reading the request: the event never reached it
     MUTE = "stdout closed"  # the worker lives on but closed its stdout: no answer can come
+    UNHEARD = "not sent"  # its stdout was closed before the event: never staged nor sent
     BROKEN = "broken"  # driving it failed (a bug): `Done.error` says how
 
 
@@ -203,6 +204,9 @@ class Driver:
             return
         if self._stdin is None:  # its stdin was closed: it takes no more events
             self._finish(job, Done(ended=Ended.NOT_TAKEN))
+            return
+        if self._mute_since is not None and self._drain_until is None:  # alive, but it could not answer
+            self._finish(job, Done(ended=Ended.UNHEARD))
             return
         try:
             job.work.stage()

@@ -39,6 +39,8 @@ RESTART_BACKOFF_MAX = 10.0
 EOF_GRACE = 5.0
 #: seconds between SIGTERM (or the runtime's stop) and SIGKILL when a worker is stopped
 STOP_GRACE = 5.0
+#: s to look for the exit of a worker whose stdout closed: a crash's exit says more than the closed pipe
+EXIT_LOOK = 1.0
 #: where worker logs go, under the pilot's data dir
 LOG_DIR_NAME = "warm-workers"
 
@@ -99,7 +101,7 @@ class WarmPool:
         self._barren_deaths = 0  # workers in a row that died without finishing an event
         self._broken: str | None = None
         self._closed = False
-        self._retired: list[WarmWorker] = []  # ended workers, for their logs
+        self._retired: list[WarmWorker] = []  # taken out of their slots, maybe still being stopped
 
     # -- set-up -----------------------------------------------------------------
 
@@ -178,10 +180,17 @@ class WarmPool:
             LOGGER.warning(f"warm worker {worker.name}: event {task_id} timed out: replacing the worker")
             exited = await self._retire(slot, stop=True)
             return WarmResult(False, exited.stderr_line or stderr_line or None, None, True)
-        if isinstance(reply, Done) and reply.ended is Ended.MUTE:
-            LOGGER.warning(f"warm worker {worker.name} closed its stdout during event {task_id}: replacing the worker")
-            await self._retire(slot, stop=True)
-            return WarmResult(False, "the warm worker closed its stdout, so no answer could come", None, False)
+        if isinstance(reply, Done) and reply.ended in (Ended.MUTE, Ended.UNHEARD):
+            # a crash closes stdout just before its exit is seen (later still on a busy loop): the exit says more
+            exited_itself = await worker.exited_within(EXIT_LOOK)
+            if exited_itself is not None:
+                reply = exited_itself if reply.ended is Ended.MUTE else Done(ended=Ended.NOT_TAKEN)
+            else:
+                LOGGER.warning(f"warm worker {worker.name} closed its stdout (event {task_id}): replacing the worker")
+                await self._retire(slot, stop=True, barren=True)
+                if reply.ended is Ended.UNHEARD and again:  # it never saw the event: a new worker takes it
+                    return await self._run_in(slot, task_id, infile, outfile, timeout, work, again=False)
+                return WarmResult(False, "the warm worker closed its stdout, so no answer could come", None, False)
         if isinstance(reply, Done) and reply.ended is Ended.NOT_TAKEN:
             # it exited between events, before this one reached it: not the event's failure
             exited = await self._retire(slot, stop=False)
@@ -228,14 +237,16 @@ class WarmPool:
             LOGGER.error(self._broken)
             return None
 
-    async def _retire(self, slot: _Slot, *, stop: bool) -> Exited:
-        """Take the slot's worker out (stopping it first if asked); count a barren death."""
+    async def _retire(self, slot: _Slot, *, stop: bool, barren: bool | None = None) -> Exited:
+        """Take the slot's worker out (stopping it first if asked); count a barren death (by default: one
+        that ended by itself) when it finished no event."""
         worker = slot.worker
         assert worker is not None
         slot.worker = None
+        self._retired = [w for w in self._retired if w.alive]  # only those still being stopped matter
         self._retired.append(worker)
         exited = await worker.stop(STOP_GRACE) if stop else await worker.close(0.0, STOP_GRACE)
-        if not stop and worker.completed == 0:
+        if (not stop if barren is None else barren) and worker.completed == 0:
             self._barren_deaths += 1
             if self._barren_deaths >= MAX_BARREN_DEATHS and self._broken is None:
                 detail = f": {exited.stderr_line}" if exited.stderr_line else ""
@@ -260,20 +271,20 @@ class WarmPool:
         if budget is not None and budget < self.CLOSE_TIME:
             eof_grace, stop_grace = budget * 0.4, budget * 0.4  # the rest: SIGKILL and reaping
         self._closed = True
-        live = [s.worker for s in self._slots if s.worker is not None]
+        slotted = [s.worker for s in self._slots if s.worker is not None]
         for slot in self._slots:
             slot.worker = None
         # and those a cancelled event was stopping: the handler's stop may be cut short at the end
         # of the shutdown, and a worker that ignores SIGTERM would then outlive the pilot
-        live += [w for w in self._retired if w.alive and w not in live]
+        live = slotted + [w for w in self._retired if w.alive]
         ends = await asyncio.gather(
             *(w.close(eof_grace, stop_grace) for w in live), return_exceptions=True
         )
         for worker, end in zip(live, ends, strict=True):
             if isinstance(end, BaseException):
                 LOGGER.error(f"closing warm worker {worker.name} failed: {end!r}")
-        self._retired += [w for w in live if w not in self._retired]
-        await asyncio.to_thread(self._tidy_logs, live, ends)
+        # a retired worker's log stays: it was taken out for a reason (a timeout, a closed stdout)
+        await asyncio.to_thread(self._tidy_logs, slotted, ends[: len(slotted)])
         if self._client_dir is not None:  # with what a client left there (conmon's `oom`)
             await asyncio.to_thread(shutil.rmtree, self._client_dir, ignore_errors=True)
 

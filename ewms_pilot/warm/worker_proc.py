@@ -209,11 +209,19 @@ class WarmWorker:
             except TimeoutError:  # a closed stdin, but still running: stopped like a hung worker
                 return None
             return done
-        if done.ended is Ended.MUTE:  # alive, but it can no longer answer: the pool stops the worker
+        if done.ended in (Ended.MUTE, Ended.UNHEARD):  # alive, but it cannot answer: the pool stops it
             return done
         if done.ended is Ended.BROKEN:  # a bug: the event fails as unexpected, the pool stops the worker
             raise RuntimeError(f"warm worker {self.name}: {done.error}")
         return done
+
+    async def exited_within(self, seconds: float) -> Exited | None:
+        """How it ended, if that is seen within `seconds` (an exit already on its way is seen at once)."""
+        assert self._ended is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ended), seconds)
+        except TimeoutError:
+            return None
 
     # -- ending -----------------------------------------------------------------
 
