@@ -72,18 +72,17 @@ def absolute_env(env: Mapping[str, str], base: Path | None) -> dict[str, str]:
     return out
 
 
-def absolute_image(image: str, base: Path | None) -> str:
-    """`docker-archive:x.tar` -> `docker-archive:<base>/x.tar` (any path transport); others as given."""
+def absolute_image(image: str, base: Path | None, transports: frozenset[str] = PATH_TRANSPORTS) -> str:
+    """`docker-archive:x.tar` -> `docker-archive:<base>/x.tar` (any of `transports`); others as given."""
     transport, sep, rest = image.partition(":")
-    if not sep or transport not in PATH_TRANSPORTS or not rest:
+    if not sep or transport not in transports or not rest:
         return image
     return f"{transport}:{_absolute(rest, base)}"
 
 
 def absolute_apptainer_source(source: str, base: Path | None) -> str:
-    """`docker-archive:x.tar` or `docker-archive://x.tar` -> `docker-archive:<base>/x.tar`; others as given."""
-    transport, sep, rest = source.partition(":")
-    if not sep or transport not in APPTAINER_PATH_TRANSPORTS:
-        return source
-    rest = rest.removeprefix("//")
-    return f"{transport}:{_absolute(rest, base)}" if rest else source
+    """`absolute_image` for apptainer's build sources, which also take `docker-archive://x.tar`."""
+    transport, _, rest = source.partition(":")
+    if transport in APPTAINER_PATH_TRANSPORTS and rest.startswith("//") and rest[2:]:
+        source = f"{transport}:{rest[2:]}"
+    return absolute_image(source, base, APPTAINER_PATH_TRANSPORTS)

@@ -192,7 +192,8 @@ class WarmWorker:
         """Stage, send one request line, wait for its answer, collect: one trip to the hub's thread.
 
         The answer (with the collected value), the worker's exit, or None on timeout; a `Done`
-        with `Ended.NOT_TAKEN` when it exited without reading the request (the event never started).
+        with `Ended.NOT_TAKEN` when it exited without reading the request (the event never started), with
+        `Ended.MUTE`/`UNHEARD` when it lives on with its stdout closed (the pool stops it).
         """
         driver, ended = self._driver, self._ended
         assert driver is not None and ended is not None
@@ -208,8 +209,6 @@ class WarmWorker:
                 await asyncio.wait_for(asyncio.shield(ended), timeout)
             except TimeoutError:  # a closed stdin, but still running: stopped like a hung worker
                 return None
-            return done
-        if done.ended in (Ended.MUTE, Ended.UNHEARD):  # alive, but it cannot answer: the pool stops it
             return done
         if done.ended is Ended.BROKEN:  # a bug: the event fails as unexpected, the pool stops the worker
             raise RuntimeError(f"warm worker {self.name}: {done.error}")
