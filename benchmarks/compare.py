@@ -176,6 +176,7 @@ async def _round(
     await pilot(S.OURS_PROC_LOCAL)
     if with_warm:
         await pilot(S.OURS_WARM_PROC_LOCAL, warm_setup)
+        await pilot(S.WARM_LOOP, warm_setup)  # its floor, right after it
         await pilot(S.OURS_WARM_PROC_RMQ, warm_setup)
         await pilot(S.MQ_LOOP, warm_setup)  # its bound, right after it
 
@@ -213,7 +214,7 @@ def _render_only(args: argparse.Namespace) -> int:
     }
     notes = _local_queue_note(res)
     if not any(sc.key in res for sc in S.WARM_ROWS):
-        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, S.MQ_LOOP)})
+        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, *S.LOOPS)})
     timeout = float(saved["params"]["incoming timeout T"].split()[0])
     chart = _chart(res, args.results_dir, stem, f"ewms-pilot benchmark, {saved['facts'].get('date', '')}")
     text, tg = render(res, facts=saved["facts"], params=saved["params"], notes=notes,
@@ -303,7 +304,7 @@ def _main(args: argparse.Namespace, *, broker_note: str) -> int:
     params["benchmark duration"] = f"{time.monotonic() - started:.0f} s"
     notes = _local_queue_note(res)
     if not args.with_warm:
-        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, S.MQ_LOOP)})
+        notes.update({sc.key: WARM_NOTE for sc in (*S.WARM_ROWS, *S.LOOPS)})
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = _stem(args)
     chart = _chart(res, args.results_dir, stem, f"ewms-pilot benchmark, {facts.get('date', '')}")

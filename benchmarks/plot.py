@@ -16,7 +16,7 @@ from .stats import summarize
 
 Row = tuple[str, float, str]  # (key, median steady events/s, group: ours | 1.0.5 | bare)
 
-BARE_KEYS = (S.BARE_SEQ, S.BARE_PAR4, S.BARE_PROC_PAR4, S.MQ_LOOP.key)
+BARE_KEYS = (S.BARE_SEQ, S.BARE_PAR4, S.BARE_PROC_PAR4, *(sc.key for sc in S.LOOPS))
 COLOURS = {"ours": "#1f77b4", "1.0.5": "#ff7f0e", "bare": "#7f7f7f"}
 
 

@@ -91,6 +91,14 @@ MQ_LOOP = Scenario(
     "loop-mqclient", OURS, "bare oms-mqclient consumer + publisher loop (RabbitMQ, one at a time)", 1,
     platform="process", program="mqloop.py",
 )
+#: the warm local-queue floor: the same work as that row (the local queue's own SQLite layer, the
+#: same four workers) on one thread with nothing else (benchmarks/warmloop.py); run with the warm rows
+WARM_LOOP = Scenario(
+    "loop-warm-local", OURS, "bare warm loop: the same work on one thread (local queue, 4 workers)", 4,
+    platform="process", broker="local", warm=True, program="warmloop.py",
+)
+#: each warm row's bound, run right after it
+LOOPS = (MQ_LOOP, WARM_LOOP)
 #: events per run of the scaling table (`--scaling`): warm mode, local queue
 SCALING_ROW = OURS_WARM_PROC_LOCAL
 
