@@ -184,18 +184,16 @@ def _bare_steady(run: RunResult, res: Results) -> float | None:
 def fast_path_targets(res: Results) -> list[Target]:
     """Issue 15: the pilot's own cost where the task costs nothing (warm mode, process runtime)."""
     out: list[Target] = []
-    v = _median(res, S.OURS_WARM_PROC_LOCAL.key, STEADY)
-    floor = _median(res, S.WARM_LOOP.key, STEADY)
-    share = f"; the same work on one thread (bare warm loop): {floor:.0f} events/s, ours = {v / floor:.0%} of it" if (
-        v is not None and floor) else ""
-    out.append(_judge(f"warm, local queue, c4: ≥ {WARM_LOCAL_STEADY:g} events/s steady", v, WARM_LOCAL_STEADY,
-                      lambda v, t: v >= t, (f"{v:.0f} events/s" + share) if v is not None else "warm rows not run"))
-    v = _median(res, S.OURS_WARM_PROC_RMQ.key, STEADY)
-    loop = _median(res, S.MQ_LOOP.key, STEADY)
-    share = f"; the bare oms-mqclient loop's bound: {loop:.0f} events/s, ours = {v / loop:.0%} of it" if (
-        v is not None and loop) else ""
-    out.append(_judge(f"warm, RabbitMQ, c4: ≥ {WARM_RMQ_STEADY:g} events/s steady", v, WARM_RMQ_STEADY,
-                      lambda v, t: v >= t, (f"{v:.0f} events/s" + share) if v is not None else "warm rows not run"))
+    for row, target, bound, named in (
+        (S.OURS_WARM_PROC_LOCAL, WARM_LOCAL_STEADY, S.WARM_LOOP, "the same work on one thread (bare warm loop)"),
+        (S.OURS_WARM_PROC_RMQ, WARM_RMQ_STEADY, S.MQ_LOOP, "the bare oms-mqclient loop's bound"),
+    ):
+        v = _median(res, row.key, STEADY)
+        b = _median(res, bound.key, STEADY)
+        share = f"; {named}: {b:.0f} events/s, ours = {v / b:.0%} of it" if v is not None and b else ""
+        where = "local queue" if row.broker == "local" else "RabbitMQ"
+        out.append(_judge(f"warm, {where}, c4: ≥ {target:g} events/s steady", v, target, lambda v, t: v >= t,
+                          (f"{v:.0f} events/s" + share) if v is not None else "warm rows not run"))
     v = _median(res, S.OURS_PROC_LOCAL.key, _bare_steady)
     out.append(_judge(f"one-shot process runtime, local queue, c4: ≥ {PROCESS_OF_BARE:.0%} of bare host processes ×4",
                       v, PROCESS_OF_BARE, lambda v, t: v >= t,

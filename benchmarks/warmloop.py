@@ -53,7 +53,7 @@ def main() -> None:
         assert w.stdout is not None
         sel.register(w.stdout, selectors.EVENT_READ, w)
     idle = list(workers)
-    busy: dict[subprocess.Popen[bytes], tuple[Claimed, str]] = {}
+    busy: dict[subprocess.Popen[bytes], tuple[Claimed, str, str, str]] = {}  # claim, task, infile, outfile
     ahead: list[Claimed] = []
     last_event = time.monotonic()
     seq = 0
@@ -68,13 +68,14 @@ def main() -> None:
             last_event = time.monotonic()
             seq += 1
             task = f"t{seq}"
+            infile, outfile = f"{io_dir}/infile-{task}.in", f"{io_dir}/outfile-{task}.out"
             data = codec.decode(str(claim.id), claim.payload, claim.delivery_count).data
-            (io_dir / f"infile-{task}.in").write_text(data)
-            request = {"id": task, "infile": f"{io_dir}/infile-{task}.in", "outfile": f"{io_dir}/outfile-{task}.out"}
+            with open(infile, "w") as f:
+                f.write(data)
             w = idle.pop()
             assert w.stdin is not None
-            w.stdin.write((json.dumps(request) + "\n").encode())
-            busy[w] = (claim, task)
+            w.stdin.write((json.dumps({"id": task, "infile": infile, "outfile": outfile}) + "\n").encode())
+            busy[w] = (claim, task, infile, outfile)
         if not busy:
             if time.monotonic() - last_event > idle_limit:
                 break
@@ -84,19 +85,18 @@ def main() -> None:
         for key, _ in sel.select():
             w = key.data
             answer = json.loads(w.stdout.readline())
-            claim, task = busy.pop(w)
+            claim, task, infile, outfile = busy.pop(w)
             assert answer["id"] == task and answer["ok"], answer
-            result = (io_dir / f"outfile-{task}.out").read_text()
-            acks.append(Ack(claim, (q_out, codec.encode(result))))
+            with open(outfile) as f:
+                acks.append(Ack(claim, (q_out, codec.encode(f.read()))))
             lines.append(json.dumps({"task": task, "event": claim.id, "outcome": "ok"}) + "\n")
-            done.append(task)
+            done += [infile, outfile]
             idle.append(w)
         _, taken = store.ack_and_take(acks, holder, LEASE, len(acks), sweep=False)
         ahead.extend(taken)
         os.write(journal, "".join(lines).encode())
-        for task in done:
-            os.unlink(io_dir / f"infile-{task}.in")
-            os.unlink(io_dir / f"outfile-{task}.out")
+        for path in done:
+            os.unlink(path)
     for w in workers:
         assert w.stdin is not None
         w.stdin.close()
