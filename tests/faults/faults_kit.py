@@ -335,6 +335,28 @@ class NatsServer:
         if not wait_until(up, 15):
             raise AssertionError(f"private nats-server did not start: {self.logfile.read_text()[-2000:]}")
 
+    def pause(self) -> None:
+        """SIGSTOP, returning once every thread of the server is stopped. The stop is asynchronous:
+        on a busy machine the server, not yet stopped, answered the next request, and a SIGCONT
+        right after cancelled the pending stop."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+
+        def stopped() -> bool:
+            states = []
+            for task in tasks.iterdir():
+                with contextlib.suppress(OSError):
+                    states.append((task / "stat").read_bytes().rsplit(b")", 1)[1].split()[0])
+            return bool(states) and all(s in (b"T", b"t") for s in states)
+
+        if not wait_until(stopped, 15, interval=0.005):
+            raise AssertionError("the private nats-server did not stop within 15 s of SIGSTOP")
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc is not None:
             self.proc.send_signal(sig)

@@ -467,12 +467,11 @@ def test_a_slow_nats_ack_reply_leaves_the_other_events_in_hand(new_queue: Any, t
         try:
             a, b = await sub.get(10), await sub.get(10)
             assert a is not None and b is not None
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGSTOP)
+            await asyncio.to_thread(server.pause)
             try:  # stopped until A's ack has given up waiting for its confirmation (5 s)
                 a_settled = await asyncio.wait_for(sub.ack(a), 20)
             finally:
-                server.proc.send_signal(signal.SIGCONT)
+                server.resume()
             still_held = [d.data for d in sub.held()]
             b_settled = await sub.ack(b)
             return a_settled, still_held, b_settled, await _unfinished(server.address, queue)
