@@ -232,18 +232,28 @@ time.sleep(120)
 """
 
 
-async def test_the_timeout_still_applies_once_a_live_worker_closed_its_stdin(tmp_path: Path) -> None:
-    """Review of the driver thread: EPIPE on stdin from a live worker left the event waiting forever."""
+async def test_an_event_for_a_live_worker_that_closed_its_stdin_goes_to_a_new_worker(tmp_path: Path) -> None:
+    """A live worker that closed its stdin can never be given an event: the pilot sees that (at once,
+    not at the timeout) and a new worker takes the event. Before: the event waited for its timeout,
+    or for ever without one."""
     cfg = _cfg(tmp_path, [PY, "-c", ANSWER_ONE_THEN % "os.close(0)"])
     pool = WarmPool(cfg, ProcessRuntime(), "", "r1")
     await pool.start()
+    results, workers = [], []
     try:
-        assert (await _run_one(pool, cfg, 1, 5)).ok
-        await asyncio.sleep(0.5)  # it has closed the pipe
-        second = await _run_one(pool, cfg, 2, 1)
+        for n in range(3):
+            results.append(await _run_one(pool, cfg, n, None))
+            worker = pool._slots[0].worker
+            assert worker is not None and worker.pid is not None
+            workers.append(worker)
+            while Path(f"/proc/{worker.pid}/fd/0").exists():
+                await asyncio.sleep(0.05)  # it has closed the pipe, and lives on
     finally:
         await pool.close(2)
-    assert second.timed_out
+    assert [r.ok for r in results] == [True] * 3
+    assert len({w.pid for w in workers}) == 3  # each closed its stdin after its event: replaced
+    assert all(not w.alive and w.stopped_by_pilot for w in workers)
+    assert pool.broken is None  # each finished an event before closing its stdin
 
 
 async def test_a_live_worker_that_closed_its_stdout_fails_the_event_without_its_timeout(tmp_path: Path) -> None:
@@ -320,14 +330,16 @@ def _warm_threads() -> list[str]:
 
 async def test_one_thread_drives_every_warm_worker_and_ends_with_the_last(tmp_path: Path) -> None:
     """benchmarks/README.md, issue 15, seventh round: four threads for four workers took the GIL
-    in turn for each event; the workers of a pilot share one, which does not outlive them."""
+    in turn for each event; the workers of a pilot share one, which does not outlive them (nor do
+    their logs' writers, warm/worker_log.py)."""
     cfg = _cfg(tmp_path, [PY, "-c", SLOW_FOR_TASK2], size=4)
     pool = WarmPool(cfg, ProcessRuntime(), "", "h2")
     await pool.start()
     try:
         results = await asyncio.gather(*(_run_one(pool, cfg, n, 10) for n in range(4)))
         assert all(r.ok for r in results)
-        assert _warm_threads() == ["ewms-warm-hub"]
+        logs = [f"ewms-warm-log-{s.worker.name}" for s in pool._slots if s.worker is not None]
+        assert _warm_threads() == sorted(["ewms-warm-hub", *logs])  # a log's writer is idle but for output
     finally:
         await pool.close(2)
     for _ in range(100):
@@ -403,6 +415,62 @@ async def test_a_driver_thread_that_cannot_start_fails_that_start_only(
         await second.close(2)
 
 
+CHATTY_AT_START = """
+import json, sys
+sys.stderr.write('e' * 200000 + '\\n'); sys.stderr.flush()
+print('n' * 200000, flush=True)  # stdout noise
+for line in sys.stdin:
+    print(json.dumps({'id': json.loads(line)['id'], 'ok': True}), flush=True)
+"""
+
+
+async def test_a_stalled_worker_log_never_stalls_the_other_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's log on a stalled file system (here a FIFO nobody reads yet: it takes 64 KiB, then
+    blocks its writer) holds up neither the event loop (stderr) nor the warm hub (stdout noise): both
+    workers answer while it is stalled, and the log is whole once the file system is back. Before: the
+    first write that blocked stopped every worker's events."""
+    fifos: list[Path] = []
+
+    def open_stalled(path: Path) -> int:
+        fifo = tmp_path / f"{path.name}.fifo"  # on a thread of its own: the workers start together
+        os.mkfifo(fifo)
+        fifos.append(fifo)
+        return os.open(fifo, os.O_RDWR)  # the writer's end, never blocking the open itself
+
+    monkeypatch.setattr(worker_proc_module, "open_private", open_stalled)
+    answered, rescued = threading.Event(), threading.Event()
+    drained: dict[Path, bytes] = {}
+
+    def file_system_comes_back() -> None:
+        if not answered.wait(HANG_GUARD):  # not a speed bound: it only turns the stall into a failure
+            rescued.set()
+        readers = [threading.Thread(target=lambda f=f: drained.__setitem__(f, f.read_bytes())) for f in fifos]
+        for reader in readers:
+            reader.start()  # each reads its log to the EOF of the worker's end
+        for reader in readers:
+            reader.join()
+
+    cfg = _cfg(tmp_path, [PY, "-c", CHATTY_AT_START], size=2)
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r9")
+    await pool.start()
+    back = threading.Thread(target=file_system_comes_back, daemon=True)
+    back.start()
+    try:
+        events = [asyncio.ensure_future(_run_one(pool, cfg, n, None)) for n in range(2)]  # one per worker
+        results = await asyncio.gather(*events)
+        answered.set()
+    finally:
+        answered.set()
+        await pool.close(2)
+    await asyncio.to_thread(back.join, HANG_GUARD)
+    assert not rescued.is_set(), "the events waited for the stalled log"
+    assert [r.ok for r in results] == [True, True]
+    whole = sorted([b"e" * 200000, b"[stdout] " + b"n" * 200000])
+    assert len(drained) == 2 and all(sorted(log.splitlines()) == whole for log in drained.values())
+
+
 NESTED_NOISE = """
 import json, sys
 for line in sys.stdin:
@@ -450,10 +518,15 @@ async def test_an_answer_too_long_to_be_one_is_reported_with_its_event(
     assert len(warned) == 1 and "while event task1 waits" in warned[0] and "never read as its answer" in warned[0], warned
 
 
-async def test_workers_that_close_stdout_at_start_make_the_pool_give_up_like_dying_ones(tmp_path: Path) -> None:
-    """A worker that can never answer counts as one that died without finishing an event: after
-    MAX_BARREN_DEATHS in a row no more are started (before: a new worker per event, for ever)."""
-    cfg = _cfg(tmp_path, [PY, "-c", "import os, time; os.close(1); time.sleep(120)"])
+@pytest.mark.parametrize("pipe", ["stdout", "stdin"])
+async def test_workers_that_close_a_pipe_at_start_make_the_pool_give_up_like_dying_ones(
+    tmp_path: Path, pipe: str
+) -> None:
+    """A worker that can never answer, or never be given an event, counts as one that died without
+    finishing an event: after MAX_BARREN_DEATHS in a row no more are started (before: a new worker
+    per event, for ever; with stdin closed, the first event waited for ever)."""
+    fd = {"stdout": 1, "stdin": 0}[pipe]
+    cfg = _cfg(tmp_path, [PY, "-c", f"import os, time; os.close({fd}); time.sleep(120)"])
     pool = WarmPool(cfg, ProcessRuntime(), "", "r7")
     await pool.start()
     results = []
@@ -463,6 +536,8 @@ async def test_workers_that_close_stdout_at_start_make_the_pool_give_up_like_dyi
     finally:
         await pool.close(2)
     assert not any(r.ok for r in results)
+    why = {"stdout": "no answer could come", "stdin": "it could not be given the event"}[pipe]
+    assert results[0].error == f"the warm worker closed its {pipe}, so {why}"
     assert (results[-1].error or "").startswith(
         f"warm workers keep exiting before finishing an event ({MAX_BARREN_DEATHS} in a row"
     ), [r.error for r in results]

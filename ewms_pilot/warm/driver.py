@@ -51,6 +51,7 @@ class Ended(enum.Enum):
     NOT_TAKEN = "not taken"  # it ended without reading the request: the event never reached it
     MUTE = "stdout closed"  # the worker lives on but closed its stdout: no answer can come
     UNHEARD = "not sent"  # its stdout was closed before the event: never staged nor sent
+    DEAF = "stdin closed"  # nothing reads its stdin (it lives on, or is exiting): the request never reached it whole
     BROKEN = "broken"  # driving it failed (a bug): `Done.error` says how
 
 
@@ -107,6 +108,7 @@ class Driver:
         self._pending = b""  # the hub's: stdout read after the last complete line
         self._drain_until: float | None = None  # the hub's: set once the exit was seen
         self._mute_since: float | None = None  # the hub's: when its stdout reached EOF
+        self._deaf = False  # the hub's: nothing reads its stdin any more
         self._job: _Job | None = None  # the hub's: the event in flight
         self._exit_posted = False  # the loop's
         self.finished = threading.Event()  # it has ended (its fds are closed)
@@ -138,6 +140,16 @@ class Driver:
     @property
     def stdout_fd(self) -> int | None:
         return self._stdout
+
+    @property
+    def stdin_fd(self) -> int | None:
+        return None if self._deaf else self._stdin
+
+    def stdin_gone(self) -> None:
+        """Its reader closed stdin: a request still wholly unread never reached it (one it read may be answered)."""
+        self._deaf = True
+        if self._job is not None and self._unread() > 0:
+            self._end_job(Done(ended=Ended.DEAF))
 
     def read_stdout(self) -> bool:
         assert self._stdout is not None
@@ -208,6 +220,9 @@ class Driver:
         if self._mute_since is not None and self._drain_until is None:  # alive, but it could not answer
             self._finish(job, Done(ended=Ended.UNHEARD))
             return
+        if self._deaf:  # it could not read the request
+            self._finish(job, Done(ended=Ended.DEAF))
+            return
         try:
             job.work.stage()
         except BaseException as e:  # the event's data or the disk: the worker never saw it
@@ -220,23 +235,25 @@ class Driver:
             while view:
                 view = view[os.write(self._stdin, view) :]
                 job.sent = True
-        except OSError:  # EPIPE: it closed its stdin or is exiting; the exit or the deadline ends the job
-            self._close("_stdin")
+        except BrokenPipeError:  # it closed its stdin or is exiting: the rest of the line can never reach it
+            self._deaf = True
+            self._end_job(Done(ended=Ended.DEAF))
 
     def _untouched(self, job: _Job) -> bool:
         """After the exit: the worker never read `job`'s request (none of it left our side, or all is unread).
 
         Earlier requests were all answered, so they were read: what is still in the pipe is this one.
         """
-        if not job.sent:
-            return True
+        return not job.sent or self._unread() >= len(job.line)
+
+    def _unread(self) -> int:
+        """Bytes in its stdin pipe, read by nobody yet (the pipe keeps them after its reader's close); 0 when unknown."""
         if self._stdin is None:
-            return False
+            return 0
         try:
-            unread = struct.unpack("i", fcntl.ioctl(self._stdin, termios.FIONREAD, b"\0\0\0\0"))[0]
+            return int(struct.unpack("i", fcntl.ioctl(self._stdin, termios.FIONREAD, b"\0\0\0\0"))[0])
         except OSError:
-            return False
-        return bool(unread >= len(job.line))
+            return 0
 
     def _lines(self, data: bytes, *, final: bool) -> bytes:
         """Sort complete lines into the answer and noise; the incomplete rest (none when `final`)."""

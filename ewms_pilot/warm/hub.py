@@ -9,9 +9,13 @@ all of them wakes once for every event that is ready at that moment, and
 answers that come together are read in one `poll`.
 
 The price is that one worker's turn holds up the others for as long as it
-takes: staging a large infile, reading a large outfile, writing a chatty
-worker's noise to its log. Warm events are meant to be small, and a task's own
-time dwarfs a page-cache write.
+takes: staging a large infile, reading a large outfile (a worker's noise is
+only queued for its log's own thread). Warm events are meant to be small, and a
+task's own time dwarfs a page-cache write.
+
+Besides each stdout it watches each stdin's write end, which poll reports
+(POLLERR) once nothing reads it: a live worker that closed its stdin is then
+known before an event is sent to it, not at the event's timeout.
 
 The thread runs while it has members and ends with the last one (a later
 worker starts it again). Members post to it through `post`, which refuses once
@@ -21,6 +25,7 @@ the member has ended, so nothing is written to a wake-up pipe that was closed.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import queue
@@ -41,10 +46,17 @@ class Member(Protocol):
     @property
     def stdout_fd(self) -> int | None: ...
 
+    @property
+    def stdin_fd(self) -> int | None:
+        """The write end to watch for its reader's close; None once that was seen or the fd closed."""
+
     def read_stdout(self) -> bool:
         """Read what is there; True at EOF (the hub then stops polling it and calls `close_stdout`)."""
 
     def close_stdout(self) -> None: ...
+
+    def stdin_gone(self) -> None:
+        """Nothing reads its stdin any more (the hub stopped watching it)."""
 
     def handle(self, item: object) -> None:
         """An item the loop posted."""
@@ -128,40 +140,43 @@ class Hub:
                     _call(failed, member, member.refuse, item)
 
     def _serve(self, wake_r: int) -> None:
-        poller = select.poll()
-        poller.register(wake_r, select.POLLIN)
-        active: dict[Member, int | None] = {}  # member -> its stdout fd while polled
-        by_fd: dict[int, Member] = {}
+        fds = _Fds(wake_r)
+        active: set[Member] = set()
         failed: set[Member] = set()  # members whose call raised this round
         while True:
             ends = [t for m in active if isinstance(t := _call(failed, m, m.wake_at), float)]
             wait = None if not ends else min(max(min(ends) - time.monotonic(), 0.0) * 1000, _MAX_WAIT_MS)
-            for fd, _ in poller.poll(wait):
+            for fd, _ in fds.poller.poll(wait):
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
-                elif (member := by_fd.get(fd)) is not None and _call(failed, member, member.read_stdout):
-                    poller.unregister(fd)  # before the close: the number may be reused at once
-                    del by_fd[fd]
-                    active[member] = None
-                    _call(failed, member, member.close_stdout)
+                elif (owner := fds.owner.get(fd)) is None:
+                    continue
+                elif owner[1] is _STDIN:  # POLLERR: its reader is gone (reported until unwatched)
+                    fds.drop(owner[0], _STDIN)
+                    _call(failed, owner[0], owner[0].stdin_gone)
+                elif _call(failed, owner[0], owner[0].read_stdout):
+                    fds.drop(owner[0], _STDOUT)  # before the close: the number may be reused at once
+                    _call(failed, owner[0], owner[0].close_stdout)
             now = time.monotonic()
             done = {m for m in active if m not in failed and _call(failed, m, m.tick, now)}
             for member, item in self._take():
                 if item is _JOINED:
-                    joined = _call(failed, member, lambda m=member: m.stdout_fd)
-                    active[member] = joined if isinstance(joined, int) else None
-                    if isinstance(joined, int):
-                        poller.register(joined, select.POLLIN)
-                        by_fd[joined] = member
+                    active.add(member)
+                    for kind in (_STDOUT, _STDIN):
+                        joined = _call(failed, member, lambda m=member, k=kind: k.fd_of(m))
+                        if isinstance(joined, int):
+                            fds.add(member, kind, joined)
                 elif member in active and member not in done and member not in failed:
                     _call(failed, member, member.handle, item)
+                    if _call(failed, member, lambda m=member: m.stdin_fd) is None:  # it closed it
+                        fds.drop(member, _STDIN)
                 else:
                     _call(failed, member, member.refuse, item)
             for member in done | failed:
-                if (polled := active.pop(member, None)) is not None:
-                    poller.unregister(polled)
-                    del by_fd[polled]
+                active.discard(member)
+                fds.drop(member, _STDOUT)
+                fds.drop(member, _STDIN)
                 with self._lock:
                     self._members.discard(member)  # no post reaches it from now on
                 _call(failed, member, member.end)
@@ -185,6 +200,40 @@ class Hub:
         os.close(self._wake_w)
         os.close(wake_r)
         self._wake_w = None
+
+
+class _Kind(enum.Enum):
+    """Which of a member's pipes an fd is: stdout is read, stdin only watched for its reader's close."""
+
+    STDOUT = select.POLLIN
+    STDIN = 0  # poll reports POLLERR on a pipe's write end once no reader is left
+
+    def fd_of(self, member: Member) -> int | None:
+        return member.stdout_fd if self is _Kind.STDOUT else member.stdin_fd
+
+
+_STDOUT, _STDIN = _Kind.STDOUT, _Kind.STDIN
+
+
+class _Fds:
+    """The members' fds the hub polls; each is unwatched before its member closes it (numbers are reused)."""
+
+    def __init__(self, wake_r: int) -> None:
+        self.poller = select.poll()
+        self.poller.register(wake_r, select.POLLIN)
+        self.owner: dict[int, tuple[Member, _Kind]] = {}
+        self._of: dict[tuple[Member, _Kind], int] = {}
+
+    def add(self, member: Member, kind: _Kind, fd: int) -> None:
+        self.poller.register(fd, kind.value)
+        self.owner[fd] = (member, kind)
+        self._of[member, kind] = fd
+
+    def drop(self, member: Member, kind: _Kind) -> None:
+        fd = self._of.pop((member, kind), None)
+        if fd is not None:
+            self.poller.unregister(fd)
+            del self.owner[fd]
 
 
 def _call(failed: set[Member], member: Member, call: Callable[..., object], *args: object) -> object:

@@ -43,7 +43,12 @@ STOP_GRACE = 5.0
 EXIT_LOOK = 1.0
 #: where worker logs go, under the pilot's data dir
 LOG_DIR_NAME = "warm-workers"
-
+#: a live worker that closed a pipe: which one, and what that means for the event
+_CUT_OFF = {
+    Ended.MUTE: ("stdout", "no answer could come"),
+    Ended.UNHEARD: ("stdout", "no answer could come"),
+    Ended.DEAF: ("stdin", "it could not be given the event"),
+}
 
 
 @dc.dataclass(frozen=True)
@@ -180,17 +185,19 @@ class WarmPool:
             LOGGER.warning(f"warm worker {worker.name}: event {task_id} timed out: replacing the worker")
             exited = await self._retire(slot, stop=True)
             return WarmResult(False, exited.stderr_line or stderr_line or None, None, True)
-        if isinstance(reply, Done) and reply.ended in (Ended.MUTE, Ended.UNHEARD):
-            # a crash closes stdout just before its exit is seen (later still on a busy loop): the exit says more
+        cut_off = _CUT_OFF.get(reply.ended) if isinstance(reply, Done) and reply.ended is not None else None
+        if isinstance(reply, Done) and cut_off is not None:
+            # a crash closes its pipes just before its exit is seen (later still on a busy loop): the exit says more
             exited_itself = await worker.exited_within(EXIT_LOOK)
             if exited_itself is not None:
                 reply = exited_itself if reply.ended is Ended.MUTE else Done(ended=Ended.NOT_TAKEN)
             else:
-                LOGGER.warning(f"warm worker {worker.name} closed its stdout (event {task_id}): replacing the worker")
+                pipe, why = cut_off
+                LOGGER.warning(f"warm worker {worker.name} closed its {pipe} (event {task_id}): replacing the worker")
                 await self._retire(slot, stop=True, barren=True)
-                if reply.ended is Ended.UNHEARD and again:  # it never saw the event: a new worker takes it
+                if reply.ended is not Ended.MUTE and again:  # it never saw the event: a new worker takes it
                     return await self._run_in(slot, task_id, infile, outfile, timeout, work, again=False)
-                return WarmResult(False, "the warm worker closed its stdout, so no answer could come", None, False)
+                return WarmResult(False, f"the warm worker closed its {pipe}, so {why}", None, False)
         if isinstance(reply, Done) and reply.ended is Ended.NOT_TAKEN:
             # it exited between events, before this one reached it: not the event's failure
             exited = await self._retire(slot, stop=False)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 from ..runtimes.base import RunSpec, Runtime
 from ..runtimes.envfile import open_private, remove_env_file
@@ -31,6 +30,7 @@ from ..tasks.process import group_exists, signal_group, terminate, uncancellable
 from ..tasks.spawn import Process, start_process
 from .driver import DRAIN_WAIT, Done, Driver, Ended, FileWork
 from .lines import hand_on, split_lines
+from .worker_log import WorkerLog
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
 
@@ -60,7 +60,7 @@ class WarmWorker:
         self.stopped_by_pilot = False  # True once the pilot closed or stopped it
         self._proc: asyncio.subprocess.Process | None = None
         self._driver: Driver | None = None
-        self._log: IO[bytes] | None = None
+        self._log: WorkerLog | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._ended: asyncio.Future[Exited] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,7 +99,7 @@ class WarmWorker:
         cwd = self.runtime.process_cwd(self.spec)
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
         # the worker sees this dir (the whole data dir is bound): never follow its links
-        log = os.fdopen(await asyncio.to_thread(open_private, self.log_path), "ab")
+        log = WorkerLog(self.name, await asyncio.to_thread(open_private, self.log_path))
         # stdin/stdout as plain pipes, not asyncio transports: the hub's thread owns them
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -117,7 +117,7 @@ class WarmWorker:
                 start_new_session=True,
             )
         except BaseException:
-            log.close()
+            log.abandon()
             for fd in (in_w, out_r):
                 os.close(fd)
             remove_env_file(self.spec.env_file)
@@ -127,8 +127,9 @@ class WarmWorker:
             os.close(out_w)
         driver = Driver(self.name, in_w, out_r, self._on_stdout_noise)
         try:
+            log.start()  # before the driver: its noise goes there
             driver.start()
-        except BaseException:  # no thread to drive it (a process limit): it must not run undriven
+        except BaseException:  # no thread to drive it or write its log (a process limit): it must not run
             driver.end()  # closes its pipe ends
             signal_group(proc.pid, signal.SIGKILL)
             await uncancellable(proc.wait())
@@ -145,20 +146,15 @@ class WarmWorker:
 
     # -- output -----------------------------------------------------------------
 
-    def _write_log(self, data: bytes) -> None:
-        """From the loop (stderr) and the hub's thread (stdout noise): the file object locks itself."""
-        if self._log is not None and not self._log.closed:
-            try:
-                self._log.write(data)
-                self._log.flush()
-            except (OSError, ValueError) as e:  # disk full, or closed meanwhile: the protocol goes on
-                LOGGER.debug(f"{self.name}: cannot write its log: {e}")
-
     def _on_stdout_noise(self, raw: bytes) -> None:
-        self._write_log(b"[stdout] " + raw + b"\n")
+        """On the hub's thread; queued, never written there (worker_log.py)."""
+        if self._log is not None:
+            self._log.write(b"[stdout] " + raw + b"\n")
 
     def _on_stderr(self, raw: bytes) -> None:
-        self._write_log(raw + b"\n")
+        """On the loop; queued, never written there."""
+        if self._log is not None:
+            self._log.write(raw + b"\n")
         self._stderr_tail.append(raw.decode("utf-8", "replace"))
 
     async def _watch(self, proc: Process, stderr: asyncio.Task[None]) -> None:
@@ -181,6 +177,9 @@ class WarmWorker:
         exited = Exited(code, line)
         if self._log is not None:
             self._log.close()
+            if not await asyncio.to_thread(self._log.finished.wait, DRAIN_WAIT):
+                LOGGER.warning(f"warm worker {self.name}: its log {self.log_path} could not be written for "
+                               f"{DRAIN_WAIT:g}s (a stalled file system?): the rest of it may be lost")
         assert self._ended is not None
         self._ended.set_result(exited)
         level = logging.INFO if self.stopped_by_pilot else logging.WARNING
@@ -193,7 +192,8 @@ class WarmWorker:
 
         The answer (with the collected value), the worker's exit, or None on timeout; a `Done`
         with `Ended.NOT_TAKEN` when it exited without reading the request (the event never started), with
-        `Ended.MUTE`/`UNHEARD` when it lives on with its stdout closed (the pool stops it).
+        `Ended.MUTE`/`UNHEARD` when it lives on with its stdout closed, `Ended.DEAF` when nothing reads
+        its stdin (the pool stops it, unless its exit comes).
         """
         driver, ended = self._driver, self._ended
         assert driver is not None and ended is not None
