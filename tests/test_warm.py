@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import types
@@ -46,6 +50,7 @@ from ewms_pilot.warm import pool as pool_module
 from ewms_pilot.warm import worker_proc as worker_proc_module
 from ewms_pilot.warm.driver import MUTE_WAIT, FileWork
 from ewms_pilot.warm.pool import MAX_BARREN_DEATHS
+from ewms_pilot.warm.worker_log import BACKLOG_MAX, WorkerLog
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -469,6 +474,46 @@ async def test_a_stalled_worker_log_never_stalls_the_other_workers(
     assert [r.ok for r in results] == [True, True]
     whole = sorted([b"e" * 200000, b"[stdout] " + b"n" * 200000])
     assert len(drained) == 2 and all(sorted(log.splitlines()) == whole for log in drained.values())
+
+
+def test_a_log_that_fell_behind_says_where_and_how_much_it_dropped(tmp_path: Path) -> None:
+    """What a blocked write still holds counts against the backlog, and the note of what was dropped
+    comes where the gap is: after what was queued before it, before what came after (review: the
+    note came first, and a blocked write's bytes were not counted, so twice the backlog was held)."""
+    fifo = tmp_path / "log"
+    os.mkfifo(fifo)
+    log = WorkerLog("w", os.open(fifo, os.O_RDWR))
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    log.start()
+    try:
+        a = b"a" * 100_000 + b"\n"  # more than the FIFO takes: the writer blocks in it
+        log.write(a)
+        while _unread(reader) < fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ):
+            time.sleep(0.01)
+        b = b"b" * (BACKLOG_MAX - len(a) - 100) + b"\n"
+        log.write(b)
+        log.write(b"c" * 1000)  # over the backlog, with `a` still in the blocked write
+        got = bytearray()
+        while len(got) < len(a) + len(b):
+            got += _read_some(reader)
+        log.write(b"d\n")  # it has caught up
+        log.close()
+        assert log.finished.wait(HANG_GUARD)
+        got += _read_some(reader)
+    finally:
+        os.close(reader)
+    assert bytes(got) == a + b + b"[pilot] 1000 bytes of output dropped here: the log fell behind\n" + b"d\n"
+
+
+def _unread(fd: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def _read_some(fd: int) -> bytes:
+    select.select([fd], [], [], 1)
+    with contextlib.suppress(BlockingIOError):
+        return os.read(fd, 1 << 20)
+    return b""
 
 
 NESTED_NOISE = """

@@ -240,11 +240,11 @@ class Driver:
             self._end_job(Done(ended=Ended.DEAF))
 
     def _untouched(self, job: _Job) -> bool:
-        """After the exit: the worker never read `job`'s request (none of it left our side, or all is unread).
+        """After the exit: the worker never read `job`'s request whole (none of it left our side, or some is unread).
 
         Earlier requests were all answered, so they were read: what is still in the pipe is this one.
         """
-        return not job.sent or self._unread() >= len(job.line)
+        return not job.sent or self._unread() > 0  # a part of the line is not a request
 
     def _unread(self) -> int:
         """Bytes in its stdin pipe, read by nobody yet (the pipe keeps them after its reader's close); 0 when unknown."""

@@ -17,6 +17,7 @@ import dataclasses as dc
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ EOF_GRACE = 5.0
 STOP_GRACE = 5.0
 #: s to look for the exit of a worker whose stdout closed: a crash's exit says more than the closed pipe
 EXIT_LOOK = 1.0
+#: seconds the pool's close waits for the workers' logs to be written
+LOG_WAIT = 2.0
 #: where worker logs go, under the pilot's data dir
 LOG_DIR_NAME = "warm-workers"
 #: a live worker that closed a pipe: which one, and what that means for the event
@@ -274,6 +277,7 @@ class WarmPool:
         `budget` (the shutdown's remaining time) splits between waiting for the EOF
         exit and stopping: a worker that ignores both is killed within it.
         """
+        started = time.monotonic()
         eof_grace, stop_grace = EOF_GRACE, STOP_GRACE
         if budget is not None and budget < self.CLOSE_TIME:
             eof_grace, stop_grace = budget * 0.4, budget * 0.4  # the rest: SIGKILL and reaping
@@ -290,6 +294,14 @@ class WarmPool:
         for worker, end in zip(live, ends, strict=True):
             if isinstance(end, BaseException):
                 LOGGER.error(f"closing warm worker {worker.name} failed: {end!r}")
+        # their logs' last lines (a crash's traceback) are written by threads that die with the pilot
+        logged = list(dict.fromkeys([*live, *self._retired]))
+        log_wait = LOG_WAIT if budget is None else max(0.0, min(LOG_WAIT, budget - (time.monotonic() - started)))
+        waited = await asyncio.gather(*(w.log_written(log_wait) for w in logged))
+        for worker, written in zip(logged, waited, strict=True):
+            if not written:
+                LOGGER.warning(f"warm worker {worker.name}: its log {worker.log_path} could not be written for "
+                               f"{log_wait:g}s (a stalled file system?): the rest of it may be lost")
         # a retired worker's log stays: it was taken out for a reason (a timeout, a closed stdout)
         await asyncio.to_thread(self._tidy_logs, slotted, ends[: len(slotted)])
         if self._client_dir is not None:  # with what a client left there (conmon's `oom`)

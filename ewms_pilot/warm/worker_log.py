@@ -28,7 +28,7 @@ class WorkerLog:
         self._fd = fd
         self._cond = threading.Condition()
         self._queued: list[bytes] = []
-        self._backlog = 0  # bytes in `_queued`
+        self._backlog = 0  # bytes queued or being written
         self._dropped = 0  # bytes dropped since the last write
         self._closing = False
         self.finished = threading.Event()  # the fd is closed
@@ -60,7 +60,7 @@ class WorkerLog:
             self._cond.notify()
 
     def close(self) -> None:
-        """The writer writes what is queued, then closes the fd (`finished`)."""
+        """The writer writes what is queued, then closes the fd (`finished`); later output is dropped."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -71,12 +71,15 @@ class WorkerLog:
                 with self._cond:
                     while not self._queued and not self._closing:
                         self._cond.wait()
-                    chunks, self._queued, self._backlog = self._queued, [], 0
+                    chunks, self._queued = self._queued, []
                     dropped, self._dropped = self._dropped, 0
                     closing = self._closing
-                if dropped:  # before the chunks: they came after the gap
-                    chunks.insert(0, f"[pilot] {dropped} bytes of output dropped here: the log fell behind\n".encode())
+                taken = sum(map(len, chunks))
+                if dropped:  # after the chunks: nothing is queued while the backlog is full, so they came first
+                    chunks.append(f"[pilot] {dropped} bytes of output dropped here: the log fell behind\n".encode())
                 self._write_all(b"".join(chunks))
+                with self._cond:
+                    self._backlog -= taken  # only now: what waits in a blocked write counts
                 if closing and not chunks:
                     return
         finally:

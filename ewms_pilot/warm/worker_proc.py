@@ -176,14 +176,17 @@ class WarmWorker:
         )
         exited = Exited(code, line)
         if self._log is not None:
-            self._log.close()
-            if not await asyncio.to_thread(self._log.finished.wait, DRAIN_WAIT):
-                LOGGER.warning(f"warm worker {self.name}: its log {self.log_path} could not be written for "
-                               f"{DRAIN_WAIT:g}s (a stalled file system?): the rest of it may be lost")
+            self._log.close()  # its thread writes the rest; nobody waits for that but the pool's close
         assert self._ended is not None
         self._ended.set_result(exited)
         level = logging.INFO if self.stopped_by_pilot else logging.WARNING
         LOGGER.log(level, f"warm worker {self.name} exited (code {code}) after {self.completed} event(s)")
+
+    async def log_written(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until its log has all it was given and is closed."""
+        if self._log is None or self._log.finished.is_set():
+            return True
+        return await asyncio.to_thread(self._log.finished.wait, timeout)
 
     # -- requests ---------------------------------------------------------------
 
