@@ -49,6 +49,7 @@ from ewms_pilot.warm import hub as hub_module
 from ewms_pilot.warm import pool as pool_module
 from ewms_pilot.warm import worker_proc as worker_proc_module
 from ewms_pilot.warm.driver import MUTE_WAIT, FileWork
+from ewms_pilot.warm.lines import MAX_LINE
 from ewms_pilot.warm.pool import MAX_BARREN_DEATHS
 from ewms_pilot.warm.worker_log import BACKLOG_MAX, WorkerLog
 
@@ -561,6 +562,48 @@ async def test_an_answer_too_long_to_be_one_is_reported_with_its_event(
     assert not result.ok and result.timed_out
     warned = [r.getMessage() for r in caplog.records if "stdout line of 1048576 bytes or more" in r.getMessage()]
     assert len(warned) == 1 and "while event task1 waits" in warned[0] and "never read as its answer" in warned[0], warned
+
+
+LONG_NOISE_THEN = """
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    answer = json.dumps({'id': req['id'], 'ok': True})
+    %s
+"""
+
+
+async def test_a_long_noise_line_is_noise_and_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An over-long line that cannot be an answer (it does not start with '{') is logged as noise
+    without a warning, and the answer after it is read (before: a warning for every event)."""
+    cfg = _cfg(tmp_path, [PY, "-c", LONG_NOISE_THEN % "print('x' * (2 * 1024 * 1024)); print(answer, flush=True)"])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r10")
+    await pool.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
+            results = [await _run_one(pool, cfg, n, None) for n in range(2)]
+    finally:
+        await pool.close(2)
+    assert [r.ok for r in results] == [True, True]
+    assert [r.getMessage() for r in caplog.records if "bytes or more" in r.getMessage()] == []
+
+
+async def test_the_tail_of_an_over_long_line_is_never_an_answer(tmp_path: Path) -> None:
+    """A line is cut into MAX_LINE pieces while its end has not come; a tail that happens to read
+    as the answer is still a piece of noise, and the event ends at its timeout (before: it was
+    taken as the answer, and the event succeeded on a line the worker never meant as one)."""
+    cut_at_the_answer = (
+        f"sys.stdout.write('x' * {MAX_LINE} + answer); sys.stdout.flush(); "
+        "import time; time.sleep(1); print(flush=True)"
+    )
+    cfg = _cfg(tmp_path, [PY, "-c", LONG_NOISE_THEN % cut_at_the_answer])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "r11")
+    await pool.start()
+    try:
+        result = await _run_one(pool, cfg, 1, 3)
+    finally:
+        await pool.close(2)
+    assert (result.ok, result.timed_out) == (False, True)
 
 
 @pytest.mark.parametrize("pipe", ["stdout", "stdin"])

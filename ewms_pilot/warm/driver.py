@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .hub import Hub
-from .lines import MAX_LINE, hand_on, split_lines
+from .lines import MAX_LINE, hand_on, split_pieces
 from .protocol import Answer, parse_answer
 
 LOGGER = logging.getLogger("ewms_pilot.warm")
@@ -106,6 +106,7 @@ class Driver:
         self._stdout: int | None = stdout_fd
         self._on_noise = on_noise
         self._pending = b""  # the hub's: stdout read after the last complete line
+        self._mid_line = False  # the hub's: the last piece was cut from a longer line, whose rest comes next
         self._drain_until: float | None = None  # the hub's: set once the exit was seen
         self._mute_since: float | None = None  # the hub's: when its stdout reached EOF
         self._deaf = False  # the hub's: nothing reads its stdin any more
@@ -256,13 +257,20 @@ class Driver:
             return 0
 
     def _lines(self, data: bytes, *, final: bool) -> bytes:
-        """Sort complete lines into the answer and noise; the incomplete rest (none when `final`)."""
-        lines, rest = split_lines(data, final=final)
-        for raw in lines:
-            answer = parse_answer(raw.decode("utf-8", "replace")) if len(raw) < MAX_LINE else None
+        """Sort complete lines into the answer and noise; the incomplete rest (none when `final`).
+
+        Only a whole line shorter than `MAX_LINE` can be an answer: never a piece of a longer one,
+        whatever its tail looks like. An over-long line that starts like one (`{`) is reported,
+        once per event: the event would otherwise wait for its timeout without a word.
+        """
+        pieces, rest = split_pieces(data, final=final)
+        for raw, ends in pieces:
+            starts, self._mid_line = not self._mid_line, not ends
+            whole = starts and ends and len(raw) < MAX_LINE
+            answer = parse_answer(raw.decode("utf-8", "replace")) if whole else None
             job = self._job
-            if len(raw) >= MAX_LINE and job is not None and not job.warned_long:
-                job.warned_long = True  # once per event: the line's later pieces say nothing new
+            if starts and not whole and job is not None and not job.warned_long and raw.lstrip()[:1] == b"{":
+                job.warned_long = True
                 LOGGER.warning(
                     f"{self.name}: a stdout line of {MAX_LINE} bytes or more while event {job.task_id} waits: "
                     "logged as noise, never read as its answer (an answer must be shorter)"

@@ -16,15 +16,21 @@ def split_lines(data: bytes, *, final: bool = False) -> tuple[list[bytes], bytes
 
     `final` (EOF): the rest is a line too.
     """
+    pieces, rest = split_pieces(data, final=final)
+    return [piece for piece, _ in pieces], rest
+
+
+def split_pieces(data: bytes, *, final: bool = False) -> tuple[list[tuple[bytes, bool]], bytes]:
+    """`split_lines`, each piece with whether it ends its line (a `MAX_LINE` cut does not: more follows)."""
     *complete, rest = data.split(b"\n")
-    lines = [line.rstrip(b"\r") for line in complete]
+    pieces = [(line.rstrip(b"\r"), True) for line in complete]
     while len(rest) > MAX_LINE:
-        lines.append(rest[:MAX_LINE])
+        pieces.append((rest[:MAX_LINE], False))
         rest = rest[MAX_LINE:]
     if final and rest:
-        lines.append(rest.rstrip(b"\r"))
+        pieces.append((rest.rstrip(b"\r"), True))
         rest = b""
-    return lines, rest
+    return pieces, rest
 
 
 def hand_on(handle: Callable[[bytes], None], line: bytes) -> None:
