@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses as dc
 import fcntl
 import json
 import logging
@@ -227,6 +228,105 @@ async def _run_one(pool: WarmPool, cfg: PilotConfig, n: int, timeout: float | No
     tdir = _event(cfg, n)
     work = FileWork(stage=lambda: None, collect=lambda: "value")  # the infile is written
     return await asyncio.wait_for(pool.run(f"task{n}", tdir.infile, tdir.outfile, timeout, work), HANG_GUARD)
+
+
+async def test_an_error_text_is_cut_to_2000_characters(tmp_path: Path) -> None:
+    """docs/warm-workers.md rule 4: the pilot keeps at most 2000 characters of `error`."""
+    script = "import json, sys\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': False, 'error': 'E' * 3000}), flush=True)\n"
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d1")
+    await pool.start()
+    try:
+        result = await _run_one(pool, cfg, 1, None)
+    finally:
+        await pool.close(2)
+    assert result.error == "E" * 1999 + "…"
+
+
+async def test_only_an_answer_with_the_events_id_ends_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/warm-workers.md rule 2: an answer names its event; one for another id is ignored (with a
+    warning), and the event waits for its own."""
+    script = (
+        "import json, sys\nfor line in sys.stdin:\n    rid = json.loads(line)['id']\n"
+        "    print(json.dumps({'id': rid + '-other', 'ok': False, 'error': 'not this one'}), flush=True)\n"
+        "    print(json.dumps({'id': rid, 'ok': True}), flush=True)\n"
+    )
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d5")
+    await pool.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
+            result = await _run_one(pool, cfg, 1, None)
+    finally:
+        await pool.close(2)
+    assert (result.ok, result.error) == (True, None)
+    assert [r.getMessage() for r in caplog.records if "which it was not given" in r.getMessage()] == [
+        "ewms-pilot-d5-warm0-1: answer for event 'task1-other', which it was not given: ignored"
+    ]
+
+
+async def test_a_workers_first_event_includes_its_start_up_in_the_timeout(tmp_path: Path) -> None:
+    """docs/warm-workers.md: the per-event timeout counts from the request, so the first event
+    also pays the worker's start-up: a start-up longer than the timeout times that event out."""
+    script = "import json, sys, time\ntime.sleep(3)\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': True}), flush=True)\n"
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d2")
+    await pool.start()
+    try:
+        result = await _run_one(pool, cfg, 1, 1)
+    finally:
+        await pool.close(2)
+    assert (result.ok, result.timed_out) == (False, True)
+
+
+async def test_the_restart_back_off_grows_and_starts_over_once_a_worker_finishes_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/warm-workers.md: replacements start after a growing back-off while workers die before
+    finishing an event, and the count of such deaths starts over once one finishes an event. Here
+    starts 1-4 die at once, start 5 answers one event and exits, every later one dies again: the
+    pool gives up after five more, at the tenth start (without the reset: at the sixth)."""
+    monkeypatch.setattr(pool_module, "RESTART_BACKOFF", 0.01)
+    starts = tmp_path / "starts"
+    script = (
+        "import json, sys\n"
+        f"f = open({str(starts)!r}, 'a'); f.write('x'); f.close(); n = len(open({str(starts)!r}).read())\n"
+        "if n != 5:\n    sys.exit(1)\n"
+        "line = sys.stdin.readline()\n"
+        "print(json.dumps({'id': json.loads(line)['id'], 'ok': True}), flush=True)\n"
+    )
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d3")
+    await pool.start()
+    results = []
+    try:
+        with caplog.at_level(logging.INFO, logger="ewms_pilot.warm"):
+            while pool.broken is None and len(results) < 20:
+                results.append(await _run_one(pool, cfg, len(results), None))
+    finally:
+        await pool.close(2)
+    assert sum(r.ok for r in results) == 1
+    assert len(starts.read_text()) == 10
+    delays = [m.group(1) for r in caplog.records if (m := re.search(r"restarting warm worker slot 0 in (\S+)s", r.getMessage()))]
+    assert delays == ["0.01", "0.02", "0.04", "0.08"] * 2
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_the_logs_of_workers_closed_cleanly_go_at_the_end_unless_all_files_are_kept(
+    tmp_path: Path, keep: bool
+) -> None:
+    """docs/warm-workers.md "Logs": a worker that exits 0 when the pilot closes it leaves no log
+    (nor the warm dirs), unless EWMS_PILOT_KEEP_ALL_TASK_FILES."""
+    cfg = dc.replace(_cfg(tmp_path, [PY, "-c", ECHO]), keep_all_task_files=keep)
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d4")
+    await pool.start()
+    try:
+        assert (await _run_one(pool, cfg, 1, None)).ok
+    finally:
+        await pool.close(2)
+    logs = sorted(p.name for p in (cfg.data_dir / "warm-workers").glob("*.log")) if keep else []
+    assert (cfg.data_dir / "warm-workers").exists() == keep
+    assert logs == (["ewms-pilot-d4-warm0-1.log"] if keep else [])
 
 
 ANSWER_ONE_THEN = """
@@ -969,6 +1069,52 @@ def test_sigterm_stops_busy_workers_and_gives_their_events_back(
         os.kill(pid, signal.SIGKILL)
     assert not outlived
     assert sorted(asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2))) == ["a", "b"]
+
+
+TERM_RECORDING_WORKER = r"""
+import os, signal, sys, time
+def on_term(*_):
+    open(sys.argv[2], "w").write(str(os.getpid()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+for line in sys.stdin:
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(120)
+"""
+
+
+def test_a_sigkilled_pilots_workers_get_sigterm_and_its_event_comes_back(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """docs/warm-workers.md: workers of a pilot that is SIGKILLed get SIGTERM from the kernel (the
+    process runtime: the worker itself), and the event it held is redelivered."""
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a"]))
+    script, busy, termed = tmp_path / "w.py", tmp_path / "busy", tmp_path / "termed"
+    script.write_text(TERM_RECORDING_WORKER)
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, str(script), str(busy), str(termed)]),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1"},
+    )
+    t0 = time.monotonic()
+    proc = start_pilot(env)
+    while not busy.exists() or not busy.read_text():
+        assert time.monotonic() - t0 < 60 and proc.poll() is None, "the worker never got the event"
+        time.sleep(0.1)
+    pid = int(busy.read_text())
+    proc.kill()
+    proc.wait()
+    for _ in range(600):  # not a speed bound: only turns a worker that never ends into a failure
+        if not alive(pid):
+            break
+        time.sleep(0.05)
+    outlived = alive(pid)
+    if outlived:
+        os.kill(pid, signal.SIGKILL)  # no stray process left to later tests
+    assert not outlived
+    assert termed.read_text() == str(pid)
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2)) == ["a"]
 
 
 def test_per_event_placeholder_is_a_one_line_error_and_consumes_nothing(rabbitmq_address: str, queue_name: str, tmp_path: Path) -> None:
