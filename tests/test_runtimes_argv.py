@@ -23,7 +23,7 @@ from ewms_pilot.runtimes import (
     ProcessRuntime,
     get_runtime,
 )
-from ewms_pilot.runtimes.apptainer import build_source, sandbox_name
+from ewms_pilot.runtimes.apptainer import build_source, disk_content, sandbox_name
 from ewms_pilot.runtimes.base import (
     CONTAINER_DATA_HUB,
     CONTAINER_TASK_IO,
@@ -321,18 +321,18 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
     rt = apptainer(tmp_path / "work", image_directory_must_be_present=False)
     sif = tmp_path / "img.sif"
     sif.write_bytes(b"x")
-    assert build_source("docker://ghcr.io/org/img:1", tmp_path) == "docker://ghcr.io/org/img:1"
-    assert build_source("ghcr.io/org/img:1", tmp_path) == "docker://ghcr.io/org/img:1"
-    assert build_source("python:3.12", tmp_path) == "docker://python:3.12"
-    assert build_source(str(sif), None) == str(sif)
-    assert build_source("img.sif", tmp_path) == str(sif)  # a file relative to the start dir
+    assert build_source("docker://ghcr.io/org/img:1", tmp_path).text == "docker://ghcr.io/org/img:1"
+    assert build_source("ghcr.io/org/img:1", tmp_path).text == "docker://ghcr.io/org/img:1"
+    assert build_source("python:3.12", tmp_path).text == "docker://python:3.12"
+    assert build_source(str(sif), None).text == str(sif)
+    assert build_source("img.sif", tmp_path).text == str(sif)  # a file relative to the start dir
     target = asyncio.run(rt.sandbox_path("ghcr.io/org/img:1"))
     assert target.parent == tmp_path / "work"
     assert target.name.startswith("docker_ghcr.io_org_img_1-")
     assert rt.build_argv("docker://ghcr.io/org/img:1", target) == [
         "apptainer", "build", "--fix-perms", "--sandbox", str(target), "docker://ghcr.io/org/img:1",
     ]  # fmt: skip
-    assert sandbox_name("docker://a/b:1") != sandbox_name("docker://a_b:1")
+    assert sandbox_name(build_source("docker://a/b:1", None)) != sandbox_name(build_source("docker://a_b:1", None))
     assert rt.build_env({"PATH": "/bin"})["APPTAINER_TMPDIR"] == str(tmp_path / "work")
     assert rt.build_env({"APPTAINER_TMPDIR": "/site"})["APPTAINER_TMPDIR"] == "/site"
     assert "APPTAINER_TMPDIR" not in rt.build_env({"SINGULARITY_TMPDIR": "/site"})  # the older name, as chosen
@@ -358,7 +358,28 @@ def test_apptainer_build_argv_and_sources(tmp_path: Path) -> None:
 def test_apptainer_reads_an_image_on_disk_where_the_pilot_started(tmp_path: Path, given: str, used: str) -> None:
     """The build runs in its build workdir: an archive named relative to the pilot's cwd (as
     `apptainer build` itself would read it there) is handed over with its absolute path."""
-    assert build_source(given, tmp_path) == used.format(start=tmp_path)
+    assert build_source(given, tmp_path).text == used.format(start=tmp_path)
+
+
+def test_apptainer_sandbox_names_stay_what_earlier_pilots_made(tmp_path: Path) -> None:
+    """Pilots on one host share converted sandboxes by name: a registry image's name is fixed, and an
+    image on disk is named by what it holds (with an OCI layout's tag), wherever it lies."""
+    def name(image: str, base: Path | None = None) -> str:
+        source = build_source(image, base)
+        return sandbox_name(source, disk_content(source))
+
+    assert name("ghcr.io/org/img:1") == name("docker://ghcr.io/org/img:1") == "docker_ghcr.io_org_img_1-47783c362a96"
+    assert name("python:3.12") == "docker_python_3.12-1eee92381929"
+    for job in ("job1", "job2"):  # an HTCondor job's scratch dir: the same archive, another place
+        (tmp_path / job / "layout").mkdir(parents=True)
+        (tmp_path / job / "img.tar").write_bytes(b"archive")
+        (tmp_path / job / "layout" / "index.json").write_text('{"a": 1}')
+    assert name("docker-archive:img.tar", tmp_path / "job1") == name("docker-archive://img.tar", tmp_path / "job2")
+    assert name("docker-archive:img.tar", tmp_path / "job1").startswith("docker-archive_img.tar-")
+    assert name("oci:layout", tmp_path / "job1") == name("oci:layout", tmp_path / "job2")
+    assert name("oci:layout:v2", tmp_path / "job1") not in (name("oci:layout", tmp_path / "job1"), name("oci:layout:v1", tmp_path / "job1"))
+    (tmp_path / "job2" / "img.tar").write_bytes(b"another archive")
+    assert name("docker-archive:img.tar", tmp_path / "job1") != name("docker-archive:img.tar", tmp_path / "job2")
 
 
 async def test_apptainer_sandbox_dir_is_used_as_is(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses as dc
 import functools
 import hashlib
 import logging
@@ -58,7 +59,24 @@ def memory_limit_enforceable() -> bool:
     return os.geteuid() == 0 or Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
-def build_source(image: str, base: Path | None) -> str:
+@dc.dataclass(frozen=True)
+class BuildSource:
+    """What `apptainer build` reads for an image, parsed once (`build_source`).
+
+    `transport` is "file" for a local file (`.sif`), the transport of an archive or
+    layout on disk, or "" for a URI; `rest` what follows the transport's colon;
+    `path` the absolute file or layout dir it reads (None for a URI, or a path that
+    is not absolute); `tag` an OCI layout's tag (`oci:DIR:TAG`).
+    """
+
+    text: str  # as handed to `apptainer build`
+    transport: str = ""
+    rest: str = ""
+    path: str | None = None
+    tag: str = ""
+
+
+def build_source(image: str, base: Path | None) -> BuildSource:
     """What `apptainer build` should read for `image`, a relative path made absolute against `base`.
 
     URIs (`docker://`, `oras://`, ...) as given; an archive or layout on disk
@@ -69,13 +87,19 @@ def build_source(image: str, base: Path | None) -> str:
     """
     transport, colon, _ = image.partition(":")
     if colon and transport in APPTAINER_PATH_TRANSPORTS:
-        return absolute_apptainer_source(image, base)
+        text = absolute_apptainer_source(image, base)
+        rest = text.partition(":")[2]
+        path, tag = rest, ""
+        if transport == "oci" and not os.path.exists(rest) and ":" in rest:
+            path, tag = rest.rsplit(":", 1)
+        return BuildSource(text, transport, rest, path if os.path.isabs(path) else None, tag)
     if "://" in image:
-        return image
+        return BuildSource(image)
     path = image if base is None else os.path.join(base, image)
     if os.path.isfile(path):
-        return str(Path(path).resolve())
-    return f"docker://{image}"
+        resolved = str(Path(path).resolve())
+        return BuildSource(resolved, "file", resolved, resolved)
+    return BuildSource(f"docker://{image}")
 
 
 #: what `apptainer run` executes; without it apptainer falls back to `/bin/sh ARGS`
@@ -98,7 +122,7 @@ def require_runscript(sandbox: Path) -> str:
     return str(sandbox)
 
 
-def sandbox_name(source: str, content: str | None = None) -> str:
+def sandbox_name(source: BuildSource, content: str | None = None) -> str:
     """A recognizable, file-system-safe directory name for the converted `source`.
 
     `content` (`disk_content`): what an image on disk holds, so its name follows its
@@ -106,40 +130,35 @@ def sandbox_name(source: str, content: str | None = None) -> str:
     dir each time, whose name a later job may reuse for another archive: by path, every
     job would convert it again, and a later one could run an earlier one's image.
     """
-    transport, colon, rest = source.partition(":")
     if content is None:
-        label = source
-    elif colon and transport in APPTAINER_PATH_TRANSPORTS:
-        label = f"{transport}_{os.path.basename(rest.rstrip('/'))}"
+        label = source.text
+    elif source.transport == "file":
+        label = os.path.basename(source.text)
     else:
-        label = os.path.basename(source)
+        label = f"{source.transport}_{os.path.basename(source.rest.rstrip('/'))}"
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:100]
-    digest = hashlib.sha256((source if content is None else content).encode()).hexdigest()[:12]
+    digest = hashlib.sha256((source.text if content is None else content).encode()).hexdigest()[:12]
     return f"{readable}-{digest}"
 
 
-def disk_content(source: str) -> str | None:
-    """For an image on disk (an absolute `build_source`), a digest of what it holds; None otherwise.
+def disk_content(source: BuildSource) -> str | None:
+    """For an image on disk, a digest of what it holds; None otherwise.
 
     A file (archive, `.sif`): its bytes. An OCI layout dir (`oci:DIR[:TAG]`): its `index.json`
     and the tag. Blocking: reads the whole file (run it off the loop).
     """
-    transport, colon, rest = source.partition(":")
-    tag = ""
-    if not colon or transport not in APPTAINER_PATH_TRANSPORTS:
-        transport, rest = "file", source
-    elif transport == "oci" and not os.path.exists(rest) and ":" in rest:
-        rest, tag = rest.rsplit(":", 1)
-    path = Path(rest)
+    if source.path is None:
+        return None
+    path = Path(source.path)
     if path.is_dir():
         path = path / "index.json"
-    if not os.path.isabs(rest) or not path.is_file():
+    if not path.is_file():
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return f"{transport}:{digest.hexdigest()}:{tag}"
+    return f"{source.transport}:{digest.hexdigest()}:{source.tag}"
 
 
 class ApptainerRuntime(Runtime):
@@ -203,9 +222,12 @@ class ApptainerRuntime(Runtime):
 
     async def sandbox_path(self, image: str) -> Path:
         """Where the converted `image` lives (reused by later pilots on the same host)."""
+        return (await self._located(image))[1]
+
+    async def _located(self, image: str) -> tuple[BuildSource, Path]:
         source = build_source(image, self.start_dir)
         content = await asyncio.to_thread(disk_content, source)
-        return self.build_workdir / sandbox_name(source, content)
+        return source, self.build_workdir / sandbox_name(source, content)
 
     # -- image --
 
@@ -226,17 +248,16 @@ class ApptainerRuntime(Runtime):
             raise RuntimeUnavailableError(
                 f"apptainer build workdir {self.build_workdir} is not an existing directory"
             )
-        target = await self.sandbox_path(image)
+        source, target = await self._located(image)
         if target.is_dir():
             LOGGER.info(f"using {target}, converted earlier from {image}")
             return require_runscript(target)
-        return await self._convert(image, target)
+        return await self._convert(image, source.text, target)
 
-    async def _convert(self, image: str, target: Path) -> str:
+    async def _convert(self, image: str, source: str, target: Path) -> str:
         # build next to the target, then rename: a crash never leaves a half-built
         # sandbox that a later pilot would take for a finished one
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        source = build_source(image, self.start_dir)
         LOGGER.info(f"converting {source} to the apptainer sandbox {target}")
         try:
             result = await run_command(
