@@ -233,13 +233,7 @@ async def _run_one(pool: WarmPool, cfg: PilotConfig, n: int, timeout: float | No
 async def test_an_error_text_is_cut_to_2000_characters(tmp_path: Path) -> None:
     """docs/warm-workers.md rule 4: the pilot keeps at most 2000 characters of `error`."""
     script = "import json, sys\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': False, 'error': 'E' * 3000}), flush=True)\n"
-    cfg = _cfg(tmp_path, [PY, "-c", script])
-    pool = WarmPool(cfg, ProcessRuntime(), "", "d1")
-    await pool.start()
-    try:
-        result = await _run_one(pool, cfg, 1, None)
-    finally:
-        await pool.close(2)
+    result = await _one_event_through(tmp_path, script, None)
     assert result.error == "E" * 1999 + "…"
 
 
@@ -251,17 +245,11 @@ async def test_only_an_answer_with_the_events_id_ends_it(tmp_path: Path, caplog:
         "    print(json.dumps({'id': rid + '-other', 'ok': False, 'error': 'not this one'}), flush=True)\n"
         "    print(json.dumps({'id': rid, 'ok': True}), flush=True)\n"
     )
-    cfg = _cfg(tmp_path, [PY, "-c", script])
-    pool = WarmPool(cfg, ProcessRuntime(), "", "d5")
-    await pool.start()
-    try:
-        with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
-            result = await _run_one(pool, cfg, 1, None)
-    finally:
-        await pool.close(2)
+    with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
+        result = await _one_event_through(tmp_path, script, None)
     assert (result.ok, result.error) == (True, None)
     assert [r.getMessage() for r in caplog.records if "which it was not given" in r.getMessage()] == [
-        "ewms-pilot-d5-warm0-1: answer for event 'task1-other', which it was not given: ignored"
+        "ewms-pilot-one-warm0-1: answer for event 'task1-other', which it was not given: ignored"
     ]
 
 
@@ -269,13 +257,7 @@ async def test_a_workers_first_event_includes_its_start_up_in_the_timeout(tmp_pa
     """docs/warm-workers.md: the per-event timeout counts from the request, so the first event
     also pays the worker's start-up: a start-up longer than the timeout times that event out."""
     script = "import json, sys, time\ntime.sleep(3)\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': True}), flush=True)\n"
-    cfg = _cfg(tmp_path, [PY, "-c", script])
-    pool = WarmPool(cfg, ProcessRuntime(), "", "d2")
-    await pool.start()
-    try:
-        result = await _run_one(pool, cfg, 1, 1)
-    finally:
-        await pool.close(2)
+    result = await _one_event_through(tmp_path, script, 1)
     assert (result.ok, result.timed_out) == (False, True)
 
 
@@ -327,6 +309,17 @@ async def test_the_logs_of_workers_closed_cleanly_go_at_the_end_unless_all_files
     logs = sorted(p.name for p in (cfg.data_dir / "warm-workers").glob("*.log")) if keep else []
     assert (cfg.data_dir / "warm-workers").exists() == keep
     assert logs == (["ewms-pilot-d4-warm0-1.log"] if keep else [])
+
+
+async def _one_event_through(tmp_path: Path, script: str, timeout: float | None) -> WarmResult:
+    """One event through a one-worker pool running `script`, the pool closed after."""
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "one")
+    await pool.start()
+    try:
+        return await _run_one(pool, cfg, 1, timeout)
+    finally:
+        await pool.close(2)
 
 
 ANSWER_ONE_THEN = """
@@ -696,13 +689,7 @@ async def test_the_tail_of_an_over_long_line_is_never_an_answer(tmp_path: Path) 
         f"sys.stdout.write('x' * {MAX_LINE} + answer); sys.stdout.flush(); "
         "import time; time.sleep(1); print(flush=True)"
     )
-    cfg = _cfg(tmp_path, [PY, "-c", LONG_NOISE_THEN % cut_at_the_answer])
-    pool = WarmPool(cfg, ProcessRuntime(), "", "r11")
-    await pool.start()
-    try:
-        result = await _run_one(pool, cfg, 1, 3)
-    finally:
-        await pool.close(2)
+    result = await _one_event_through(tmp_path, LONG_NOISE_THEN % cut_at_the_answer, 3)
     assert (result.ok, result.timed_out) == (False, True)
 
 
