@@ -786,6 +786,29 @@ async def test_a_worker_exiting_between_events_costs_no_event(tmp_path: Path) ->
     assert pool.broken is None
 
 
+async def test_a_worker_that_exited_by_itself_keeps_its_log_and_says_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/warm-workers.md "Logs": a worker that exits by itself, even with code 0 and between
+    events, keeps its log, and the warning names it (review: its log was removed at the end)."""
+    script = ANSWER_THEN_EXIT + "sys.stderr.write('why I left\\n')\n"
+    cfg = _cfg(tmp_path, [PY, "-c", script])
+    pool = WarmPool(cfg, ProcessRuntime(), "", "d6")
+    await pool.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ewms_pilot.warm"):
+            assert (await _run_one(pool, cfg, 1, None)).ok
+            worker = pool._slots[0].worker
+            assert worker is not None
+            await worker.exited_within(HANG_GUARD)
+    finally:
+        await pool.close(2)
+    assert worker.log_path.read_text() == "why I left\n"
+    assert [r.getMessage() for r in caplog.records if "exited by itself" in r.getMessage()] == [
+        f"warm worker {worker.name} exited by itself (code 0) after 1 event(s); its log: {worker.log_path}"
+    ]
+
+
 async def test_close_stops_a_worker_that_ignores_eof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "EOF_GRACE", 0.5)
     monkeypatch.setattr(pool_module, "STOP_GRACE", 1.0)

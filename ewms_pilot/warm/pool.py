@@ -265,8 +265,6 @@ class WarmPool:
                     f"last with code {exited.exit_code}{detail}); no more workers are started"
                 )
                 LOGGER.error(self._broken)
-        if not stop:
-            LOGGER.warning(f"warm worker {worker.name} exited unexpectedly; its log: {worker.log_path}")
         return exited
 
     # -- end --------------------------------------------------------------------
@@ -308,11 +306,12 @@ class WarmPool:
             await asyncio.to_thread(shutil.rmtree, self._client_dir, ignore_errors=True)
 
     def _tidy_logs(self, closed: list[WarmWorker], ends: list[Exited | BaseException]) -> None:
-        """Drop the logs of workers that ended cleanly (unless all task files are kept)."""
+        """Drop the logs of workers that exited 0 when closed (unless all task files are kept); one that
+        exited by itself keeps its log, which its warning named."""
         if self.cfg.keep_all_task_files:
             return
         for worker, end in zip(closed, ends, strict=True):
-            if isinstance(end, Exited) and end.exit_code == 0:
+            if isinstance(end, Exited) and end.exit_code == 0 and not worker.ended_by_itself:
                 with contextlib.suppress(OSError):
                     worker.log_path.unlink()
         with contextlib.suppress(OSError):

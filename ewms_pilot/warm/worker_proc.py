@@ -58,6 +58,7 @@ class WarmWorker:
         self.spec = spec
         self.log_path = log_path
         self.stopped_by_pilot = False  # True once the pilot closed or stopped it
+        self.ended_by_itself = False  # it exited before the pilot closed or stopped it (its log stays)
         self._proc: asyncio.subprocess.Process | None = None
         self._driver: Driver | None = None
         self._log: WorkerLog | None = None
@@ -160,6 +161,7 @@ class WarmWorker:
     async def _watch(self, proc: Process, stderr: asyncio.Task[None]) -> None:
         """Wait for the exit; let the driver read what is left and answer the request in flight."""
         code = await proc.wait()
+        self.ended_by_itself = not self.stopped_by_pilot  # now: a close from here on came too late
         remove_env_file(self.spec.env_file)
         if group_exists(proc.pid):  # background children it left behind
             signal_group(proc.pid, signal.SIGKILL)
@@ -179,8 +181,11 @@ class WarmWorker:
             self._log.close()  # its thread writes the rest; nobody waits for that but the pool's close
         assert self._ended is not None
         self._ended.set_result(exited)
-        level = logging.INFO if self.stopped_by_pilot else logging.WARNING
-        LOGGER.log(level, f"warm worker {self.name} exited (code {code}) after {self.completed} event(s)")
+        if self.ended_by_itself:
+            LOGGER.warning(f"warm worker {self.name} exited by itself (code {code}) after {self.completed} "
+                           f"event(s); its log: {self.log_path}")
+        else:
+            LOGGER.info(f"warm worker {self.name} exited (code {code}) after {self.completed} event(s)")
 
     async def log_written(self, timeout: float) -> bool:
         """Wait (at most `timeout`) until its log has all it was given and is closed."""
