@@ -253,6 +253,20 @@ async def test_only_an_answer_with_the_events_id_ends_it(tmp_path: Path, caplog:
     ]
 
 
+async def test_a_request_is_ascii_even_for_a_data_dir_that_is_not(tmp_path: Path) -> None:
+    """docs/warm-workers.md: requests are ASCII-only (non-ASCII \\u-escaped), so a worker in any locale
+    reads the paths right: here under a data dir named with non-ASCII letters."""
+    parent = tmp_path / "dätä ü"
+    parent.mkdir()
+    script = (
+        "import json, os, sys\nfor line in sys.stdin:\n    r = json.loads(line)\n"
+        "    ok = line.isascii() and os.path.isfile(r['infile']) and 'dätä ü' in r['infile']\n"
+        "    print(json.dumps({'id': r['id'], 'ok': ok, 'error': None if ok else repr(line)}), flush=True)\n"
+    )
+    result = await _one_event_through(parent, script, None)
+    assert (result.ok, result.error) == (True, None)
+
+
 async def test_a_workers_first_event_includes_its_start_up_in_the_timeout(tmp_path: Path) -> None:
     """docs/warm-workers.md: the per-event timeout counts from the request, so the first event
     also pays the worker's start-up: a start-up longer than the timeout times that event out."""
@@ -1091,6 +1105,70 @@ for line in sys.stdin:
     open(sys.argv[1], "w").write(str(os.getpid()))
     time.sleep(120)
 """
+
+
+SLOW_DOUBLING_WORKER = r"""
+import json, sys, time
+for line in sys.stdin:
+    r = json.loads(line)
+    open(sys.argv[1], "w").write("busy")
+    time.sleep(2)  # still running when the pilot is told to stop
+    d = open(r["infile"]).read()
+    open(r["outfile"], "w").write(d + d)
+    print(json.dumps({"id": r["id"], "ok": True}), flush=True)
+"""
+
+
+def test_sigterm_lets_a_running_warm_event_finish_within_the_grace(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """docs/warm-workers.md: on SIGTERM, running events get EWMS_PILOT_SHUTDOWN_GRACE to finish; one
+    that does is published and acked, not given back, and no further event is taken."""
+    qin, qout = queue_name + "i", queue_name + "o"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "b"]))
+    script, busy = tmp_path / "w.py", tmp_path / "busy"
+    script.write_text(SLOW_DOUBLING_WORKER)
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, str(script), str(busy)]),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1",
+               "EWMS_PILOT_PREFETCH": "1", "EWMS_PILOT_SHUTDOWN_GRACE": "60"},
+    )
+    t0 = time.monotonic()
+    proc = start_pilot(env)
+    while not busy.exists():
+        assert time.monotonic() - t0 < 60 and proc.poll() is None, "the worker never got an event"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    run = wait_pilot(proc, timeout=90, started=t0)
+    assert run.returncode == 6, run.stderr[-3000:]
+    done = asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=2))
+    left = asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2))
+    assert len(done) == 1 and done[0] in ("aa", "bb"), run.stderr[-3000:]
+    assert left == [{"aa": "b", "bb": "a"}[done[0]]]
+
+
+def test_a_warm_event_that_keeps_failing_is_dead_lettered_after_max_deliveries(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path
+) -> None:
+    """docs/warm-workers.md: EWMS_PILOT_MAX_DELIVERIES and the dead-letter queue apply as in one-shot
+    mode: an event a warm worker refuses each time is parked after its last attempt, with its error."""
+    qin, qout, dlq = queue_name + "i", queue_name + "o", queue_name + "d"
+    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a"]))
+    script = "import json, sys\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': False, 'error': 'refused'}), flush=True)\n"
+    env = base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
+        task_args=shlex.join([PY, "-c", script]),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1",
+               "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_QUEUE_DEADLETTER": dlq,
+               "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"},
+    )
+    run = run_pilot(env, timeout=90)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, dlq, timeout=2)) == ["a"]
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, qin, timeout=2)) == []
+    assert asyncio.run(drain("rabbitmq", rabbitmq_address, qout, timeout=2)) == []
+    assert run.stderr.count("refused") >= 2, run.stderr[-3000:]  # both attempts ran, and failed with its text
 
 
 def test_a_sigkilled_pilots_workers_get_sigterm_and_its_event_comes_back(
