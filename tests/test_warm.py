@@ -1053,6 +1053,25 @@ def test_a_worker_that_removes_its_task_dir_costs_no_later_event(
     assert "succeeded 4" in run.stdout and "failed 0" in run.stdout, run.stdout
 
 
+def _warm_pilot_env(
+    rabbitmq_address: str, queue_name: str, tmp_path: Path, events: list[str], args: list[str], **extra: str
+) -> dict[str, str]:
+    """`events` queued on `<queue_name>i`, and a warm pilot's env (process runtime) running `args`."""
+    asyncio.run(publish("rabbitmq", rabbitmq_address, queue_name + "i", events))
+    return base_env(
+        broker_type="rabbitmq", address=rabbitmq_address, queue_in=queue_name + "i",
+        queue_out=queue_name + "o", data_dir=tmp_path, task_args=shlex.join(args),
+        extra={"EWMS_PILOT_TASK_MODE": "warm", **extra},
+    )
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[str], t0: float, what: str) -> None:
+    """Until `path` has content (the worker got its event); a pilot that ended first fails the test."""
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() - t0 < 60 and proc.poll() is None, what
+        time.sleep(0.05)
+
+
 HANGING_WORKER = r"""
 import json, os, signal, sys, time
 if sys.argv[2:] == ["ignore-sigterm"]:
@@ -1070,15 +1089,14 @@ def test_sigterm_stops_busy_workers_and_gives_their_events_back(
 ) -> None:
     """A busy worker that ignores SIGTERM is killed too: the event's own stop of it is cut short
     at the end of the shutdown, and the pool's close finishes it (before, it outlived the pilot)."""
-    qin, qout = queue_name + "i", queue_name + "o"
-    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "b"]))
+    qin = queue_name + "i"
     script, pidlog = tmp_path / "hang.py", tmp_path / "pids"
     script.write_text(HANGING_WORKER)
-    env = base_env(
-        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
-        task_args=shlex.join([PY, str(script), str(pidlog), *([worker] if worker != "plain" else [])]),
-        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "2", "EWMS_PILOT_SHUTDOWN_GRACE": "1"},
-    )
+    env = _warm_pilot_env(
+        rabbitmq_address, queue_name, tmp_path, ["a", "b"],
+        [PY, str(script), str(pidlog), *([worker] if worker != "plain" else [])],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="2", EWMS_PILOT_SHUTDOWN_GRACE="1",
+    )  # fmt: skip
     t0 = time.monotonic()
     proc = start_pilot(env)
     while not (pidlog.exists() and len(pidlog.read_text().split()) == 2):
@@ -1125,20 +1143,15 @@ def test_sigterm_lets_a_running_warm_event_finish_within_the_grace(
     """docs/warm-workers.md: on SIGTERM, running events get EWMS_PILOT_SHUTDOWN_GRACE to finish; one
     that does is published and acked, not given back, and no further event is taken."""
     qin, qout = queue_name + "i", queue_name + "o"
-    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a", "b"]))
     script, busy = tmp_path / "w.py", tmp_path / "busy"
     script.write_text(SLOW_DOUBLING_WORKER)
-    env = base_env(
-        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
-        task_args=shlex.join([PY, str(script), str(busy)]),
-        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1",
-               "EWMS_PILOT_PREFETCH": "1", "EWMS_PILOT_SHUTDOWN_GRACE": "60"},
+    env = _warm_pilot_env(
+        rabbitmq_address, queue_name, tmp_path, ["a", "b"], [PY, str(script), str(busy)],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="1", EWMS_PILOT_PREFETCH="1", EWMS_PILOT_SHUTDOWN_GRACE="60",
     )
     t0 = time.monotonic()
     proc = start_pilot(env)
-    while not busy.exists():
-        assert time.monotonic() - t0 < 60 and proc.poll() is None, "the worker never got an event"
-        time.sleep(0.05)
+    _wait_for_file(busy, proc, t0, "the worker never got an event")
     proc.send_signal(signal.SIGTERM)
     run = wait_pilot(proc, timeout=90, started=t0)
     assert run.returncode == 6, run.stderr[-3000:]
@@ -1154,14 +1167,11 @@ def test_a_warm_event_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     """docs/warm-workers.md: EWMS_PILOT_MAX_DELIVERIES and the dead-letter queue apply as in one-shot
     mode: an event a warm worker refuses each time is parked after its last attempt, with its error."""
     qin, qout, dlq = queue_name + "i", queue_name + "o", queue_name + "d"
-    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a"]))
     script = "import json, sys\nfor line in sys.stdin:\n    print(json.dumps({'id': json.loads(line)['id'], 'ok': False, 'error': 'refused'}), flush=True)\n"
-    env = base_env(
-        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
-        task_args=shlex.join([PY, "-c", script]),
-        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1",
-               "EWMS_PILOT_MAX_DELIVERIES": "2", "EWMS_PILOT_QUEUE_DEADLETTER": dlq,
-               "EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR": "false"},
+    env = _warm_pilot_env(
+        rabbitmq_address, queue_name, tmp_path, ["a"], [PY, "-c", script],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="1", EWMS_PILOT_MAX_DELIVERIES="2", EWMS_PILOT_QUEUE_DEADLETTER=dlq,
+        EWMS_PILOT_STOP_LISTENING_ON_TASK_ERROR="false",
     )
     run = run_pilot(env, timeout=90)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -1176,20 +1186,16 @@ def test_a_sigkilled_pilots_workers_get_sigterm_and_its_event_comes_back(
 ) -> None:
     """docs/warm-workers.md: workers of a pilot that is SIGKILLed get SIGTERM from the kernel (the
     process runtime: the worker itself), and the event it held is redelivered."""
-    qin, qout = queue_name + "i", queue_name + "o"
-    asyncio.run(publish("rabbitmq", rabbitmq_address, qin, ["a"]))
+    qin = queue_name + "i"
     script, busy, termed = tmp_path / "w.py", tmp_path / "busy", tmp_path / "termed"
     script.write_text(TERM_RECORDING_WORKER)
-    env = base_env(
-        broker_type="rabbitmq", address=rabbitmq_address, queue_in=qin, queue_out=qout, data_dir=tmp_path,
-        task_args=shlex.join([PY, str(script), str(busy), str(termed)]),
-        extra={"EWMS_PILOT_TASK_MODE": "warm", "EWMS_PILOT_MAX_CONCURRENT_TASKS": "1"},
+    env = _warm_pilot_env(
+        rabbitmq_address, queue_name, tmp_path, ["a"], [PY, str(script), str(busy), str(termed)],
+        EWMS_PILOT_MAX_CONCURRENT_TASKS="1",
     )
     t0 = time.monotonic()
     proc = start_pilot(env)
-    while not busy.exists() or not busy.read_text():
-        assert time.monotonic() - t0 < 60 and proc.poll() is None, "the worker never got the event"
-        time.sleep(0.1)
+    _wait_for_file(busy, proc, t0, "the worker never got the event")
     pid = int(busy.read_text())
     proc.kill()
     proc.wait()
