@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.redact import scrub
+from ..tasks.io import write_all
 
 LOGGER = logging.getLogger("ewms_pilot")
 
@@ -51,9 +52,7 @@ class Journal:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line
-                view = memoryview(line)
-                while view:  # a write cut short (a full disk, a size limit) goes on, or raises
-                    view = view[os.write(fd, view) :]
+                write_all(fd, line)
             finally:
                 os.close(fd)
 

@@ -225,8 +225,13 @@ class ApptainerRuntime(Runtime):
         return (await self._located(image))[1]
 
     async def _located(self, image: str) -> tuple[BuildSource, Path]:
-        source = build_source(image, self.start_dir)
-        content = await asyncio.to_thread(disk_content, source)
+        """`build_source` and `disk_content` in one trip to a thread: both look at the disk."""
+
+        def locate() -> tuple[BuildSource, str | None]:
+            source = build_source(image, self.start_dir)
+            return source, disk_content(source)
+
+        source, content = await asyncio.to_thread(locate)
         return source, self.build_workdir / sandbox_name(source, content)
 
     # -- image --

@@ -59,6 +59,13 @@ def _describe_ext(path: Path) -> str:
     return f"a '{path.suffix}' infile" if path.suffix else "an infile without an extension"
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`: a write cut short (a full disk, a size limit, a pipe) goes on, or raises."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_infile(data: Any, path: Path, *, shared_dir: bool = False) -> int:
     """Write one event's data for the task to read; its size in bytes.
 

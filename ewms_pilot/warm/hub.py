@@ -152,31 +152,31 @@ class Hub:
                         os.read(wake_r, 4096)
                 elif (owner := fds.owner.get(fd)) is None:
                     continue
-                elif owner[1] is _STDIN:  # POLLERR: its reader is gone (reported until unwatched)
-                    fds.drop(owner[0], _STDIN)
+                elif owner[1] is _Kind.STDIN:  # POLLERR: its reader is gone (reported until unwatched)
+                    fds.drop(owner[0], _Kind.STDIN)
                     _call(failed, owner[0], owner[0].stdin_gone)
                 elif _call(failed, owner[0], owner[0].read_stdout):
-                    fds.drop(owner[0], _STDOUT)  # before the close: the number may be reused at once
+                    fds.drop(owner[0], _Kind.STDOUT)  # before the close: the number may be reused at once
                     _call(failed, owner[0], owner[0].close_stdout)
             now = time.monotonic()
             done = {m for m in active if m not in failed and _call(failed, m, m.tick, now)}
             for member, item in self._take():
                 if item is _JOINED:
                     active.add(member)
-                    for kind in (_STDOUT, _STDIN):
+                    for kind in (_Kind.STDOUT, _Kind.STDIN):
                         joined = _call(failed, member, lambda m=member, k=kind: k.fd_of(m))
                         if isinstance(joined, int):
                             fds.add(member, kind, joined)
                 elif member in active and member not in done and member not in failed:
                     _call(failed, member, member.handle, item)
                     if _call(failed, member, lambda m=member: m.stdin_fd) is None:  # it closed it
-                        fds.drop(member, _STDIN)
+                        fds.drop(member, _Kind.STDIN)
                 else:
                     _call(failed, member, member.refuse, item)
             for member in done | failed:
                 active.discard(member)
-                fds.drop(member, _STDOUT)
-                fds.drop(member, _STDIN)
+                fds.drop(member, _Kind.STDOUT)
+                fds.drop(member, _Kind.STDIN)
                 with self._lock:
                     self._members.discard(member)  # no post reaches it from now on
                 _call(failed, member, member.end)
@@ -211,8 +211,6 @@ class _Kind(enum.Enum):
     def fd_of(self, member: Member) -> int | None:
         return member.stdout_fd if self is _Kind.STDOUT else member.stdin_fd
 
-
-_STDOUT, _STDIN = _Kind.STDOUT, _Kind.STDIN
 
 
 class _Fds:

@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 
+from ..tasks.io import write_all
+
 LOGGER = logging.getLogger("ewms_pilot.warm")
 
 #: bytes queued for the file before further output is dropped
@@ -77,7 +79,7 @@ class WorkerLog:
                 taken = sum(map(len, chunks))
                 if dropped:  # after the chunks: nothing is queued while the backlog is full, so they came first
                     chunks.append(f"[pilot] {dropped} bytes of output dropped here: the log fell behind\n".encode())
-                self._write_all(b"".join(chunks))
+                self._write(b"".join(chunks))
                 with self._cond:
                     self._backlog -= taken  # only now: what waits in a blocked write counts
                 if closing and not chunks:
@@ -86,10 +88,8 @@ class WorkerLog:
             os.close(self._fd)
             self.finished.set()
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
+    def _write(self, data: bytes) -> None:
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
         except OSError as e:  # a full disk: the protocol goes on without its log
             LOGGER.debug(f"{self.name}: cannot write its log: {e}")
